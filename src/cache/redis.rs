@@ -1,0 +1,529 @@
+//! The Redis tier: a deadpool-redis pool, a shared multiplexed connection for the request path,
+//! time budgets, a circuit breaker, the stale-set guard's Lua scripts, and the replay of
+//! invalidations that could not reach Redis.
+//!
+//! # Why a shared connection
+//! A pool checkout runs deadpool-redis's recycle check (`UNWATCH` + `PING`), which would double
+//! the round trips of every redirect. The request path instead clones one multiplexed
+//! connection, checked out of the pool and held; redis-rs pipelines concurrent commands over it.
+//! A call that times out or fails on I/O discards that connection (redis-rs does not reconnect
+//! after a timeout, and a paused Redis keeps the TCP connection open), and the supervisor checks
+//! a new one out. Requests never wait on a connect: without a connection they treat Redis as a
+//! miss.
+//!
+//! # Trust
+//! Redis is read only while it is `up` (breaker closed) and no invalidation may be missing from
+//! it (`dirty_seq == clean_seq`). A failed invalidation bumps `dirty_seq` before the API answers;
+//! the supervisor replays every queued invalidation from SQLite once Redis answers again, and only
+//! then sets `clean_seq` to the value it saw before the replay and closes the breaker.
+//!
+//! # The stale-set guard
+//! A fill takes a lease (a random token under `lease:{code}`) in the same script that re-checks
+//! the value, reads SQLite, then writes the value only if its lease is still there. An
+//! invalidation deletes the value and the lease in one `DEL`, so a fill that started before the
+//! change cannot land after it, whatever order the commands reach Redis in.
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        Mutex, RwLock,
+    },
+    time::{Duration, Instant},
+};
+
+use deadpool_redis::{Connection, Pool, Runtime};
+use redis::{aio::MultiplexedConnection, RedisResult, Script};
+use serde::Serialize;
+use sqlx::SqlitePool;
+use tokio::sync::{watch, Notify};
+
+use crate::{config::Config, links::Resolved};
+
+/// How long a fill's lease lives: a fill slower than this simply does not write back.
+const LEASE_MS: u64 = 10_000;
+
+const LEASE_SCRIPT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return false
+";
+
+const FILL_SCRIPT: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+";
+
+/// Counters of the Redis tier.
+#[derive(Default, Debug)]
+pub struct RedisStats {
+    /// Calls that failed with an error.
+    pub errors: AtomicU64,
+    /// Calls that ran out of their budget.
+    pub timeouts: AtomicU64,
+    /// Times the breaker opened.
+    pub breaker_opened: AtomicU64,
+    /// Write-backs refused because the code changed meanwhile (the guard at work).
+    pub fills_rejected: AtomicU64,
+    /// Write-backs that landed.
+    pub fills: AtomicU64,
+    /// Invalidations replayed after an outage.
+    pub replayed: AtomicU64,
+}
+
+/// Outcome of a read.
+pub enum Lookup {
+    /// Redis holds an answer.
+    Hit(Resolved),
+    /// Redis holds nothing for the code.
+    Miss,
+    /// Redis is not to be asked (breaker open, untrusted, no connection) or failed.
+    Unavailable,
+}
+
+/// Outcome of taking a fill lease.
+pub enum Lease {
+    /// The value appeared meanwhile.
+    Hit(Resolved),
+    /// The lease token to present at fill time.
+    Token(String),
+    /// Redis is not usable.
+    Unavailable,
+}
+
+/// The Redis tier. One per process, shared through `Arc`.
+pub struct RedisTier {
+    pool: Pool,
+    shared: RwLock<Option<Connection>>,
+    prefix: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+    probe_interval: Duration,
+    threshold: u32,
+    up: AtomicBool,
+    failures: AtomicU32,
+    dirty_seq: AtomicU64,
+    clean_seq: AtomicU64,
+    acked: Mutex<Vec<i64>>,
+    wake: Notify,
+    lease_script: Script,
+    fill_script: Script,
+    last_change: Mutex<Instant>,
+    /// Counters, for `/health` and `/metrics`.
+    pub stats: RedisStats,
+}
+
+impl RedisTier {
+    /// Builds the pool; connects nothing yet (the supervisor does).
+    pub fn new(cfg: &Config) -> Result<Self, String> {
+        let pool = deadpool_redis::Config::from_url(cfg.redis_url.clone())
+            .builder()
+            .map_err(|e| format!("REDIS_URL: {e}"))?
+            .max_size(cfg.redis_pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(cfg.redis_connect_timeout))
+            .create_timeout(Some(cfg.redis_connect_timeout))
+            .recycle_timeout(Some(cfg.redis_connect_timeout))
+            .build()
+            .map_err(|e| format!("REDIS_URL: {e}"))?;
+        Ok(RedisTier {
+            pool,
+            shared: RwLock::new(None),
+            prefix: cfg.redis_key_prefix.clone(),
+            timeout: cfg.redis_timeout,
+            connect_timeout: cfg.redis_connect_timeout,
+            probe_interval: cfg.redis_probe_interval,
+            threshold: cfg.redis_breaker_threshold,
+            up: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+            // Start untrusted: invalidations of an earlier run may be queued.
+            dirty_seq: AtomicU64::new(1),
+            clean_seq: AtomicU64::new(0),
+            acked: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            lease_script: Script::new(LEASE_SCRIPT),
+            fill_script: Script::new(FILL_SCRIPT),
+            last_change: Mutex::new(Instant::now()),
+            stats: RedisStats::default(),
+        })
+    }
+
+    /// The pool, for occasional commands (health, INFO). Not for the request path.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The key of a code's cached answer.
+    pub fn link_key(&self, code: &str) -> String {
+        format!("{}l:{code}", self.prefix)
+    }
+
+    fn lease_key(&self, code: &str) -> String {
+        format!("{}lease:{code}", self.prefix)
+    }
+
+    /// Whether Redis may be read and written back to now.
+    #[inline]
+    pub fn readable(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+            && self.dirty_seq.load(Ordering::SeqCst) == self.clean_seq.load(Ordering::SeqCst)
+    }
+
+    /// Breaker state for health output: `closed`, `open`, or `replaying` (up, but invalidations
+    /// are still being applied).
+    pub fn breaker_state(&self) -> &'static str {
+        if !self.up.load(Ordering::Acquire) {
+            "open"
+        } else if !self.readable() {
+            "replaying"
+        } else {
+            "closed"
+        }
+    }
+
+    fn conn(&self) -> Option<MultiplexedConnection> {
+        let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().map(|c| MultiplexedConnection::clone(c))
+    }
+
+    fn discard_connection(&self) {
+        let old = self.shared.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(c) = old {
+            // Out of the pool for good: the pool opens a fresh one on the next checkout.
+            drop(Connection::take(c));
+        }
+        self.wake.notify_one();
+    }
+
+    fn on_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn on_failure(&self, timed_out: bool, detail: &dyn std::fmt::Display) {
+        if timed_out {
+            self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.threshold && self.up.swap(false, Ordering::AcqRel) {
+            self.stats.breaker_opened.fetch_add(1, Ordering::Relaxed);
+            *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            tracing::warn!(redis.failures = n, error = %detail, "redis breaker open: serving from L1 and SQLite");
+        }
+        self.discard_connection();
+    }
+
+    /// Runs one call on the shared connection under the time budget. `None` on any trouble.
+    async fn run<T, F, Fut>(&self, call: F) -> Option<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let conn = self.conn()?;
+        match tokio::time::timeout(self.timeout, call(conn)).await {
+            Ok(Ok(v)) => {
+                self.on_success();
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.on_failure(false, &e);
+                None
+            }
+            Err(_) => {
+                self.on_failure(true, &"timed out");
+                None
+            }
+        }
+    }
+
+    /// Reads a code's cached answer.
+    pub async fn get(&self, code: &str) -> Lookup {
+        if !self.readable() {
+            return Lookup::Unavailable;
+        }
+        let key = self.link_key(code);
+        let got: Option<Option<String>> =
+            self.run(|mut c| async move { redis::cmd("GET").arg(&key).query_async(&mut c).await }).await;
+        match got {
+            None => Lookup::Unavailable,
+            Some(None) => Lookup::Miss,
+            Some(Some(raw)) => match Resolved::decode(&raw) {
+                Some(v) => Lookup::Hit(v),
+                None => Lookup::Miss,
+            },
+        }
+    }
+
+    /// Re-checks the value and, if absent, takes a fill lease, in one round trip. With the guard
+    /// off (tests only) it only re-checks.
+    pub async fn lease(&self, code: &str, guard: bool) -> Lease {
+        if !self.readable() {
+            return Lease::Unavailable;
+        }
+        let token = rand::random::<u64>().to_string();
+        let (key, lease_key) = (self.link_key(code), self.lease_key(code));
+        let script = &self.lease_script;
+        let tok = token.clone();
+        let got: Option<Option<String>> = if guard {
+            self.run(
+                |mut c| async move { script.key(key).key(lease_key).arg(tok).arg(LEASE_MS).invoke_async(&mut c).await },
+            )
+            .await
+        } else {
+            self.run(|mut c| async move { redis::cmd("GET").arg(&key).query_async(&mut c).await }).await
+        };
+        match got {
+            None => Lease::Unavailable,
+            Some(Some(raw)) => Resolved::decode(&raw).map_or(Lease::Token(token), Lease::Hit),
+            Some(None) => Lease::Token(token),
+        }
+    }
+
+    /// Writes a fill back if its lease still holds (or unconditionally with the guard off).
+    /// Negative answers expire after `negative_ttl`. Returns whether it landed.
+    pub async fn fill(&self, code: &str, token: &str, value: &Resolved, negative_ttl: Duration, guard: bool) -> bool {
+        if !self.readable() {
+            return false;
+        }
+        let ttl_ms = match value {
+            Resolved::Found(_) => 0,
+            Resolved::Missing => negative_ttl.as_millis().max(1) as u64,
+        };
+        let (key, lease_key, encoded) = (self.link_key(code), self.lease_key(code), value.encode());
+        let landed: Option<i64> = if guard {
+            let script = &self.fill_script;
+            self.run(|mut c| async move {
+                script.key(key).key(lease_key).arg(token).arg(encoded).arg(ttl_ms).invoke_async(&mut c).await
+            })
+            .await
+        } else {
+            self.run(|mut c| async move {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(&key).arg(&encoded);
+                if ttl_ms > 0 {
+                    cmd.arg("PX").arg(ttl_ms);
+                }
+                cmd.query_async::<()>(&mut c).await.map(|_| 1)
+            })
+            .await
+        };
+        match landed {
+            Some(1) => {
+                self.stats.fills.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Some(_) => {
+                self.stats.fills_rejected.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Deletes the cached answers (and any fill leases) of changed codes. `ids` are their rows
+    /// in `cache_invalidations`; when the delete lands they are queued for removal, otherwise
+    /// Redis is marked untrusted until the supervisor replayed them. Returns whether it landed.
+    pub async fn invalidate(&self, codes: &[String], ids: &[i64]) -> bool {
+        if codes.is_empty() {
+            return true;
+        }
+        let landed = self.up.load(Ordering::Acquire) && self.delete_codes(codes).await;
+        if landed {
+            self.acked.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(ids);
+        } else {
+            self.dirty_seq.fetch_add(1, Ordering::SeqCst);
+            self.wake.notify_one();
+        }
+        landed
+    }
+
+    async fn delete_codes(&self, codes: &[String]) -> bool {
+        let mut cmd = redis::cmd("DEL");
+        for code in codes {
+            cmd.arg(self.link_key(code)).arg(self.lease_key(code));
+        }
+        self.run(|mut c| async move { cmd.query_async::<i64>(&mut c).await }).await.is_some()
+    }
+
+    /// Takes the ids of invalidations Redis acknowledged (the writer deletes their rows).
+    pub fn take_acked(&self) -> Vec<i64> {
+        std::mem::take(&mut *self.acked.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Puts back acknowledged ids whose cleanup transaction failed.
+    pub fn requeue_acked(&self, ids: Vec<i64>) {
+        self.acked.lock().unwrap_or_else(|e| e.into_inner()).extend(ids);
+    }
+
+    /// Keeps a connection checked out, probes while unhealthy, replays invalidations, and closes
+    /// the breaker. Runs until `shutdown` changes.
+    pub async fn supervise(&self, db: SqlitePool, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            self.tick(&db).await;
+            tokio::select! {
+                _ = self.wake.notified() => {
+                    // A burst of failures wakes us many times; pace the reconnects.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ = tokio::time::sleep(self.probe_interval) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// One supervisor step; also run once at startup so a healthy Redis is trusted at once.
+    pub async fn tick(&self, db: &SqlitePool) {
+        if self.conn().is_none() {
+            match tokio::time::timeout(self.connect_timeout, self.pool.get()).await {
+                Ok(Ok(c)) => {
+                    *self.shared.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
+                }
+                Ok(Err(e)) => return self.note_down(&e),
+                Err(_) => return self.note_down(&"connect timed out"),
+            }
+        }
+        if self.readable() {
+            return;
+        }
+        let pong: Option<String> = self.run(|mut c| async move { redis::cmd("PING").query_async(&mut c).await }).await;
+        if pong.is_none() {
+            return;
+        }
+        let target = self.dirty_seq.load(Ordering::SeqCst);
+        match self.replay(db).await {
+            Ok(n) => {
+                self.clean_seq.store(target, Ordering::SeqCst);
+                self.failures.store(0, Ordering::Relaxed);
+                if !self.up.swap(true, Ordering::AcqRel) {
+                    let down_for = self.last_change.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+                    *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                    tracing::info!(
+                        redis.replayed = n,
+                        redis.down_ms = down_for.as_millis() as u64,
+                        "redis breaker closed: redis trusted again"
+                    );
+                } else if n > 0 {
+                    tracing::info!(redis.replayed = n, "redis invalidations replayed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "redis invalidation replay failed; will retry"),
+        }
+    }
+
+    fn note_down(&self, e: &dyn std::fmt::Display) {
+        if self.up.swap(false, Ordering::AcqRel) {
+            self.stats.breaker_opened.fetch_add(1, Ordering::Relaxed);
+            *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            tracing::warn!(error = %e, "redis unreachable: breaker open, serving from L1 and SQLite");
+        } else {
+            tracing::debug!(error = %e, "redis still unreachable");
+        }
+    }
+
+    /// Re-applies every queued invalidation. Rows stay until the writer deletes them (it takes
+    /// the acknowledged ids), so this walks them by id.
+    async fn replay(&self, db: &SqlitePool) -> Result<u64, String> {
+        let mut after = 0i64;
+        let mut total = 0u64;
+        loop {
+            let rows: Vec<(i64, String)> =
+                sqlx::query_as("SELECT id, short_code FROM cache_invalidations WHERE id > ? ORDER BY id LIMIT 500")
+                    .bind(after)
+                    .fetch_all(db)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let Some(last) = rows.last() else { break };
+            after = last.0;
+            let codes: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
+            if !self.delete_codes(&codes).await {
+                return Err("redis delete failed".into());
+            }
+            total += codes.len() as u64;
+            let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+            self.acked.lock().unwrap_or_else(|e| e.into_inner()).extend(ids);
+        }
+        self.stats.replayed.fetch_add(total, Ordering::Relaxed);
+        Ok(total)
+    }
+
+    /// A point-in-time view for `/health/redis`.
+    pub async fn snapshot(&self) -> RedisSnapshot {
+        let started = Instant::now();
+        let ping = match tokio::time::timeout(self.connect_timeout, self.pool.get()).await {
+            Ok(Ok(mut c)) => redis::cmd("PING").query_async::<String>(&mut *c).await.is_ok(),
+            _ => false,
+        };
+        let status = self.pool.status();
+        RedisSnapshot {
+            reachable: ping,
+            ping_ms: ping.then(|| started.elapsed().as_secs_f64() * 1000.0),
+            breaker: self.breaker_state(),
+            pool_size: status.size,
+            pool_available: status.available,
+            pool_waiting: status.waiting,
+            errors: self.stats.errors.load(Ordering::Relaxed),
+            timeouts: self.stats.timeouts.load(Ordering::Relaxed),
+            breaker_opened: self.stats.breaker_opened.load(Ordering::Relaxed),
+            replayed: self.stats.replayed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Deletes every key of this service's namespace (load tests and operators' cold starts).
+    pub async fn flush_namespace(&self) -> RedisResult<u64> {
+        let mut c = self.pool.get().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut *c)
+                .await?;
+            if !keys.is_empty() {
+                deleted += redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut *c).await?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// What `/health/redis` shows of the tier.
+#[derive(Debug, Serialize)]
+pub struct RedisSnapshot {
+    /// A PING through the pool answered.
+    pub reachable: bool,
+    /// That PING's round trip.
+    pub ping_ms: Option<f64>,
+    /// `closed`, `open` or `replaying`.
+    pub breaker: &'static str,
+    /// Connections open in the pool.
+    pub pool_size: usize,
+    /// Idle connections in the pool.
+    pub pool_available: usize,
+    /// Callers waiting for a connection.
+    pub pool_waiting: usize,
+    /// Calls that failed.
+    pub errors: u64,
+    /// Calls that ran out of budget.
+    pub timeouts: u64,
+    /// Times the breaker opened.
+    pub breaker_opened: u64,
+    /// Invalidations replayed after outages.
+    pub replayed: u64,
+}

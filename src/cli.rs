@@ -1,0 +1,303 @@
+//! The command line: `serve` (the default), `migrate`, `keys …`, `links import`.
+//!
+//! Commands print their result on stdout (a new key alone on the last line, so scripts can take
+//! it with `tail -n1`); logs and progress go to stderr.
+
+use std::{
+    io::{BufRead, IsTerminal, Write},
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sqlx::{ConnectOptions, SqliteConnection};
+
+use crate::{
+    config::Config,
+    db::{self, keys, links},
+    links::{code, target},
+    startup,
+    time_util::{now_ms, to_rfc3339},
+};
+
+/// A fast, self-hosted URL shortener.
+#[derive(Debug, Parser)]
+#[command(name = "shortener", version, about)]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default).
+    Serve,
+    /// Create the database if needed and apply migrations, then exit.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Bulk operations on links.
+    #[command(subcommand)]
+    Links(LinksCommand),
+}
+
+/// `shortener keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; the key is printed once, alone on the last line of stdout.
+    Create {
+        /// A unique name for the key (who or what uses it).
+        name: String,
+        /// Exempt this key from rate limits.
+        #[arg(long)]
+        unlimited: bool,
+    },
+    /// List keys (never the keys themselves, only their first characters).
+    List,
+    /// Revoke a key by name; it stops working at once.
+    Revoke {
+        /// The key's name.
+        name: String,
+    },
+}
+
+/// `shortener links …`
+#[derive(Debug, Subcommand)]
+pub enum LinksCommand {
+    /// Import links from CSV (`code,url` per line) or JSON lines (`{"code":…,"url":…}`).
+    /// Existing codes are kept; invalid lines are reported and skipped.
+    Import {
+        /// The file to read, or `-` for stdin.
+        file: String,
+        /// Input format (default: from the file name, else CSV).
+        #[arg(long, value_enum)]
+        format: Option<ImportFormat>,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 20_000)]
+        batch: usize,
+    },
+}
+
+/// Import formats.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ImportFormat {
+    /// `code,url` per line; a header line `code,url` is skipped.
+    Csv,
+    /// One JSON object per line with `code` and `url`.
+    Jsonl,
+}
+
+type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> CliResult {
+    let config = Config::from_env()?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            db::migrate(&config.database_url).await?;
+            println!("migrations applied to {}", config.database_url);
+            Ok(())
+        }
+        Command::Keys(cmd) => run_keys(&config, cmd).await,
+        Command::Links(LinksCommand::Import { file, format, batch }) => {
+            import(&config, &file, format, batch.max(1)).await
+        }
+    }
+}
+
+async fn serve(config: Config) -> CliResult {
+    tracing::info!(config = ?config, "starting");
+    let app = startup::build(config).await?;
+    tracing::info!(listen.addr = %app.addr(), "listening");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    app.run_until(async {
+        shutdown_signal().await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    })
+    .await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+async fn connect(config: &Config) -> Result<SqliteConnection, sqlx::Error> {
+    db::migrate(&config.database_url).await?;
+    db::connect_options(&config.database_url, Duration::from_secs(10))?.connect().await
+}
+
+async fn run_keys(config: &Config, cmd: KeysCommand) -> CliResult {
+    let mut conn = connect(config).await?;
+    match cmd {
+        KeysCommand::Create { name, unlimited } => {
+            let name = name.trim();
+            if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+                return Err("key name must be 1 to 100 printable characters".into());
+            }
+            let key = keys::insert_key(&mut conn, name, unlimited, now_ms()).await.map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => format!("a key named {name:?} already exists"),
+                other => other.to_string(),
+            })?;
+            eprintln!(
+                "created API key {name:?}{}; it is shown only once:",
+                if unlimited { " (unlimited)" } else { "" }
+            );
+            println!("{key}");
+        }
+        KeysCommand::List => {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{:<24} {:<10} {:<9} {:<30} REVOKED", "NAME", "PREFIX", "UNLIMITED", "CREATED")?;
+            for k in keys::find_keys(&mut conn).await? {
+                writeln!(
+                    out,
+                    "{:<24} {:<10} {:<9} {:<30} {}",
+                    k.name,
+                    format!("{}…", k.key_prefix),
+                    if k.unlimited { "yes" } else { "no" },
+                    to_rfc3339(k.created_at),
+                    k.revoked_at.map(to_rfc3339).unwrap_or_else(|| "-".into())
+                )?;
+            }
+        }
+        KeysCommand::Revoke { name } => {
+            if !keys::revoke_key(&mut conn, &name, now_ms()).await? {
+                return Err(format!("no active key named {name:?}").into());
+            }
+            println!("revoked {name}");
+        }
+    }
+    Ok(())
+}
+
+/// Parses one import line into (code, url); `Ok(None)` for blank lines and the CSV header.
+fn parse_import_line(line: &str, format: ImportFormat, config: &Config) -> Result<Option<(String, String)>, String> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let (c, u) = match format {
+        ImportFormat::Csv => {
+            let (c, u) = line.split_once(',').ok_or("expected code,url")?;
+            let (c, u) = (c.trim().trim_matches('"'), u.trim().trim_matches('"'));
+            if c.eq_ignore_ascii_case("code") || c.eq_ignore_ascii_case("short_code") {
+                return Ok(None);
+            }
+            (c.to_string(), u.to_string())
+        }
+        ImportFormat::Jsonl => {
+            #[derive(serde::Deserialize)]
+            struct Row {
+                code: String,
+                url: String,
+            }
+            let r: Row = serde_json::from_str(line).map_err(|e| e.to_string())?;
+            (r.code, r.url)
+        }
+    };
+    if !code::is_code_shaped(&c) {
+        return Err(format!("invalid code {c:?}"));
+    }
+    let url = target::parse_target(&u, &config.public_base_url).map_err(|e| e.message)?;
+    Ok(Some((c, url)))
+}
+
+async fn import(config: &Config, file: &str, format: Option<ImportFormat>, batch: usize) -> CliResult {
+    let format = format.unwrap_or(if file.ends_with(".jsonl") || file.ends_with(".ndjson") {
+        ImportFormat::Jsonl
+    } else {
+        ImportFormat::Csv
+    });
+    let (reader, total_bytes): (Box<dyn BufRead>, Option<u64>) = if file == "-" {
+        (Box::new(std::io::BufReader::new(std::io::stdin())), None)
+    } else {
+        let f = std::fs::File::open(file).map_err(|e| format!("{file}: {e}"))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(std::io::BufReader::with_capacity(1 << 20, f)), len)
+    };
+    let mut conn = connect(config).await?;
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let (mut read_bytes, mut lines, mut inserted, mut rejected) = (0u64, 0u64, 0u64, 0u64);
+    let mut rows = Vec::with_capacity(batch);
+    let mut last_progress = Instant::now();
+    for line in reader.lines() {
+        let line = line?;
+        lines += 1;
+        read_bytes += line.len() as u64 + 1;
+        match parse_import_line(&line, format, config) {
+            Ok(Some(row)) => rows.push(row),
+            Ok(None) => {}
+            Err(e) => {
+                rejected += 1;
+                if rejected <= 10 {
+                    eprintln!("line {lines}: {e}; skipped");
+                }
+            }
+        }
+        if rows.len() >= batch {
+            inserted += links::insert_links_bulk(&mut conn, &rows, now_ms()).await?;
+            rows.clear();
+            if last_progress.elapsed() >= Duration::from_millis(250) {
+                progress(tty, lines, read_bytes, total_bytes, started);
+                last_progress = Instant::now();
+            }
+        }
+    }
+    if !rows.is_empty() {
+        inserted += links::insert_links_bulk(&mut conn, &rows, now_ms()).await?;
+    }
+    progress(tty, lines, read_bytes, total_bytes, started);
+    if tty {
+        eprintln!();
+    }
+    println!(
+        "imported {inserted} links ({} lines, {rejected} rejected) in {:.1}s",
+        lines,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn progress(tty: bool, lines: u64, read: u64, total: Option<u64>, started: Instant) {
+    let rate = lines as f64 / started.elapsed().as_secs_f64().max(0.001);
+    let line = match total {
+        Some(t) if t > 0 => {
+            let frac = (read as f64 / t as f64).min(1.0);
+            let filled = (frac * 30.0) as usize;
+            format!(
+                "[{}{}] {:>3.0}% {lines} lines, {rate:.0}/s",
+                "#".repeat(filled),
+                " ".repeat(30 - filled),
+                frac * 100.0
+            )
+        }
+        _ => format!("{lines} lines, {rate:.0}/s"),
+    };
+    if tty {
+        eprint!("\r{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}

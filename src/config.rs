@@ -1,0 +1,278 @@
+//! Configuration: every setting the service reads, typed, from the environment only.
+//!
+//! `.env` is loaded by `main` before this runs (when present). A wrong value stops startup with
+//! a message that names the variable; secrets never appear in `Debug` output.
+
+use std::{fmt, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
+
+use url::Url;
+
+/// A configuration error: always names the variable and what was wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub var: &'static str,
+    /// The value found (redacted for secrets).
+    pub value: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// Every setting of the service. Built by [`Config::from_env`]; tests build it with
+/// [`Config::for_tests`] and change fields directly.
+#[derive(Clone)]
+pub struct Config {
+    /// `LISTEN_ADDR`: where the HTTP server binds. Default `127.0.0.1:8080`.
+    pub listen_addr: SocketAddr,
+    /// `LISTEN_BACKLOG`: the listen(2) backlog. Default 4096 (the kernel caps it at `somaxconn`).
+    pub listen_backlog: u32,
+    /// `DATABASE_URL`: SQLite URL or path. Default `sqlite://data/shortener.db`; the file and its
+    /// folder are created when missing.
+    pub database_url: String,
+    /// `DB_READ_POOL_SIZE`: read connections. Default: 2 per core, at least 4.
+    pub db_read_pool_size: u32,
+    /// `DB_ACQUIRE_TIMEOUT_MS`: longest wait for a read connection before the request is shed
+    /// with 503. Default 1000.
+    pub db_acquire_timeout: Duration,
+    /// `DB_BUSY_TIMEOUT_MS`: SQLite busy timeout. Default 5000.
+    pub db_busy_timeout: Duration,
+    /// `WRITE_BATCH_MAX`: most changes the writer commits in one transaction. Default 512.
+    pub write_batch_max: usize,
+    /// `REDIS_ENABLED`: false runs on L1 + SQLite only. Default true.
+    pub redis_enabled: bool,
+    /// `REDIS_URL`: default `redis://127.0.0.1:6379`. May carry a password (redacted in Debug).
+    pub redis_url: String,
+    /// `REDIS_KEY_PREFIX`: namespace of every key this service writes. Default `shortener:`.
+    pub redis_key_prefix: String,
+    /// `REDIS_POOL_SIZE`: deadpool-redis pool size. Default 8.
+    pub redis_pool_size: usize,
+    /// `REDIS_TIMEOUT_MS`: budget of one Redis call on the request path. Default 10.
+    pub redis_timeout: Duration,
+    /// `REDIS_CONNECT_TIMEOUT_MS`: budget to open (or check out) a connection. Default 250.
+    pub redis_connect_timeout: Duration,
+    /// `REDIS_BREAKER_THRESHOLD`: consecutive failures that open the breaker. Default 5.
+    pub redis_breaker_threshold: u32,
+    /// `REDIS_PROBE_INTERVAL_MS`: how often a probe checks an unhealthy Redis. Default 500.
+    pub redis_probe_interval: Duration,
+    /// `PUBLIC_BASE_URL`: base of `short_url`, e.g. `https://s.example.com`. Default
+    /// `http://LISTEN_ADDR`.
+    pub public_base_url: Url,
+    /// `L1_CAPACITY`: entries in the in-process cache; 0 disables it. Default 100000.
+    pub l1_capacity: u64,
+    /// `L1_TTL_MS`: life of an L1 entry (the backstop when several instances share Redis).
+    /// Default 10000.
+    pub l1_ttl: Duration,
+    /// `NEGATIVE_CACHE_TTL_SECS`: life of a "no such code" entry in Redis. Default 60.
+    pub negative_ttl: Duration,
+    /// `CODE_LENGTH`: length of random codes. Default 7 (62^7 ≈ 3.5e12 codes).
+    pub code_length: usize,
+    /// `PERMANENT_REDIRECT_MAX_AGE_SECS`: `Cache-Control: private, max-age=N` on 301/308 so
+    /// browsers don't pin them forever. Default 3600.
+    pub permanent_redirect_max_age: u64,
+    /// `MAX_BODY_BYTES`: largest accepted request body. Default 16384.
+    pub max_body_bytes: usize,
+    /// `REQUEST_TIMEOUT_MS`: a request still unanswered after this gets 503. Default 10000.
+    pub request_timeout: Duration,
+    /// `HEADER_READ_TIMEOUT_MS`: a client must send its request head within this. Default 10000.
+    pub header_read_timeout: Duration,
+    /// `SHUTDOWN_TIMEOUT_SECS`: how long in-flight requests may take after SIGTERM. Default 20.
+    pub shutdown_timeout: Duration,
+    /// Test-only hooks. Never set from the environment.
+    pub hooks: TestHooks,
+}
+
+/// Knobs that let tests widen races the service must survive. Default: all off.
+#[derive(Clone, Default)]
+pub struct TestHooks {
+    /// Pauses a cache fill between its SQLite read and its write-back.
+    pub fill_pause: Option<Arc<crate::links::resolve::FillPause>>,
+    /// Turns the stale-set guard off, so a test can show that it sees the race without it.
+    pub disable_write_back_guard: bool,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen_addr", &self.listen_addr)
+            .field("listen_backlog", &self.listen_backlog)
+            .field("database_url", &self.database_url)
+            .field("db_read_pool_size", &self.db_read_pool_size)
+            .field("redis_enabled", &self.redis_enabled)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("redis_timeout", &self.redis_timeout)
+            .field("public_base_url", &self.public_base_url.as_str())
+            .field("l1_capacity", &self.l1_capacity)
+            .field("l1_ttl", &self.l1_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hides the password of a `redis://user:pass@host` URL.
+pub fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("REDACTED"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable>".to_string(),
+    }
+}
+
+fn lookup(var: &'static str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn parse<T: FromStr>(var: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    match lookup(var) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError { var, value: v.clone(), reason: e.to_string() }),
+    }
+}
+
+fn millis(var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    parse(var, default).map(Duration::from_millis)
+}
+
+fn boolean(var: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match lookup(var) {
+        None => Ok(default),
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(ConfigError { var, value: v, reason: "expected true or false".into() }),
+        },
+    }
+}
+
+fn check(ok: bool, var: &'static str, value: impl fmt::Display, reason: &str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError { var, value: value.to_string(), reason: reason.into() })
+    }
+}
+
+impl Config {
+    /// Reads every setting from the environment; see the field docs for names and defaults.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let listen_addr: SocketAddr = parse("LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
+        let public_base_url = match lookup("PUBLIC_BASE_URL") {
+            None => default_base_url(listen_addr),
+            Some(v) => {
+                parse_base_url(&v).map_err(|reason| ConfigError { var: "PUBLIC_BASE_URL", value: v.clone(), reason })?
+            }
+        };
+        let redis_url = lookup("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        check(
+            redis_url.starts_with("redis://")
+                || redis_url.starts_with("rediss://")
+                || redis_url.starts_with("redis+unix://")
+                || redis_url.starts_with("unix://"),
+            "REDIS_URL",
+            redact_url(&redis_url),
+            "expected a redis:// URL",
+        )?;
+        let cfg = Config {
+            listen_addr,
+            listen_backlog: parse("LISTEN_BACKLOG", 4096)?,
+            database_url: lookup("DATABASE_URL").unwrap_or_else(|| "sqlite://data/shortener.db".into()),
+            db_read_pool_size: parse("DB_READ_POOL_SIZE", (cores * 2).max(4))?,
+            db_acquire_timeout: millis("DB_ACQUIRE_TIMEOUT_MS", 1000)?,
+            db_busy_timeout: millis("DB_BUSY_TIMEOUT_MS", 5000)?,
+            write_batch_max: parse("WRITE_BATCH_MAX", 512)?,
+            redis_enabled: boolean("REDIS_ENABLED", true)?,
+            redis_url,
+            redis_key_prefix: lookup("REDIS_KEY_PREFIX").unwrap_or_else(|| "shortener:".into()),
+            redis_pool_size: parse("REDIS_POOL_SIZE", 8)?,
+            redis_timeout: millis("REDIS_TIMEOUT_MS", 10)?,
+            redis_connect_timeout: millis("REDIS_CONNECT_TIMEOUT_MS", 250)?,
+            redis_breaker_threshold: parse("REDIS_BREAKER_THRESHOLD", 5)?,
+            redis_probe_interval: millis("REDIS_PROBE_INTERVAL_MS", 500)?,
+            public_base_url,
+            l1_capacity: parse("L1_CAPACITY", 100_000)?,
+            l1_ttl: millis("L1_TTL_MS", 10_000)?,
+            negative_ttl: parse("NEGATIVE_CACHE_TTL_SECS", 60).map(Duration::from_secs)?,
+            code_length: parse("CODE_LENGTH", 7)?,
+            permanent_redirect_max_age: parse("PERMANENT_REDIRECT_MAX_AGE_SECS", 3600)?,
+            max_body_bytes: parse("MAX_BODY_BYTES", 16 * 1024)?,
+            request_timeout: millis("REQUEST_TIMEOUT_MS", 10_000)?,
+            header_read_timeout: millis("HEADER_READ_TIMEOUT_MS", 10_000)?,
+            shutdown_timeout: parse("SHUTDOWN_TIMEOUT_SECS", 20).map(Duration::from_secs)?,
+            hooks: TestHooks::default(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges that the types alone don't.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check((5..=64).contains(&self.code_length), "CODE_LENGTH", self.code_length, "must be 5..=64")?;
+        check(self.db_read_pool_size >= 1, "DB_READ_POOL_SIZE", self.db_read_pool_size, "must be at least 1")?;
+        check(self.redis_pool_size >= 1, "REDIS_POOL_SIZE", self.redis_pool_size, "must be at least 1")?;
+        check(!self.redis_timeout.is_zero(), "REDIS_TIMEOUT_MS", 0, "must be above 0")?;
+        check(self.redis_breaker_threshold >= 1, "REDIS_BREAKER_THRESHOLD", 0, "must be at least 1")?;
+        check(self.write_batch_max >= 1, "WRITE_BATCH_MAX", 0, "must be at least 1")?;
+        check(self.max_body_bytes >= 256, "MAX_BODY_BYTES", self.max_body_bytes, "must be at least 256")?;
+        check(!self.l1_ttl.is_zero(), "L1_TTL_MS", 0, "must be above 0 (use L1_CAPACITY=0 to disable L1)")?;
+        Ok(())
+    }
+
+    /// A configuration for tests: loopback port 0, the given database and Redis, small budgets.
+    pub fn for_tests(database_url: &str, redis_url: Option<&str>) -> Self {
+        Config {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen_backlog: 1024,
+            database_url: database_url.to_string(),
+            db_read_pool_size: 4,
+            db_acquire_timeout: Duration::from_millis(2000),
+            db_busy_timeout: Duration::from_millis(5000),
+            write_batch_max: 512,
+            redis_enabled: redis_url.is_some(),
+            redis_url: redis_url.unwrap_or("redis://127.0.0.1:1").to_string(),
+            redis_key_prefix: "shortener:".into(),
+            redis_pool_size: 4,
+            redis_timeout: Duration::from_millis(50),
+            redis_connect_timeout: Duration::from_millis(250),
+            redis_breaker_threshold: 3,
+            redis_probe_interval: Duration::from_millis(100),
+            public_base_url: Url::parse("http://sho.rt/").expect("static url"),
+            l1_capacity: 10_000,
+            l1_ttl: Duration::from_secs(10),
+            negative_ttl: Duration::from_secs(60),
+            code_length: 7,
+            permanent_redirect_max_age: 3600,
+            max_body_bytes: 16 * 1024,
+            request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(2),
+            shutdown_timeout: Duration::from_secs(10),
+            hooks: TestHooks::default(),
+        }
+    }
+}
+
+fn default_base_url(addr: SocketAddr) -> Url {
+    Url::parse(&format!("http://{addr}/")).expect("a socket address forms a valid URL")
+}
+
+/// Parses `PUBLIC_BASE_URL`: http(s), a host, no query or fragment; always ends with `/`.
+pub fn parse_base_url(raw: &str) -> Result<Url, String> {
+    let mut u = Url::parse(raw.trim()).map_err(|e| e.to_string())?;
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+        return Err("expected an http(s) URL with a host".into());
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    if !u.path().ends_with('/') {
+        let p = format!("{}/", u.path());
+        u.set_path(&p);
+    }
+    Ok(u)
+}

@@ -1,0 +1,85 @@
+//! Queries on `api_keys`. Keys are shown once at creation; only their SHA-256 is stored.
+
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use sqlx::{FromRow, SqliteConnection, SqlitePool};
+
+use super::DbError;
+
+/// An API key as the API sees it after authentication.
+#[derive(Debug, Clone, FromRow)]
+pub struct ApiKeyRow {
+    /// Row id (recorded as `created_by` on links).
+    pub id: i64,
+    /// The operator-given name.
+    pub name: String,
+    /// First characters of the key.
+    pub key_prefix: String,
+    /// Exempt from rate limits.
+    pub unlimited: bool,
+    /// Epoch milliseconds.
+    pub created_at: i64,
+    /// Epoch milliseconds; `Some` = revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// Hashes a presented key for lookup.
+pub fn hash_key(key: &str) -> Vec<u8> {
+    Sha256::digest(key.as_bytes()).to_vec()
+}
+
+/// A new random key: `sk_` and 32 base62 characters (≈190 bits).
+pub fn generate_key() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let body: String = (0..32).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    format!("sk_{body}")
+}
+
+/// Looks a key up by its hash.
+pub async fn find_key_by_hash(pool: &SqlitePool, hash: &[u8]) -> Result<Option<ApiKeyRow>, DbError> {
+    Ok(sqlx::query_as::<_, ApiKeyRow>(
+        "SELECT id, name, key_prefix, unlimited, created_at, revoked_at FROM api_keys WHERE key_hash = ?",
+    )
+    .bind(hash)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Creates a key; returns the plaintext key (shown once). Fails when the name is taken.
+pub async fn insert_key(
+    conn: &mut SqliteConnection,
+    name: &str,
+    unlimited: bool,
+    now: i64,
+) -> Result<String, sqlx::Error> {
+    let key = generate_key();
+    sqlx::query("INSERT INTO api_keys (name, key_hash, key_prefix, unlimited, created_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(name)
+        .bind(hash_key(&key))
+        .bind(&key[..7])
+        .bind(unlimited)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(key)
+}
+
+/// All keys, oldest first.
+pub async fn find_keys(conn: &mut SqliteConnection) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
+    sqlx::query_as::<_, ApiKeyRow>(
+        "SELECT id, name, key_prefix, unlimited, created_at, revoked_at FROM api_keys ORDER BY id",
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Revokes a key by name; false when no active key has that name.
+pub async fn revoke_key(conn: &mut SqliteConnection, name: &str, now: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
+        .bind(now)
+        .bind(name)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}

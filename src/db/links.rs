@@ -1,0 +1,194 @@
+//! Queries on `link_mappings`. Reads take the read pool; writes take the writer's connection.
+
+use sqlx::{FromRow, SqliteConnection, SqlitePool};
+
+use super::DbError;
+
+/// One link as stored.
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct LinkRow {
+    /// The short code (primary key).
+    pub short_code: String,
+    /// The target URL, exactly as it is sent in `Location`.
+    pub original_url: String,
+    /// 301, 302, 307 or 308.
+    pub redirect_status: i64,
+    /// Epoch milliseconds.
+    pub created_at: i64,
+    /// Epoch milliseconds of the last change.
+    pub updated_at: i64,
+    /// Epoch milliseconds after which the link answers 410; `None` = never.
+    pub expires_at: Option<i64>,
+}
+
+/// What the redirect path needs of a link.
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct Target {
+    /// The target URL.
+    pub original_url: String,
+    /// 301, 302, 307 or 308.
+    pub redirect_status: i64,
+    /// Epoch milliseconds; `None` = never expires.
+    pub expires_at: Option<i64>,
+}
+
+const COLUMNS: &str = "short_code, original_url, redirect_status, created_at, updated_at, expires_at";
+
+/// The redirect path's fallback read: one primary-key probe.
+pub async fn find_target_by_code(pool: &SqlitePool, code: &str) -> Result<Option<Target>, DbError> {
+    Ok(sqlx::query_as::<_, Target>(
+        "SELECT original_url, redirect_status, expires_at FROM link_mappings WHERE short_code = ?",
+    )
+    .bind(code)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// The whole link, for the API.
+pub async fn find_link_by_code(pool: &SqlitePool, code: &str) -> Result<Option<LinkRow>, DbError> {
+    Ok(sqlx::query_as::<_, LinkRow>(&format!("SELECT {COLUMNS} FROM link_mappings WHERE short_code = ?"))
+        .bind(code)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// A page of links ordered by code, starting after `after` (keyset pagination: stable under
+/// concurrent inserts, one index range scan per page).
+pub async fn find_links_page(pool: &SqlitePool, after: Option<&str>, limit: u32) -> Result<Vec<LinkRow>, DbError> {
+    Ok(sqlx::query_as::<_, LinkRow>(&format!(
+        "SELECT {COLUMNS} FROM link_mappings WHERE short_code > ? ORDER BY short_code LIMIT ?"
+    ))
+    .bind(after.unwrap_or(""))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Inserts a link unless the code is taken; `None` when it is.
+pub async fn insert_link(
+    conn: &mut SqliteConnection,
+    code: &str,
+    url: &str,
+    status: i64,
+    now: i64,
+    expires_at: Option<i64>,
+    created_by: Option<i64>,
+) -> Result<Option<LinkRow>, sqlx::Error> {
+    sqlx::query_as::<_, LinkRow>(&format!(
+        "INSERT INTO link_mappings (short_code, original_url, redirect_status, created_at, updated_at, expires_at, created_by)
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (short_code) DO NOTHING RETURNING {COLUMNS}"
+    ))
+    .bind(code)
+    .bind(url)
+    .bind(status)
+    .bind(now)
+    .bind(now)
+    .bind(expires_at)
+    .bind(created_by)
+    .fetch_optional(conn)
+    .await
+}
+
+/// A partial update: `None` leaves a field as it is; `expires_at: Some(None)` clears expiry.
+#[derive(Debug, Clone, Default)]
+pub struct LinkPatch {
+    /// New target URL.
+    pub url: Option<String>,
+    /// New expiry (`Some(None)` = never).
+    pub expires_at: Option<Option<i64>>,
+    /// New redirect status.
+    pub redirect_status: Option<i64>,
+}
+
+/// Applies a patch; `None` when there is no such link.
+pub async fn update_link(
+    conn: &mut SqliteConnection,
+    code: &str,
+    patch: &LinkPatch,
+    now: i64,
+) -> Result<Option<LinkRow>, sqlx::Error> {
+    sqlx::query_as::<_, LinkRow>(&format!(
+        "UPDATE link_mappings SET
+            original_url = COALESCE(?, original_url),
+            redirect_status = COALESCE(?, redirect_status),
+            expires_at = CASE WHEN ? THEN ? ELSE expires_at END,
+            updated_at = ?
+         WHERE short_code = ? RETURNING {COLUMNS}"
+    ))
+    .bind(patch.url.as_deref())
+    .bind(patch.redirect_status)
+    .bind(patch.expires_at.is_some())
+    .bind(patch.expires_at.flatten())
+    .bind(now)
+    .bind(code)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Deletes a link; false when there was none.
+pub async fn delete_link(conn: &mut SqliteConnection, code: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM link_mappings WHERE short_code = ?").bind(code).execute(conn).await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Queues a cache invalidation in the current transaction; returns its id.
+pub async fn insert_invalidation(conn: &mut SqliteConnection, code: &str, now: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("INSERT INTO cache_invalidations (short_code, queued_at) VALUES (?, ?) RETURNING id")
+        .bind(code)
+        .bind(now)
+        .fetch_one(conn)
+        .await
+}
+
+/// Removes invalidations that Redis acknowledged.
+pub async fn delete_invalidations(conn: &mut SqliteConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    for chunk in ids.chunks(500) {
+        let placeholders = vec!["?"; chunk.len()].join(",");
+        let sql = format!("DELETE FROM cache_invalidations WHERE id IN ({placeholders})");
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(id);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Queued invalidations, oldest first: (id, code).
+pub async fn find_invalidations(pool: &SqlitePool, limit: i64) -> Result<Vec<(i64, String)>, DbError> {
+    Ok(sqlx::query_as("SELECT id, short_code FROM cache_invalidations ORDER BY id LIMIT ?")
+        .bind(limit)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Inserts many links in one transaction, skipping codes that exist; returns how many were new.
+pub async fn insert_links_bulk(
+    conn: &mut SqliteConnection,
+    rows: &[(String, String)],
+    now: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut inserted = 0;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    for (code, url) in rows {
+        let r = sqlx::query(
+            "INSERT INTO link_mappings (short_code, original_url, created_at, updated_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (short_code) DO NOTHING",
+        )
+        .bind(code)
+        .bind(url)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *conn)
+        .await;
+        match r {
+            Ok(d) => inserted += d.rows_affected(),
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                return Err(e);
+            }
+        }
+    }
+    sqlx::query("COMMIT").execute(&mut *conn).await?;
+    Ok(inserted)
+}

@@ -1,0 +1,271 @@
+//! `/api/v1/links …`: create, read, list, update, delete.
+
+use axum::{
+    extract::{
+        rejection::{PathRejection, QueryRejection},
+        Path, Query, State,
+    },
+    http::StatusCode,
+    response::IntoResponse,
+    Json,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::auth::{ApiJson, Caller};
+use crate::{
+    db::{
+        self,
+        links::{LinkPatch, LinkRow},
+        writer::{Change, Outcome},
+    },
+    error::ApiError,
+    links::{
+        code::{self, CodeError},
+        target,
+    },
+    state::AppState,
+    time_util::{now_ms, parse_rfc3339, to_rfc3339},
+};
+
+/// Body of `POST /api/v1/links`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLink {
+    /// Target URL.
+    pub url: String,
+    /// Custom code (optional).
+    #[serde(default)]
+    pub code: Option<String>,
+    /// RFC 3339 expiry (optional).
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// 301, 302 (default), 307 or 308.
+    #[serde(default)]
+    pub redirect_status: Option<u16>,
+}
+
+/// Body of `PATCH /api/v1/links/{code}`. `"expires_at": null` removes the expiry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchLink {
+    /// New target URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// New expiry; `null` = never.
+    #[serde(default, deserialize_with = "present")]
+    pub expires_at: Option<Option<String>>,
+    /// New redirect status.
+    #[serde(default)]
+    pub redirect_status: Option<u16>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A link as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct LinkView {
+    /// The short code.
+    pub code: String,
+    /// The full short URL (`PUBLIC_BASE_URL` + code).
+    pub short_url: String,
+    /// The target URL.
+    pub url: String,
+    /// The redirect status.
+    pub redirect_status: i64,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// RFC 3339, or null for never.
+    pub expires_at: Option<String>,
+}
+
+impl LinkView {
+    fn new(state: &AppState, row: LinkRow) -> Self {
+        LinkView {
+            short_url: format!("{}{}", state.config.public_base_url, row.short_code),
+            code: row.short_code,
+            url: row.original_url,
+            redirect_status: row.redirect_status,
+            created_at: to_rfc3339(row.created_at),
+            updated_at: to_rfc3339(row.updated_at),
+            expires_at: row.expires_at.map(to_rfc3339),
+        }
+    }
+}
+
+fn parse_status(s: Option<u16>) -> Result<Option<i64>, ApiError> {
+    match s {
+        None => Ok(None),
+        Some(s @ (301 | 302 | 307 | 308)) => Ok(Some(i64::from(s))),
+        Some(other) => Err(ApiError::invalid(
+            "invalid_redirect_status",
+            format!("redirect_status must be 301, 302, 307 or 308, not {other}"),
+        )),
+    }
+}
+
+fn parse_expiry(raw: &str) -> Result<i64, ApiError> {
+    parse_rfc3339(raw).ok_or_else(|| {
+        ApiError::invalid("invalid_expires_at", "expires_at must be an RFC 3339 timestamp, e.g. 2030-01-01T00:00:00Z")
+    })
+}
+
+fn parse_url(state: &AppState, raw: &str) -> Result<String, ApiError> {
+    target::parse_target(raw, &state.config.public_base_url).map_err(|e| ApiError::Invalid(e.code, e.message))
+}
+
+fn path_code(code: &str) -> Result<&str, ApiError> {
+    if code::is_code_shaped(code) {
+        Ok(code)
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+/// `POST /api/v1/links` → 201 with the link.
+pub async fn create_link(
+    State(state): State<AppState>,
+    Caller(key): Caller,
+    ApiJson(body): ApiJson<CreateLink>,
+) -> Result<impl IntoResponse, ApiError> {
+    let url = parse_url(&state, &body.url)?;
+    let custom = match body.code.as_deref() {
+        None => None,
+        Some(c) => Some(
+            code::parse_custom(c)
+                .map_err(|e| match e {
+                    CodeError::Shape => ApiError::invalid(
+                        "invalid_code",
+                        "code must be 3 to 64 characters of A-Z, a-z, 0-9, '_' or '-'",
+                    ),
+                    CodeError::Reserved => ApiError::invalid("reserved_code", format!("{c:?} is reserved")),
+                })?
+                .to_string(),
+        ),
+    };
+    let expires_at = match body.expires_at.as_deref() {
+        None => None,
+        Some(raw) => {
+            let at = parse_expiry(raw)?;
+            if at <= now_ms() {
+                return Err(ApiError::invalid("invalid_expires_at", "expires_at must be in the future"));
+            }
+            Some(at)
+        }
+    };
+    let status = parse_status(body.redirect_status)?.unwrap_or(302);
+    let change = Change::Create { code: custom, url, status, expires_at, created_by: Some(key.id) };
+    match state.writer.submit(change).await? {
+        Outcome::Created(row) => {
+            tracing::info!(link.code = %row.short_code, key.name = %key.name, "link created");
+            Ok((StatusCode::CREATED, Json(LinkView::new(&state, row))))
+        }
+        Outcome::Taken => Err(ApiError::Conflict),
+        other => Err(ApiError::Internal(format!("unexpected create outcome {other:?}"))),
+    }
+}
+
+/// `GET /api/v1/links/{code}`.
+pub async fn get_link(
+    State(state): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<LinkView>, ApiError> {
+    let Path(code) = path?;
+    let code = path_code(&code)?;
+    let row = db::links::find_link_by_code(&state.db, code).await?.ok_or(ApiError::NotFound)?;
+    Ok(Json(LinkView::new(&state, row)))
+}
+
+/// Query of `GET /api/v1/links`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Page size, 1..=1000 (default 100).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of links.
+#[derive(Debug, Serialize)]
+pub struct LinkPage {
+    /// The links, ordered by code.
+    pub links: Vec<LinkView>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/links?limit=&cursor=`.
+pub async fn list_links(
+    State(state): State<AppState>,
+    _caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<LinkPage>, ApiError> {
+    let Query(q) = query?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("bad_query", "limit must be between 1 and 1000".into()));
+    }
+    if let Some(c) = q.cursor.as_deref() {
+        if !code::is_code_shaped(c) {
+            return Err(ApiError::BadRequest("bad_query", "cursor is not one this API returned".into()));
+        }
+    }
+    let rows = db::links::find_links_page(&state.db, q.cursor.as_deref(), limit).await?;
+    let next_cursor = (rows.len() == limit as usize).then(|| rows.last().map(|r| r.short_code.clone())).flatten();
+    Ok(Json(LinkPage { links: rows.into_iter().map(|r| LinkView::new(&state, r)).collect(), next_cursor }))
+}
+
+/// `PATCH /api/v1/links/{code}` (url, expires_at, redirect_status) → the updated link.
+pub async fn update_link(
+    State(state): State<AppState>,
+    Caller(key): Caller,
+    path: Result<Path<String>, PathRejection>,
+    ApiJson(body): ApiJson<PatchLink>,
+) -> Result<Json<LinkView>, ApiError> {
+    let Path(code) = path?;
+    let code = path_code(&code)?.to_string();
+    let patch = LinkPatch {
+        url: body.url.as_deref().map(|u| parse_url(&state, u)).transpose()?,
+        expires_at: match body.expires_at {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(raw)) => Some(Some(parse_expiry(&raw)?)),
+        },
+        redirect_status: parse_status(body.redirect_status)?,
+    };
+    if patch.url.is_none() && patch.expires_at.is_none() && patch.redirect_status.is_none() {
+        let row = db::links::find_link_by_code(&state.db, &code).await?.ok_or(ApiError::NotFound)?;
+        return Ok(Json(LinkView::new(&state, row)));
+    }
+    match state.writer.submit(Change::Update { code, patch }).await? {
+        Outcome::Updated(row) => {
+            tracing::info!(link.code = %row.short_code, key.name = %key.name, "link updated");
+            Ok(Json(LinkView::new(&state, row)))
+        }
+        Outcome::NotFound => Err(ApiError::NotFound),
+        other => Err(ApiError::Internal(format!("unexpected update outcome {other:?}"))),
+    }
+}
+
+/// `DELETE /api/v1/links/{code}` → 204.
+pub async fn delete_link(
+    State(state): State<AppState>,
+    Caller(key): Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(code) = path?;
+    let code = path_code(&code)?.to_string();
+    match state.writer.submit(Change::Delete { code: code.clone() }).await? {
+        Outcome::Deleted => {
+            tracing::info!(link.code = %code, key.name = %key.name, "link deleted");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Outcome::NotFound => Err(ApiError::NotFound),
+        other => Err(ApiError::Internal(format!("unexpected delete outcome {other:?}"))),
+    }
+}

@@ -1,0 +1,71 @@
+//! `GET`/`HEAD /{code}` — the hot path, kept tiny: shape check, resolve, answer. No allocation
+//! on an L1 hit beyond the response itself.
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+
+use crate::{
+    links::{code, Resolved},
+    state::AppState,
+    time_util::now_ms,
+};
+
+const NOT_FOUND_PAGE: &str =
+    "<!doctype html><title>Not found</title><h1>Not found</h1><p>This short link does not exist.</p>\n";
+const GONE_PAGE: &str =
+    "<!doctype html><title>Link expired</title><h1>Link expired</h1><p>This short link has expired.</p>\n";
+const BUSY_PAGE: &str =
+    "<!doctype html><title>Busy</title><h1>Try again</h1><p>The service is busy; please retry in a moment.</p>\n";
+const HOME_PAGE: &str = "<!doctype html><title>shortener</title><h1>shortener</h1><p>A URL shortener. Short links live at /{code}; the API at /api/v1.</p>\n";
+
+fn page(status: StatusCode, body: &'static str) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Follows a short link.
+pub async fn follow_link(State(state): State<AppState>, req: Request) -> Response {
+    let code = &req.uri().path()[1..];
+    if !code::is_code_shaped(code) || code::is_reserved(code) {
+        return not_found().await;
+    }
+    match state.resolver.resolve(code).await {
+        Ok(Resolved::Found(link)) => {
+            if link.expires_at.is_some_and(|e| e <= now_ms()) {
+                return page(StatusCode::GONE, GONE_PAGE);
+            }
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = link.status;
+            let h = resp.headers_mut();
+            h.insert(header::LOCATION, link.location.clone());
+            if matches!(link.status, StatusCode::MOVED_PERMANENTLY | StatusCode::PERMANENT_REDIRECT) {
+                h.insert(header::CACHE_CONTROL, state.permanent_cache_control.clone());
+            }
+            resp
+        }
+        Ok(Resolved::Missing) => page(StatusCode::NOT_FOUND, NOT_FOUND_PAGE),
+        Err(_) => {
+            let mut resp = page(StatusCode::SERVICE_UNAVAILABLE, BUSY_PAGE);
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }
+    }
+}
+
+/// Anything that is not a route: a plain 404 page.
+pub async fn not_found() -> Response {
+    page(StatusCode::NOT_FOUND, NOT_FOUND_PAGE)
+}
+
+/// `/`: a one-line page saying what this is.
+pub async fn home() -> impl IntoResponse {
+    page(StatusCode::OK, HOME_PAGE)
+}

@@ -1,0 +1,26 @@
+//! `shortener` — a self-hosted URL shortener built for one small VM and real traffic.
+//!
+//! Module map, in reading order:
+//!
+//! - [`config`]: every setting, read from the environment ([`config::Config::from_env`]).
+//! - [`telemetry`]: tracing setup (`LOG_FORMAT=json|pretty`), logs to stderr.
+//! - [`startup`]: builds pools and state, runs migrations, binds, serves, shuts down gracefully.
+//! - [`state`]: [`state::AppState`], the handles every handler may use.
+//! - [`error`]: [`error::ApiError`], the one JSON error envelope of the API.
+//! - [`http`]: routers and handlers only — the redirect hot path, the link API, health.
+//! - [`links`]: the domain — short codes, target URLs, and the read-through resolver.
+//! - [`cache`]: the in-process L1 and the Redis tier (pool, budgets, breaker, Lua scripts).
+//! - [`db`]: all SQL — pools, the group-committing writer, link and key queries.
+//! - [`cli`]: the command line (`serve`, `migrate`, `keys …`, `links …`).
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod links;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+pub mod time_util;

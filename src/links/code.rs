@@ -1,0 +1,111 @@
+//! Short codes: what may be one, and how random ones are made.
+//!
+//! Custom codes are `[A-Za-z0-9_-]{3,64}` and not a reserved word; random codes are base62 of
+//! `CODE_LENGTH` characters. The redirect path checks only the shape ([`is_code_shaped`]), so
+//! anything that cannot be a code is answered 404 before any I/O.
+
+use rand::Rng;
+
+/// Shortest custom code.
+pub const MIN_LEN: usize = 3;
+/// Longest code.
+pub const MAX_LEN: usize = 64;
+
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Words that cannot be custom codes: our own routes, and paths browsers and crawlers ask for.
+pub const RESERVED: &[&str] = &[
+    "api",
+    "health",
+    "metrics",
+    "admin",
+    "static",
+    "assets",
+    "login",
+    "logout",
+    "signup",
+    "docs",
+    "status",
+    "ready",
+    "robots",
+    "favicon",
+    "well-known",
+    "_next",
+    "www",
+    "app",
+    "dashboard",
+    "settings",
+    "help",
+    "about",
+    "terms",
+    "privacy",
+    "v1",
+    "v2",
+];
+
+/// Whether `s` has the shape of a code (length and alphabet); no allocation, no I/O.
+#[inline]
+pub fn is_code_shaped(s: &str) -> bool {
+    (MIN_LEN..=MAX_LEN).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether `s` is a reserved word (case-insensitive).
+pub fn is_reserved(s: &str) -> bool {
+    RESERVED.iter().any(|r| r.eq_ignore_ascii_case(s))
+}
+
+/// Why a custom code was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CodeError {
+    /// Wrong length or characters.
+    Shape,
+    /// A reserved word.
+    Reserved,
+}
+
+/// Validates a custom code.
+pub fn parse_custom(s: &str) -> Result<&str, CodeError> {
+    if !is_code_shaped(s) {
+        Err(CodeError::Shape)
+    } else if is_reserved(s) {
+        Err(CodeError::Reserved)
+    } else {
+        Ok(s)
+    }
+}
+
+/// A random base62 code of `len` characters.
+pub fn generate(len: usize) -> String {
+    let mut rng = rand::rng();
+    (0..len).map(|_| BASE62[rng.random_range(0..BASE62.len())] as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes() {
+        assert!(is_code_shaped("abc"));
+        assert!(is_code_shaped("A_b-9"));
+        assert!(!is_code_shaped("ab"));
+        assert!(!is_code_shaped(&"a".repeat(65)));
+        assert!(!is_code_shaped("favicon.ico"));
+        assert!(!is_code_shaped("a b"));
+        assert!(!is_code_shaped("ünï"));
+    }
+
+    #[test]
+    fn reserved_words_are_refused_whatever_the_case() {
+        assert_eq!(parse_custom("API"), Err(CodeError::Reserved));
+        assert_eq!(parse_custom("health"), Err(CodeError::Reserved));
+        assert_eq!(parse_custom("my-link"), Ok("my-link"));
+    }
+
+    #[test]
+    fn random_codes_are_base62_of_the_asked_length() {
+        let c = generate(7);
+        assert_eq!(c.len(), 7);
+        assert!(c.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+}

@@ -1,0 +1,84 @@
+//! The domain: what a link is ([`code`], [`target`]) and how a code is resolved ([`resolve`]).
+
+pub mod code;
+pub mod resolve;
+pub mod target;
+
+use std::sync::Arc;
+
+use axum::http::{HeaderValue, StatusCode};
+
+/// A link ready to answer a redirect with: built once per cache fill, shared by every request
+/// that hits it (the `Location` value is reference-counted, not copied).
+#[derive(Debug)]
+pub struct CachedLink {
+    /// The `Location` header: the stored URL byte for byte.
+    pub location: HeaderValue,
+    /// 301, 302, 307 or 308.
+    pub status: StatusCode,
+    /// Epoch milliseconds after which the link answers 410.
+    pub expires_at: Option<i64>,
+}
+
+/// What a code resolves to, in every cache tier.
+#[derive(Debug, Clone)]
+pub enum Resolved {
+    /// A link.
+    Found(Arc<CachedLink>),
+    /// No link has this code (cached with a short TTL).
+    Missing,
+}
+
+impl Resolved {
+    /// Builds a found entry from stored columns; `None` if the row cannot be served (a URL that
+    /// is not a valid header value, or a status out of range — only possible for rows written
+    /// by hand).
+    pub fn from_parts(url: &str, status: i64, expires_at: Option<i64>) -> Option<Self> {
+        let status = match status {
+            301 | 302 | 307 | 308 => StatusCode::from_u16(status as u16).ok()?,
+            _ => return None,
+        };
+        let location = HeaderValue::from_str(url).ok()?;
+        Some(Resolved::Found(Arc::new(CachedLink { location, status, expires_at })))
+    }
+
+    /// Encodes for Redis: `-` for missing, else `status|expires_ms|url`.
+    pub fn encode(&self) -> String {
+        match self {
+            Resolved::Missing => "-".to_string(),
+            Resolved::Found(l) => {
+                let exp = l.expires_at.map(|e| e.to_string()).unwrap_or_default();
+                let url = l.location.to_str().unwrap_or_default();
+                format!("{}|{}|{}", l.status.as_u16(), exp, url)
+            }
+        }
+    }
+
+    /// Decodes what [`Resolved::encode`] wrote; `None` for anything else (treated as a miss).
+    pub fn decode(raw: &str) -> Option<Self> {
+        if raw == "-" {
+            return Some(Resolved::Missing);
+        }
+        let mut parts = raw.splitn(3, '|');
+        let status: i64 = parts.next()?.parse().ok()?;
+        let exp = parts.next()?;
+        let expires_at = if exp.is_empty() { None } else { Some(exp.parse().ok()?) };
+        Self::from_parts(parts.next()?, status, expires_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_encoding_round_trips_urls_with_pipes() {
+        let v = Resolved::from_parts("https://a.example/x|y?z=1", 308, Some(42)).unwrap();
+        let Resolved::Found(back) = Resolved::decode(&v.encode()).unwrap() else { panic!("lost the link") };
+        assert_eq!(back.location, "https://a.example/x|y?z=1");
+        assert_eq!(back.status, StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(back.expires_at, Some(42));
+        assert!(matches!(Resolved::decode("-"), Some(Resolved::Missing)));
+        assert!(Resolved::decode("garbage").is_none());
+    }
+}

@@ -1,0 +1,305 @@
+//! The read-through: L1 → Redis → SQLite, with single-flight, negative caching and the
+//! stale-set guard (see `cache::local` and `cache::redis` for how each guard works).
+//!
+//! 1. L1 hit → done.
+//! 2. Redis `GET` under its budget (only while Redis is trusted) → done on a hit.
+//! 3. Otherwise join the code's flight, or start one. A flight re-checks L1, re-checks Redis
+//!    while taking a fill lease (one script), reads SQLite once, writes the answer back through
+//!    the guard, fills L1 through the epoch guard, and only then answers its waiters — so a
+//!    request that arrives just after a flight finished finds the answer cached.
+//!
+//! A flight belongs to the epoch it started in: a request that arrives after a change to the
+//! code does not join a flight that may have read the old row, it starts its own.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use serde::Serialize;
+use sqlx::SqlitePool;
+use tokio::sync::{Notify, OnceCell, Semaphore};
+
+use crate::{
+    cache::{
+        local::L1,
+        redis::{Lease, Lookup, RedisTier},
+    },
+    db::{self, DbError},
+    links::Resolved,
+};
+
+/// Why a code could not be resolved: the database is saturated or failing (the redirect path
+/// answers 503 with `Retry-After`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ResolveError(pub String);
+
+/// Counters of the redirect path (monotonic).
+#[derive(Default, Debug)]
+pub struct CacheStats {
+    /// Answered from L1.
+    pub l1_hits: AtomicU64,
+    /// Answered from Redis.
+    pub redis_hits: AtomicU64,
+    /// Missed both caches (each such request once).
+    pub misses: AtomicU64,
+    /// SQLite reads made by the redirect path.
+    pub db_lookups: AtomicU64,
+    /// Answers that were cached "no such code" entries.
+    pub negative_hits: AtomicU64,
+    /// Requests that waited on another request's flight instead of reading SQLite.
+    pub flight_waits: AtomicU64,
+    /// Lookups that failed (database busy or broken).
+    pub errors: AtomicU64,
+}
+
+/// `/health/cache`'s view of the counters.
+#[derive(Debug, Serialize)]
+pub struct CacheReport {
+    /// Answered from L1.
+    pub l1_hits: u64,
+    /// Answered from Redis.
+    pub redis_hits: u64,
+    /// Missed both caches.
+    pub misses: u64,
+    /// SQLite reads by the redirect path.
+    pub db_lookups: u64,
+    /// (l1_hits + redis_hits) / all lookups; 0 when there were none.
+    pub hit_ratio: f64,
+    /// l1_hits / all lookups.
+    pub l1_hit_ratio: f64,
+    /// redis_hits / lookups that reached Redis' turn (all minus L1 hits).
+    pub redis_hit_ratio: f64,
+    /// Cached "no such code" answers served.
+    pub negative_hits: u64,
+    /// Requests that shared another request's SQLite read.
+    pub single_flight_waits: u64,
+    /// Write-backs the stale-set guard refused.
+    pub write_backs_rejected: u64,
+    /// Write-backs that landed in Redis.
+    pub write_backs: u64,
+    /// Entries in L1 (approximate).
+    pub l1_entries: u64,
+    /// Whether L1 is on.
+    pub l1_enabled: bool,
+    /// Whether Redis is on in this configuration.
+    pub redis_enabled: bool,
+    /// Redis breaker: `closed`, `open`, `replaying`, or `disabled`.
+    pub redis_breaker: &'static str,
+}
+
+/// A test hook that holds a fill between its SQLite read and its write-back.
+pub struct FillPause {
+    armed: AtomicBool,
+    /// Notified when an armed fill has read SQLite and is holding.
+    pub reached: Notify,
+    release: Semaphore,
+}
+
+impl Default for FillPause {
+    fn default() -> Self {
+        FillPause { armed: AtomicBool::new(false), reached: Notify::new(), release: Semaphore::new(0) }
+    }
+}
+
+impl FillPause {
+    /// Makes the next fill hold.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets the held fill go on.
+    pub fn release(&self) {
+        self.release.add_permits(1);
+    }
+
+    async fn hold_if_armed(&self) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.reached.notify_one();
+            if let Ok(p) = self.release.acquire().await {
+                p.forget();
+            }
+        }
+    }
+}
+
+type Flight = Arc<OnceCell<Result<Resolved, ResolveError>>>;
+
+/// Resolves codes. One per process.
+pub struct Resolver {
+    /// The in-process tier.
+    pub l1: L1,
+    /// The Redis tier, when enabled.
+    pub redis: Option<Arc<RedisTier>>,
+    db: SqlitePool,
+    flights: Mutex<HashMap<Box<str>, (u64, Flight)>>,
+    negative_ttl: Duration,
+    guard: bool,
+    fill_pause: Option<Arc<FillPause>>,
+    /// Counters.
+    pub stats: CacheStats,
+}
+
+impl Resolver {
+    /// Wires the tiers together.
+    pub fn new(
+        l1: L1,
+        redis: Option<Arc<RedisTier>>,
+        db: SqlitePool,
+        negative_ttl: Duration,
+        guard: bool,
+        fill_pause: Option<Arc<FillPause>>,
+    ) -> Self {
+        Resolver {
+            l1,
+            redis,
+            db,
+            flights: Mutex::new(HashMap::new()),
+            negative_ttl,
+            guard,
+            fill_pause,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// Resolves a code that has the shape of one.
+    pub async fn resolve(&self, code: &str) -> Result<Resolved, ResolveError> {
+        if let Some(v) = self.l1.get(code) {
+            self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(self.count_negative(v));
+        }
+        let epoch = self.l1.epoch(code);
+        if let Some(redis) = &self.redis {
+            if let Lookup::Hit(v) = redis.get(code).await {
+                self.stats.redis_hits.fetch_add(1, Ordering::Relaxed);
+                self.l1.fill(code, v.clone(), epoch, self.guard);
+                return Ok(self.count_negative(v));
+            }
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let flight = self.join_flight(code, epoch);
+        let mut led = false;
+        let result = flight
+            .get_or_init(|| {
+                led = true;
+                self.fetch(code, epoch)
+            })
+            .await
+            .clone();
+        if !led {
+            self.stats.flight_waits.fetch_add(1, Ordering::Relaxed);
+        }
+        self.leave_flight(code, &flight);
+        result.map(|v| self.count_negative(v))
+    }
+
+    fn count_negative(&self, v: Resolved) -> Resolved {
+        if matches!(v, Resolved::Missing) {
+            self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        v
+    }
+
+    fn join_flight(&self, code: &str, epoch: u64) -> Flight {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        match flights.get(code) {
+            Some((e, f)) if *e == epoch => f.clone(),
+            _ => {
+                let f: Flight = Arc::new(OnceCell::new());
+                flights.insert(code.into(), (epoch, f.clone()));
+                f
+            }
+        }
+    }
+
+    fn leave_flight(&self, code: &str, flight: &Flight) {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if flights.get(code).is_some_and(|(_, f)| Arc::ptr_eq(f, flight)) {
+            flights.remove(code);
+        }
+    }
+
+    /// The body of a flight: one SQLite read, written back through the guards.
+    async fn fetch(&self, code: &str, epoch: u64) -> Result<Resolved, ResolveError> {
+        if let Some(v) = self.l1.get(code) {
+            return Ok(v);
+        }
+        let mut token = None;
+        if let Some(redis) = &self.redis {
+            match redis.lease(code, self.guard).await {
+                Lease::Hit(v) => {
+                    self.l1.fill(code, v.clone(), epoch, self.guard);
+                    return Ok(v);
+                }
+                Lease::Token(t) => token = Some(t),
+                Lease::Unavailable => {}
+            }
+        }
+        self.stats.db_lookups.fetch_add(1, Ordering::Relaxed);
+        let row = db::links::find_target_by_code(&self.db, code).await.map_err(|e| {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            match e {
+                DbError::Busy => ResolveError("database busy".into()),
+                DbError::Sql(e) => {
+                    tracing::error!(error = %e, "redirect lookup failed");
+                    ResolveError("database error".into())
+                }
+            }
+        })?;
+        let value = match row {
+            None => Resolved::Missing,
+            Some(t) => match Resolved::from_parts(&t.original_url, t.redirect_status, t.expires_at) {
+                Some(v) => v,
+                None => {
+                    tracing::warn!(link.code = code, "stored link cannot be served (bad URL or status); answering 404");
+                    Resolved::Missing
+                }
+            },
+        };
+        if let Some(pause) = &self.fill_pause {
+            pause.hold_if_armed().await;
+        }
+        if let (Some(redis), Some(token)) = (&self.redis, token) {
+            redis.fill(code, &token, &value, self.negative_ttl, self.guard).await;
+        }
+        self.l1.fill(code, value.clone(), epoch, self.guard);
+        Ok(value)
+    }
+
+    /// Forgets a changed code in this process' L1 (the Redis side is the writer's job).
+    pub fn forget_locally(&self, code: &str) {
+        self.l1.invalidate(code);
+    }
+
+    /// The counters as `/health/cache` shows them.
+    pub fn report(&self) -> CacheReport {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (l1, rh, miss) = (get(&self.stats.l1_hits), get(&self.stats.redis_hits), get(&self.stats.misses));
+        let total = l1 + rh + miss;
+        let ratio = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
+        let (rejected, fills) =
+            self.redis.as_ref().map_or((0, 0), |r| (get(&r.stats.fills_rejected), get(&r.stats.fills)));
+        CacheReport {
+            l1_hits: l1,
+            redis_hits: rh,
+            misses: miss,
+            db_lookups: get(&self.stats.db_lookups),
+            hit_ratio: ratio(l1 + rh, total),
+            l1_hit_ratio: ratio(l1, total),
+            redis_hit_ratio: ratio(rh, total - l1),
+            negative_hits: get(&self.stats.negative_hits),
+            single_flight_waits: get(&self.stats.flight_waits),
+            write_backs_rejected: rejected,
+            write_backs: fills,
+            l1_entries: self.l1.len(),
+            l1_enabled: self.l1.enabled(),
+            redis_enabled: self.redis.is_some(),
+            redis_breaker: self.redis.as_ref().map_or("disabled", |r| r.breaker_state()),
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! The `shortener` binary: load `.env`, start logging, parse the command line, dispatch.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use shortener::{cli, telemetry};
+
+fn main() -> ExitCode {
+    let dotenv = dotenvy::dotenv();
+    telemetry::init();
+    if let Err(e) = &dotenv {
+        if !e.not_found() {
+            tracing::error!(error = %e, ".env could not be read");
+            return ExitCode::FAILURE;
+        }
+    }
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shortener: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "exiting");
+            eprintln!("shortener: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Builds the service (pools, caches, writer, router), binds, serves, and shuts down
+//! gracefully. [`build`] returns an [`Application`] whose address is already bound, so tests
+//! and the `serve` command alike learn the real port before serving.
+//!
+//! The accept loop is our own (hyper-util) rather than `axum::serve` because the service needs
+//! what that does not expose: an explicit listen backlog, a header-read timeout against
+//! slowloris clients, TCP keepalive, and a clear log line instead of a spin when the process
+//! runs out of file descriptors.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{http::HeaderValue, Router};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto::Builder, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::watch,
+    task::JoinHandle,
+};
+
+use crate::{
+    cache::{local::L1, redis::RedisTier},
+    config::Config,
+    db::{self, writer::Writer},
+    http,
+    links::resolve::Resolver,
+    state::{AppState, Inner},
+};
+
+/// Any startup failure, with a message that says what failed.
+pub type StartupError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A built, bound service, ready to run.
+pub struct Application {
+    addr: SocketAddr,
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    shutdown_tx: watch::Sender<bool>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Opens the database (running migrations), the caches and the writer, and binds the listener.
+/// Redis being unreachable is not an error: the service starts on L1 + SQLite and keeps trying.
+pub async fn build(config: Config) -> Result<Application, StartupError> {
+    let writer_conn = db::open_writer(&config.database_url, config.db_busy_timeout)
+        .await
+        .map_err(|e| format!("opening database {}: {e}", config.database_url))?;
+    let read_pool = db::open_read_pool(
+        &config.database_url,
+        config.db_read_pool_size,
+        config.db_acquire_timeout,
+        config.db_busy_timeout,
+    )
+    .await
+    .map_err(|e| format!("opening read pool on {}: {e}", config.database_url))?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut background = Vec::new();
+
+    let redis = if config.redis_enabled {
+        let tier = Arc::new(RedisTier::new(&config)?);
+        tier.tick(&read_pool).await;
+        if tier.readable() {
+            tracing::info!(redis.url = %crate::config::redact_url(&config.redis_url), "redis connected");
+        } else {
+            tracing::warn!(
+                redis.url = %crate::config::redact_url(&config.redis_url),
+                "redis not reachable at startup: serving from L1 and SQLite, retrying in the background"
+            );
+        }
+        let (t, db, rx) = (tier.clone(), read_pool.clone(), shutdown_rx.clone());
+        background.push(tokio::spawn(async move { t.supervise(db, rx).await }));
+        Some(tier)
+    } else {
+        tracing::info!("redis disabled (REDIS_ENABLED=false): serving from L1 and SQLite");
+        None
+    };
+
+    let resolver = Arc::new(Resolver::new(
+        L1::new(config.l1_capacity, config.l1_ttl, config.negative_ttl),
+        redis,
+        read_pool.clone(),
+        config.negative_ttl,
+        !config.hooks.disable_write_back_guard,
+        config.hooks.fill_pause.clone(),
+    ));
+    let (writer, writer_task) =
+        Writer::spawn(writer_conn, resolver.clone(), config.code_length, config.write_batch_max, shutdown_rx.clone());
+    background.push(writer_task);
+
+    let listener = bind(config.listen_addr, config.listen_backlog)
+        .map_err(|e| format!("binding LISTEN_ADDR={}: {e}", config.listen_addr))?;
+    let addr = listener.local_addr()?;
+    let permanent_cache_control =
+        HeaderValue::from_str(&format!("private, max-age={}", config.permanent_redirect_max_age))?;
+    let state = AppState::new(Inner {
+        config,
+        db: read_pool,
+        resolver,
+        writer,
+        started: std::time::Instant::now(),
+        permanent_cache_control,
+    });
+    let router = http::router(state.clone());
+    Ok(Application { addr, listener, router, state, shutdown_tx, background })
+}
+
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+impl Application {
+    /// The bound address (the real port when `LISTEN_ADDR` asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state (tests read counters through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `signal` completes, then drains: stops accepting, lets in-flight requests
+    /// finish within `SHUTDOWN_TIMEOUT_SECS`, commits queued writes, stops background tasks and
+    /// closes the pools.
+    pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+        let Application { listener, router, state, shutdown_tx, background, .. } = self;
+        let cfg = &state.config;
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(cfg.header_read_timeout).keep_alive(true);
+        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+        let graceful = GracefulShutdown::new();
+        let mut fd_warnings = FdWarnings::default();
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        tune(&stream);
+                        let svc = TowerToHyperService::new(router.clone());
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                        let conn = graceful.watch(conn);
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                    }
+                    Err(e) => fd_warnings.on_accept_error(e).await,
+                },
+                _ = &mut signal => break,
+            }
+        }
+        drop(listener);
+        tracing::info!("shutdown: stopped accepting, draining in-flight requests");
+        if tokio::time::timeout(cfg.shutdown_timeout, graceful.shutdown()).await.is_err() {
+            tracing::warn!(
+                shutdown.timeout_s = cfg.shutdown_timeout.as_secs(),
+                "in-flight requests did not finish in time; closing them"
+            );
+        }
+        let _ = shutdown_tx.send(true);
+        for task in background {
+            if tokio::time::timeout(cfg.shutdown_timeout, task).await.is_err() {
+                tracing::warn!("a background task did not stop in time");
+            }
+        }
+        state.db.close().await;
+        tracing::info!("shut down gracefully");
+        Ok(())
+    }
+}
+
+/// Accept errors: running out of file descriptors is logged clearly (at most every 5 s, with a
+/// count) and paced, instead of spinning or crashing; other errors are per-connection noise.
+#[derive(Default)]
+struct FdWarnings {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl FdWarnings {
+    async fn on_accept_error(&mut self, e: std::io::Error) {
+        // EMFILE (24), ENFILE (23), ENOBUFS (105), ENOMEM (12) on Linux.
+        let exhausted = matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12));
+        if !exhausted {
+            tracing::debug!(error = %e, "accept failed");
+            return;
+        }
+        let due = self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+        if due {
+            tracing::error!(
+                error = %e,
+                accept.suppressed = self.suppressed,
+                "out of file descriptors: new connections wait in the backlog; raise LimitNOFILE / ulimit -n"
+            );
+            self.last = Some(std::time::Instant::now());
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

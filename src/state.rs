@@ -1,0 +1,42 @@
+//! [`AppState`]: the handles every handler may use. Cloning it is one reference-count bump.
+
+use std::{ops::Deref, sync::Arc, time::Instant};
+
+use axum::http::HeaderValue;
+use sqlx::SqlitePool;
+
+use crate::{config::Config, db::writer::Writer, links::resolve::Resolver};
+
+/// Shared state of one running service.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+/// What [`AppState`] holds.
+pub struct Inner {
+    /// The configuration the service started with.
+    pub config: Config,
+    /// The read pool (API reads, key lookups, health).
+    pub db: SqlitePool,
+    /// The read-through resolver (L1, Redis, SQLite) and its counters.
+    pub resolver: Arc<Resolver>,
+    /// The single writer (group commit).
+    pub writer: Writer,
+    /// When the service started.
+    pub started: Instant,
+    /// `Cache-Control` of permanent redirects, built once from the configuration.
+    pub permanent_cache_control: HeaderValue,
+}
+
+impl AppState {
+    /// Wraps the parts.
+    pub fn new(inner: Inner) -> Self {
+        AppState(Arc::new(inner))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
