@@ -47,7 +47,10 @@ pub struct Config {
     pub redis_key_prefix: String,
     /// `REDIS_POOL_SIZE`: deadpool-redis pool size. Default 8.
     pub redis_pool_size: usize,
-    /// `REDIS_TIMEOUT_MS`: budget of one Redis call on the request path. Default 10.
+    /// `REDIS_TIMEOUT_MS`: budget of one Redis call on the request path. Default 25: a loopback
+    /// round trip takes well under a millisecond, but under a full load the reply can wait
+    /// behind thousands of runnable requests on two cores, and a process must not mistake its
+    /// own queueing for a Redis failure (that would send the load to SQLite, which costs more).
     pub redis_timeout: Duration,
     /// `REDIS_CONNECT_TIMEOUT_MS`: budget to open (or check out) a connection. Default 250.
     pub redis_connect_timeout: Duration,
@@ -191,7 +194,7 @@ impl Config {
             redis_url,
             redis_key_prefix: lookup("REDIS_KEY_PREFIX").unwrap_or_else(|| "shortener:".into()),
             redis_pool_size: parse("REDIS_POOL_SIZE", 8)?,
-            redis_timeout: millis("REDIS_TIMEOUT_MS", 10)?,
+            redis_timeout: millis("REDIS_TIMEOUT_MS", 25)?,
             redis_connect_timeout: millis("REDIS_CONNECT_TIMEOUT_MS", 250)?,
             redis_breaker_threshold: parse("REDIS_BREAKER_THRESHOLD", 5)?,
             redis_probe_interval: millis("REDIS_PROBE_INTERVAL_MS", 500)?,
@@ -238,7 +241,7 @@ impl Config {
             redis_url: redis_url.unwrap_or("redis://127.0.0.1:1").to_string(),
             redis_key_prefix: "shortener:".into(),
             redis_pool_size: 4,
-            redis_timeout: Duration::from_millis(50),
+            redis_timeout: Duration::from_millis(250),
             redis_connect_timeout: Duration::from_millis(250),
             redis_breaker_threshold: 3,
             redis_probe_interval: Duration::from_millis(100),

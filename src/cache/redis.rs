@@ -208,19 +208,26 @@ impl RedisTier {
         }
     }
 
-    fn on_failure(&self, timed_out: bool, detail: &dyn std::fmt::Display) {
+    fn on_failure(&self, timed_out: bool, broken: bool, detail: &dyn std::fmt::Display) {
         if timed_out {
             self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
         } else {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
         }
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= self.threshold && self.up.swap(false, Ordering::AcqRel) {
+        let opened = n >= self.threshold && self.up.swap(false, Ordering::AcqRel);
+        if opened {
             self.stats.breaker_opened.fetch_add(1, Ordering::Relaxed);
             *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             tracing::warn!(redis.failures = n, error = %detail, "redis breaker open: serving from L1 and SQLite");
         }
-        self.discard_connection();
+        // A single timeout on a multiplexed connection does not desynchronise it (the late reply
+        // is matched to its dropped request and discarded), so the connection is kept through
+        // isolated slow calls. It is rebuilt when it is broken, or when the breaker opens: a
+        // paused Redis keeps the socket open, and redis-rs would wait on it forever.
+        if broken || opened {
+            self.discard_connection();
+        }
     }
 
     /// Runs one call on the shared connection under the time budget. `None` on any trouble.
@@ -236,11 +243,12 @@ impl RedisTier {
                 Some(v)
             }
             Ok(Err(e)) => {
-                self.on_failure(false, &e);
+                let broken = e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error();
+                self.on_failure(false, broken, &e);
                 None
             }
             Err(_) => {
-                self.on_failure(true, &"timed out");
+                self.on_failure(true, false, &"timed out");
                 None
             }
         }

@@ -1,0 +1,71 @@
+//! The command line, run as a real process.
+
+use std::process::Command;
+
+fn shortener(db_url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_shortener"))
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("REDIS_ENABLED", "false")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn keys_can_be_created_listed_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("nested/dir/k.db").display());
+
+    let out = shortener(&db, &["keys", "create", "ci-bot"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let key = stdout.lines().last().unwrap();
+    assert!(key.starts_with("sk_") && key.len() == 35, "{key:?}");
+
+    let dup = shortener(&db, &["keys", "create", "ci-bot"]);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+
+    let list = String::from_utf8(shortener(&db, &["keys", "list"]).stdout).unwrap();
+    assert!(list.contains("ci-bot"));
+    assert!(!list.contains(key), "keys list must never print a key");
+
+    assert!(shortener(&db, &["keys", "revoke", "ci-bot"]).status.success());
+    assert!(!shortener(&db, &["keys", "revoke", "ci-bot"]).status.success(), "revoking twice fails");
+}
+
+#[test]
+fn migrate_creates_the_database_and_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/links.db");
+    let out = shortener(&format!("sqlite://{}", path.display()), &["migrate"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(path.exists());
+}
+
+#[test]
+fn a_wrong_setting_stops_startup_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shortener"))
+        .arg("serve")
+        .env("DATABASE_URL", format!("sqlite://{}", dir.path().join("x.db").display()))
+        .env("L1_CAPACITY", "lots")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("L1_CAPACITY"));
+}
+
+#[test]
+fn import_reads_csv_and_reports_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("i.db").display());
+    let csv = dir.path().join("links.csv");
+    std::fs::write(&csv, "code,url\nabc123,https://example.com/1\nbad code,https://example.com/2\nxyz789,ftp://nope\nq1w2e3,https://example.com/3\n").unwrap();
+    let out = shortener(&db, &["links", "import", csv.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("imported 2 links"), "{stdout}");
+    assert!(stdout.contains("2 rejected"), "{stdout}");
+}

@@ -1,0 +1,282 @@
+//! Test harness: [`RedisServer`] (a real redis-server that can be killed, paused, restarted)
+//! and [`TestApp`] (the service on a free port with its own SQLite file and an API key).
+
+#![allow(dead_code)]
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use reqwest::{redirect::Policy, Client, Response, StatusCode};
+use serde_json::{json, Value};
+use shortener::{config::Config, db, startup, state::AppState};
+use sqlx::ConnectOptions;
+use tempfile::TempDir;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+/// A free TCP port on loopback (bound and released; callers retry if someone takes it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real redis-server of our own.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts redis-server on a free port (as an LRU cache, like production) and waits for it.
+    pub fn start() -> Self {
+        for _ in 0..20 {
+            let mut r = RedisServer { port: free_port(), child: None, dir: tempfile::tempdir().unwrap() };
+            if r.spawn() {
+                return r;
+            }
+        }
+        panic!("could not start redis-server (is it installed? apt-get install redis-server)");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--maxmemory", "200mb", "--maxmemory-policy", "allkeys-lru"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false; // exited: port taken
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.cli(&["PING"]).trim() == "PONG" {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+        false
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis is running").id()
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty, like a restarted cache).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.spawn() {
+            assert!(Instant::now() < deadline, "redis did not restart on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGSTOP: the process keeps its sockets open but answers nothing.
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+
+    /// Runs `redis-cli -p PORT ARGS…` and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli must be installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_ref() {
+            signal(c.id(), "CONT");
+        }
+        self.kill();
+    }
+}
+
+/// The service, running in this process on a free port.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: Client,
+    pub key: String,
+    pub db_url: String,
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+    _dir: TempDir,
+}
+
+/// A client that never follows redirects.
+pub fn client() -> Client {
+    Client::builder().redirect(Policy::none()).pool_max_idle_per_host(2000).build().unwrap()
+}
+
+/// Starts the service against `redis` (or without Redis), after `tweak` adjusted the config.
+pub async fn spawn_app(redis: Option<&RedisServer>, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path: PathBuf = dir.path().join("data").join("links.db");
+    let db_url = format!("sqlite://{}", db_path.display());
+    let redis_url = redis.map(|r| r.url());
+    let mut config = Config::for_tests(&db_url, redis_url.as_deref());
+    tweak(&mut config);
+    let app = startup::build(config).await.expect("service builds");
+    let addr = app.addr();
+    let state = app.state().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    let key = create_key(&db_url, "test", false).await;
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client: client(),
+        key,
+        db_url,
+        state,
+        shutdown: Some(tx),
+        handle: Some(handle),
+        _dir: dir,
+    }
+}
+
+/// Creates an API key directly in the database.
+pub async fn create_key(db_url: &str, name: &str, unlimited: bool) -> String {
+    let mut conn = raw_conn(db_url).await;
+    db::keys::insert_key(&mut conn, name, unlimited, shortener::time_util::now_ms()).await.unwrap()
+}
+
+/// A plain connection to the test's database (for arranging rows by hand).
+pub async fn raw_conn(db_url: &str) -> sqlx::SqliteConnection {
+    db::connect_options(db_url, Duration::from_secs(5)).unwrap().connect().await.unwrap()
+}
+
+impl TestApp {
+    /// Stops the service gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `GET /{code}` without following.
+    pub async fn follow(&self, code: &str) -> Response {
+        self.client.get(self.url(&format!("/{code}"))).send().await.unwrap()
+    }
+
+    /// The `Location` a code redirects to, or the status when it does not redirect.
+    pub async fn location(&self, code: &str) -> Result<String, StatusCode> {
+        let r = self.follow(code).await;
+        if r.status().is_redirection() {
+            Ok(r.headers()["location"].to_str().unwrap().to_string())
+        } else {
+            Err(r.status())
+        }
+    }
+
+    /// An authenticated API request.
+    pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(&format!("/api/v1{path}"))).bearer_auth(&self.key)
+    }
+
+    /// Creates a link and returns its JSON (panics unless 201).
+    pub async fn create(&self, body: Value) -> Value {
+        let r = self.api(reqwest::Method::POST, "/links").json(&body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "create {body} failed: {}", r.text().await.unwrap());
+        r.json().await.unwrap()
+    }
+
+    /// Creates a link with a custom code.
+    pub async fn create_code(&self, code: &str, url: &str) -> Value {
+        self.create(json!({"code": code, "url": url})).await
+    }
+
+    /// PATCH, returning the status.
+    pub async fn patch(&self, code: &str, body: Value) -> StatusCode {
+        self.api(reqwest::Method::PATCH, &format!("/links/{code}")).json(&body).send().await.unwrap().status()
+    }
+
+    /// DELETE, returning the status.
+    pub async fn delete(&self, code: &str) -> StatusCode {
+        self.api(reqwest::Method::DELETE, &format!("/links/{code}")).send().await.unwrap().status()
+    }
+
+    /// `/health/cache` as JSON.
+    pub async fn cache_stats(&self) -> Value {
+        self.client.get(self.url("/health/cache")).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// One integer field of `/health/cache`.
+    pub async fn stat(&self, field: &str) -> u64 {
+        self.cache_stats().await[field].as_u64().unwrap_or_else(|| panic!("no integer {field} in /health/cache"))
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests: real `redis-server` processes on free ports, real SQLite files in temp
+//! dirs, real HTTP against the service bound on port 0. One binary, one module per concern.
+
+mod cli;
+mod helpers;
+mod links_api;
+mod read_through;
+mod redirect;
