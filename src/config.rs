@@ -81,6 +81,19 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// `SHUTDOWN_TIMEOUT_SECS`: how long in-flight requests may take after SIGTERM. Default 20.
     pub shutdown_timeout: Duration,
+    /// `CLICK_COUNTING`: count clicks on GET redirects. Default true.
+    pub click_counting: bool,
+    /// `CLICK_FLUSH_INTERVAL_MS`: how often buffered clicks are written. Default 2000.
+    pub click_flush_interval: Duration,
+    /// `CLICK_FLUSH_MAX_PENDING`: flush early when this many links have buffered clicks.
+    /// Default 10000.
+    pub click_flush_max_pending: usize,
+    /// `CLICK_BOT_FILTER`: don't count requests whose User-Agent matches a bot pattern.
+    /// Default true.
+    pub click_bot_filter: bool,
+    /// `CLICK_BOT_PATTERNS`: comma-separated, case-insensitive User-Agent fragments. Default:
+    /// [`crate::clicks::DEFAULT_BOT_PATTERNS`].
+    pub click_bot_patterns: Vec<String>,
     /// Test-only hooks. Never set from the environment.
     pub hooks: TestHooks,
 }
@@ -208,6 +221,14 @@ impl Config {
             request_timeout: millis("REQUEST_TIMEOUT_MS", 10_000)?,
             header_read_timeout: millis("HEADER_READ_TIMEOUT_MS", 10_000)?,
             shutdown_timeout: parse("SHUTDOWN_TIMEOUT_SECS", 20).map(Duration::from_secs)?,
+            click_counting: boolean("CLICK_COUNTING", true)?,
+            click_flush_interval: millis("CLICK_FLUSH_INTERVAL_MS", 2000)?,
+            click_flush_max_pending: parse("CLICK_FLUSH_MAX_PENDING", 10_000)?,
+            click_bot_filter: boolean("CLICK_BOT_FILTER", true)?,
+            click_bot_patterns: match lookup("CLICK_BOT_PATTERNS") {
+                Some(v) => v.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
+                None => default_bot_patterns(),
+            },
             hooks: TestHooks::default(),
         };
         cfg.validate()?;
@@ -223,6 +244,7 @@ impl Config {
         check(self.redis_breaker_threshold >= 1, "REDIS_BREAKER_THRESHOLD", 0, "must be at least 1")?;
         check(self.write_batch_max >= 1, "WRITE_BATCH_MAX", 0, "must be at least 1")?;
         check(self.max_body_bytes >= 256, "MAX_BODY_BYTES", self.max_body_bytes, "must be at least 256")?;
+        check(!self.click_flush_interval.is_zero(), "CLICK_FLUSH_INTERVAL_MS", 0, "must be above 0")?;
         check(!self.l1_ttl.is_zero(), "L1_TTL_MS", 0, "must be above 0 (use L1_CAPACITY=0 to disable L1)")?;
         Ok(())
     }
@@ -255,9 +277,18 @@ impl Config {
             request_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(10),
+            click_counting: true,
+            click_flush_interval: Duration::from_millis(200),
+            click_flush_max_pending: 10_000,
+            click_bot_filter: true,
+            click_bot_patterns: default_bot_patterns(),
             hooks: TestHooks::default(),
         }
     }
+}
+
+fn default_bot_patterns() -> Vec<String> {
+    crate::clicks::DEFAULT_BOT_PATTERNS.iter().map(|s| s.to_string()).collect()
 }
 
 fn default_base_url(addr: SocketAddr) -> Url {

@@ -11,10 +11,12 @@
 //! - [`links`]: the domain — short codes, target URLs, and the read-through resolver.
 //! - [`cache`]: the in-process L1 and the Redis tier (pool, budgets, breaker, Lua scripts).
 //! - [`db`]: all SQL — pools, the group-committing writer, link and key queries.
+//! - [`clicks`]: click counting without a database write per redirect, and its flusher.
 //! - [`cli`]: the command line (`serve`, `migrate`, `keys …`, `links …`).
 
 pub mod cache;
 pub mod cli;
+pub mod clicks;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -23,6 +23,7 @@ use tokio::{
 
 use crate::{
     cache::{local::L1, redis::RedisTier},
+    clicks::Clicks,
     config::Config,
     db::{self, writer::Writer},
     http,
@@ -92,6 +93,17 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
         Writer::spawn(writer_conn, resolver.clone(), config.code_length, config.write_batch_max, shutdown_rx.clone());
     background.push(writer_task);
 
+    let clicks = Arc::new(Clicks::new(
+        config.click_counting,
+        config.click_bot_filter.then_some(config.click_bot_patterns.as_slice()),
+        config.click_flush_interval,
+        config.click_flush_max_pending,
+    ));
+    {
+        let (c, w, rx) = (clicks.clone(), writer.clone(), shutdown_rx.clone());
+        background.push(tokio::spawn(async move { c.run_flusher(w, rx).await }));
+    }
+
     let listener = bind(config.listen_addr, config.listen_backlog)
         .map_err(|e| format!("binding LISTEN_ADDR={}: {e}", config.listen_addr))?;
     let addr = listener.local_addr()?;
@@ -102,6 +114,7 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
         db: read_pool,
         resolver,
         writer,
+        clicks,
         started: std::time::Instant::now(),
         permanent_cache_control,
     });
@@ -172,6 +185,14 @@ impl Application {
                 shutdown.timeout_s = cfg.shutdown_timeout.as_secs(),
                 "in-flight requests did not finish in time; closing them"
             );
+        }
+        // Clicks counted by the drained requests are written before the writer stops.
+        for attempt in 1..=5 {
+            if state.clicks.flush(&state.writer).await {
+                break;
+            }
+            tracing::warn!(attempt, "final click flush failed; retrying");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let _ = shutdown_tx.send(true);
         for task in background {

@@ -5,7 +5,7 @@ use std::{ops::Deref, sync::Arc, time::Instant};
 use axum::http::HeaderValue;
 use sqlx::SqlitePool;
 
-use crate::{config::Config, db::writer::Writer, links::resolve::Resolver};
+use crate::{clicks::Clicks, config::Config, db::writer::Writer, links::resolve::Resolver};
 
 /// Shared state of one running service.
 #[derive(Clone)]
@@ -21,6 +21,8 @@ pub struct Inner {
     pub resolver: Arc<Resolver>,
     /// The single writer (group commit).
     pub writer: Writer,
+    /// The click buffer.
+    pub clicks: Arc<Clicks>,
     /// When the service started.
     pub started: Instant,
     /// `Cache-Control` of permanent redirects, built once from the configuration.

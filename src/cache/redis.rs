@@ -265,7 +265,7 @@ impl RedisTier {
         match got {
             None => Lookup::Unavailable,
             Some(None) => Lookup::Miss,
-            Some(Some(raw)) => match Resolved::decode(&raw) {
+            Some(Some(raw)) => match Resolved::decode(code, &raw) {
                 Some(v) => Lookup::Hit(v),
                 None => Lookup::Miss,
             },
@@ -292,7 +292,7 @@ impl RedisTier {
         };
         match got {
             None => Lease::Unavailable,
-            Some(Some(raw)) => Resolved::decode(&raw).map_or(Lease::Token(token), Lease::Hit),
+            Some(Some(raw)) => Resolved::decode(code, &raw).map_or(Lease::Token(token), Lease::Hit),
             Some(None) => Lease::Token(token),
         }
     }

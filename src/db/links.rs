@@ -19,6 +19,10 @@ pub struct LinkRow {
     pub updated_at: i64,
     /// Epoch milliseconds after which the link answers 410; `None` = never.
     pub expires_at: Option<i64>,
+    /// Clicks flushed to the database.
+    pub clicks: i64,
+    /// Epoch milliseconds of the last flushed click.
+    pub last_clicked_at: Option<i64>,
 }
 
 /// What the redirect path needs of a link.
@@ -32,7 +36,8 @@ pub struct Target {
     pub expires_at: Option<i64>,
 }
 
-const COLUMNS: &str = "short_code, original_url, redirect_status, created_at, updated_at, expires_at";
+const COLUMNS: &str =
+    "short_code, original_url, redirect_status, created_at, updated_at, expires_at, clicks, last_clicked_at";
 
 /// The redirect path's fallback read: one primary-key probe.
 pub async fn find_target_by_code(pool: &SqlitePool, code: &str) -> Result<Option<Target>, DbError> {
@@ -125,10 +130,54 @@ pub async fn update_link(
     .await
 }
 
-/// Deletes a link; false when there was none.
+/// Deletes a link and its daily click rows; false when there was no link.
 pub async fn delete_link(conn: &mut SqliteConnection, code: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM link_mappings WHERE short_code = ?").bind(code).execute(conn).await?;
+    let done = sqlx::query("DELETE FROM link_mappings WHERE short_code = ?").bind(code).execute(&mut *conn).await?;
+    sqlx::query("DELETE FROM link_clicks_daily WHERE short_code = ?").bind(code).execute(&mut *conn).await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// Adds `n` clicks to a link and to its row for `day`; false (and nothing written) when the
+/// link no longer exists.
+pub async fn add_clicks(
+    conn: &mut SqliteConnection,
+    code: &str,
+    n: u64,
+    last: i64,
+    day: &str,
+) -> Result<bool, sqlx::Error> {
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    let done = sqlx::query(
+        "UPDATE link_mappings SET clicks = clicks + ?, last_clicked_at = MAX(COALESCE(last_clicked_at, 0), ?)
+         WHERE short_code = ?",
+    )
+    .bind(n)
+    .bind(last)
+    .bind(code)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO link_clicks_daily (short_code, day, clicks) VALUES (?, ?, ?)
+         ON CONFLICT (short_code, day) DO UPDATE SET clicks = clicks + excluded.clicks",
+    )
+    .bind(code)
+    .bind(day)
+    .bind(n)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
+/// Daily click counts of a link from `since_day` (YYYY-MM-DD) on.
+pub async fn find_clicks_daily(pool: &SqlitePool, code: &str, since_day: &str) -> Result<Vec<(String, i64)>, DbError> {
+    Ok(sqlx::query_as("SELECT day, clicks FROM link_clicks_daily WHERE short_code = ? AND day >= ? ORDER BY day")
+        .bind(code)
+        .bind(since_day)
+        .fetch_all(pool)
+        .await?)
 }
 
 /// Queues a cache invalidation in the current transaction; returns its id.

@@ -46,7 +46,17 @@ pub enum Change {
         /// The link.
         code: String,
     },
+    /// Buffered clicks to add (see `crate::clicks`).
+    Clicks {
+        /// (code, clicks, last click epoch ms).
+        batch: ClickBatch,
+        /// The UTC day they are counted on.
+        day: String,
+    },
 }
+
+/// Clicks per code: (code, count, last click in epoch milliseconds).
+pub type ClickBatch = Vec<(String, u64, i64)>;
 
 /// What a change did.
 #[derive(Debug, Clone)]
@@ -61,6 +71,8 @@ pub enum Outcome {
     NotFound,
     /// The custom code is taken (create).
     Taken,
+    /// Clicks were added (links deleted meanwhile are skipped).
+    ClicksAdded,
 }
 
 struct Job {
@@ -232,6 +244,12 @@ impl WriterTask {
                         Outcome::NotFound
                     }
                 }
+                Change::Clicks { batch, day } => {
+                    for (code, n, last) in batch {
+                        links::add_clicks(conn, code, *n, *last, day).await?;
+                    }
+                    Outcome::ClicksAdded
+                }
             };
             let changed = match &outcome {
                 Outcome::Created(row) | Outcome::Updated(row) => Some(row.short_code.clone()),
@@ -239,7 +257,7 @@ impl WriterTask {
                     Change::Delete { code } => Some(code.clone()),
                     _ => None,
                 },
-                Outcome::NotFound | Outcome::Taken => None,
+                Outcome::NotFound | Outcome::Taken | Outcome::ClicksAdded => None,
             };
             if let Some(code) = changed {
                 ids.push(links::insert_invalidation(conn, &code, now).await?);

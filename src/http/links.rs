@@ -81,11 +81,22 @@ pub struct LinkView {
     pub updated_at: String,
     /// RFC 3339, or null for never.
     pub expires_at: Option<String>,
+    /// Clicks: flushed to the database plus still buffered in this process.
+    pub clicks: u64,
+    /// RFC 3339 of the last flushed click, or null.
+    pub last_clicked_at: Option<String>,
 }
 
 impl LinkView {
     fn new(state: &AppState, row: LinkRow) -> Self {
+        let pending = state.clicks.pending_for(&row.short_code);
+        Self::with_pending(state, row, pending)
+    }
+
+    fn with_pending(state: &AppState, row: LinkRow, pending: u64) -> Self {
         LinkView {
+            clicks: u64::try_from(row.clicks).unwrap_or(0) + pending,
+            last_clicked_at: row.last_clicked_at.map(to_rfc3339),
             short_url: format!("{}{}", state.config.public_base_url, row.short_code),
             code: row.short_code,
             url: row.original_url,
@@ -268,4 +279,68 @@ pub async fn delete_link(
         Outcome::NotFound => Err(ApiError::NotFound),
         other => Err(ApiError::Internal(format!("unexpected delete outcome {other:?}"))),
     }
+}
+
+/// Query of `GET /api/v1/links/{code}/clicks`.
+#[derive(Debug, Deserialize)]
+pub struct ClicksQuery {
+    /// How many days back, including today (1..=366, default 30).
+    pub days: Option<u32>,
+}
+
+/// One day of clicks.
+#[derive(Debug, Serialize)]
+pub struct DayClicks {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    /// Clicks that day.
+    pub clicks: u64,
+}
+
+/// The daily series of a link.
+#[derive(Debug, Serialize)]
+pub struct ClickSeries {
+    /// The link.
+    pub code: String,
+    /// Every day of the range, oldest first, zero-filled.
+    pub days: Vec<DayClicks>,
+    /// Sum over the range.
+    pub total: u64,
+}
+
+/// `GET /api/v1/links/{code}/clicks?days=N`: clicks per UTC day, today included (today also
+/// counts clicks still buffered in this process).
+pub async fn get_link_clicks(
+    State(state): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ClicksQuery>, QueryRejection>,
+) -> Result<Json<ClickSeries>, ApiError> {
+    let Path(code) = path?;
+    let code = path_code(&code)?;
+    let Query(q) = query?;
+    let days = q.days.unwrap_or(30);
+    if !(1..=366).contains(&days) {
+        return Err(ApiError::BadRequest("bad_query", "days must be between 1 and 366".into()));
+    }
+    if db::links::find_link_by_code(&state.db, code).await?.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    let now = now_ms();
+    let range: Vec<String> =
+        (0..i64::from(days)).rev().map(|back| crate::time_util::day_of(now - back * 86_400_000)).collect();
+    let stored: std::collections::HashMap<String, i64> =
+        db::links::find_clicks_daily(&state.db, code, &range[0]).await?.into_iter().collect();
+    let pending = state.clicks.pending_for(code);
+    let last = range.len() - 1;
+    let days: Vec<DayClicks> = range
+        .into_iter()
+        .enumerate()
+        .map(|(i, day)| {
+            let flushed = stored.get(&day).copied().map_or(0, |n| u64::try_from(n).unwrap_or(0));
+            DayClicks { clicks: flushed + if i == last { pending } else { 0 }, day }
+        })
+        .collect();
+    let total = days.iter().map(|d| d.clicks).sum();
+    Ok(Json(ClickSeries { code: code.to_string(), days, total }))
 }

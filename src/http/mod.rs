@@ -24,6 +24,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/links", post(links::create_link).get(links::list_links))
         .route("/links/{code}", get(links::get_link).patch(links::update_link).delete(links::delete_link))
+        .route("/links/{code}/clicks", get(links::get_link_clicks))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.request_timeout))

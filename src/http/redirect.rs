@@ -4,7 +4,7 @@
 use axum::{
     body::Body,
     extract::{Request, State},
-    http::{header, HeaderValue, StatusCode},
+    http::{header, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
 };
 
@@ -41,6 +41,11 @@ pub async fn follow_link(State(state): State<AppState>, req: Request) -> Respons
         Ok(Resolved::Found(link)) => {
             if link.expires_at.is_some_and(|e| e <= now_ms()) {
                 return page(StatusCode::GONE, GONE_PAGE);
+            }
+            if req.method() == Method::GET
+                && state.clicks.counts(req.headers().get(header::USER_AGENT).map(HeaderValue::as_bytes))
+            {
+                state.clicks.record(&link);
             }
             let mut resp = Response::new(Body::empty());
             *resp.status_mut() = link.status;

@@ -130,6 +130,13 @@ impl FillPause {
 
 type Flight = Arc<OnceCell<Result<Resolved, ResolveError>>>;
 
+/// Flights in progress (or just finished), by code, with the epoch each started in.
+type FlightTable = HashMap<Box<str>, (u64, Flight)>;
+
+/// How long a finished flight can still be joined (see `Resolver::retire_flight`). Short next
+/// to `L1_TTL_MS`, which bounds staleness across instances.
+const FLIGHT_GRACE: Duration = Duration::from_millis(500);
+
 /// Resolves codes. One per process.
 pub struct Resolver {
     /// The in-process tier.
@@ -137,7 +144,7 @@ pub struct Resolver {
     /// The Redis tier, when enabled.
     pub redis: Option<Arc<RedisTier>>,
     db: SqlitePool,
-    flights: Mutex<HashMap<Box<str>, (u64, Flight)>>,
+    flights: Arc<Mutex<FlightTable>>,
     negative_ttl: Duration,
     guard: bool,
     fill_pause: Option<Arc<FillPause>>,
@@ -159,7 +166,7 @@ impl Resolver {
             l1,
             redis,
             db,
-            flights: Mutex::new(HashMap::new()),
+            flights: Arc::new(Mutex::new(HashMap::new())),
             negative_ttl,
             guard,
             fill_pause,
@@ -191,10 +198,11 @@ impl Resolver {
             })
             .await
             .clone();
-        if !led {
+        if led {
+            self.retire_flight(code, flight);
+        } else {
             self.stats.flight_waits.fetch_add(1, Ordering::Relaxed);
         }
-        self.leave_flight(code, &flight);
         result.map(|v| self.count_negative(v))
     }
 
@@ -217,11 +225,20 @@ impl Resolver {
         }
     }
 
-    fn leave_flight(&self, code: &str, flight: &Flight) {
-        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-        if flights.get(code).is_some_and(|(_, f)| Arc::ptr_eq(f, flight)) {
-            flights.remove(code);
-        }
+    /// A finished flight stays joinable for [`FLIGHT_GRACE`]: a request that missed the caches
+    /// just before the fill landed, but reached the flight table just after the flight ended,
+    /// takes the answer instead of reading SQLite again. That is safe because a flight is only
+    /// joined at the epoch it started in, and every acknowledged change bumps the epoch first.
+    fn retire_flight(&self, code: &str, flight: Flight) {
+        let flights = self.flights.clone();
+        let code: Box<str> = code.into();
+        tokio::spawn(async move {
+            tokio::time::sleep(FLIGHT_GRACE).await;
+            let mut flights = flights.lock().unwrap_or_else(|e| e.into_inner());
+            if flights.get(&code).is_some_and(|(_, f)| Arc::ptr_eq(f, &flight)) {
+                flights.remove(&code);
+            }
+        });
     }
 
     /// The body of a flight: one SQLite read, written back through the guards.
@@ -253,7 +270,7 @@ impl Resolver {
         })?;
         let value = match row {
             None => Resolved::Missing,
-            Some(t) => match Resolved::from_parts(&t.original_url, t.redirect_status, t.expires_at) {
+            Some(t) => match Resolved::from_parts(code, &t.original_url, t.redirect_status, t.expires_at) {
                 Some(v) => v,
                 None => {
                     tracing::warn!(link.code = code, "stored link cannot be served (bad URL or status); answering 404");

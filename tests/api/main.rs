@@ -2,6 +2,7 @@
 //! dirs, real HTTP against the service bound on port 0. One binary, one module per concern.
 
 mod cli;
+mod clicks;
 mod helpers;
 mod links_api;
 mod read_through;

@@ -63,11 +63,18 @@ async fn a_thousand_requests_for_an_unknown_code_read_sqlite_at_most_once_and_cr
     assert!(results.iter().all(|r| *r == Err(StatusCode::NOT_FOUND)));
     assert!(app.stat("db_lookups").await <= 1, "{}", app.cache_stats().await);
     assert!(app.stat("negative_hits").await >= 999);
-    let ttl: i64 = redis.cli(&["PTTL", "shortener:l:ghost-code"]).trim().parse().unwrap();
-    assert!(ttl > 0, "negative entries expire (PTTL {ttl})");
 
     app.create_code("ghost-code", "https://example.com/now-real").await;
     assert_eq!(app.location("ghost-code").await, Ok("https://example.com/now-real".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_entries_in_redis_expire() {
+    let redis = RedisServer::start();
+    let app = spawn_app(Some(&redis), |c| c.negative_ttl = Duration::from_secs(30)).await;
+    assert_eq!(app.location("nobody-home").await, Err(StatusCode::NOT_FOUND));
+    let ttl: i64 = redis.cli(&["PTTL", "shortener:l:nobody-home"]).trim().parse().unwrap();
+    assert!((1..=30_000).contains(&ttl), "PTTL {ttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,226 @@
+//! Click counting without a database write per redirect.
+//!
+//! The hot path adds one to an atomic counter that lives in the cached link itself
+//! ([`crate::links::CachedLink::pending_clicks`]): no lock, no allocation. The first click on a
+//! cached link since it was last drained also registers the link in a list (a short mutex, once
+//! per link per flush interval, not per click). The flusher drains that list every
+//! `CLICK_FLUSH_INTERVAL_MS`, or sooner when `CLICK_FLUSH_MAX_PENDING` links are waiting, and
+//! hands the totals to the writer, which adds them to `link_mappings.clicks` and
+//! `link_clicks_daily` in one transaction (shared with whatever else it is committing).
+//!
+//! A flush that fails keeps its counts and retries on the next tick; graceful shutdown flushes
+//! last. A crash (`kill -9`) loses at most the clicks of the last flush interval.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use aho_corasick::AhoCorasick;
+use tokio::sync::{watch, Notify};
+
+use crate::{
+    db::writer::{Change, ClickBatch, Outcome, Writer},
+    links::CachedLink,
+    time_util::now_ms,
+};
+
+/// User-Agent fragments of crawlers and link unfurlers; their requests are not clicks.
+pub const DEFAULT_BOT_PATTERNS: &[&str] = &[
+    "bot",
+    "crawl",
+    "spider",
+    "slurp",
+    "facebookexternalhit",
+    "facebookcatalog",
+    "whatsapp",
+    "telegram",
+    "slack",
+    "discord",
+    "embedly",
+    "preview",
+    "skype",
+    "vkshare",
+    "pinterest",
+    "redditbot",
+    "quora link",
+    "outbrain",
+    "bitlybot",
+    "tumblr",
+    "nuzzel",
+    "w3c_validator",
+    "headlesschrome",
+    "lighthouse",
+];
+
+/// Counters of the click pipeline.
+#[derive(Default, Debug)]
+pub struct ClickStats {
+    /// Clicks counted by redirects.
+    pub recorded: AtomicU64,
+    /// Requests not counted because their User-Agent looked like a bot.
+    pub bots_skipped: AtomicU64,
+    /// Clicks written to SQLite.
+    pub flushed: AtomicU64,
+    /// Flush transactions that committed.
+    pub flushes: AtomicU64,
+    /// Flushes that failed (their counts were kept for the next one).
+    pub flush_failures: AtomicU64,
+}
+
+/// The click buffer and its flusher's state. One per process.
+pub struct Clicks {
+    enabled: bool,
+    bots: Option<AhoCorasick>,
+    registered: Mutex<Vec<Arc<CachedLink>>>,
+    /// Totals taken from links but not yet committed (a flush in progress, or one that failed).
+    carry: Mutex<HashMap<Box<str>, (u64, i64)>>,
+    max_pending: usize,
+    interval: Duration,
+    wake: Notify,
+    flush_lock: tokio::sync::Mutex<()>,
+    /// Counters.
+    pub stats: ClickStats,
+}
+
+impl Clicks {
+    /// A buffer; `bot_patterns: None` counts every GET.
+    pub fn new(enabled: bool, bot_patterns: Option<&[String]>, interval: Duration, max_pending: usize) -> Self {
+        let bots = bot_patterns.filter(|p| !p.is_empty()).map(|p| {
+            AhoCorasick::builder().ascii_case_insensitive(true).build(p).expect("bot patterns form an automaton")
+        });
+        Clicks {
+            enabled,
+            bots,
+            registered: Mutex::new(Vec::new()),
+            carry: Mutex::new(HashMap::new()),
+            max_pending: max_pending.max(1),
+            interval,
+            wake: Notify::new(),
+            flush_lock: tokio::sync::Mutex::new(()),
+            stats: ClickStats::default(),
+        }
+    }
+
+    /// Whether a request with this User-Agent is a person's click.
+    #[inline]
+    pub fn counts(&self, user_agent: Option<&[u8]>) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        match (&self.bots, user_agent) {
+            (Some(ac), Some(ua)) if ac.is_match(ua) => {
+                self.stats.bots_skipped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Counts one click on a link (hot path: one atomic add; a short lock on the first click of
+    /// this cached entry since the last flush).
+    #[inline]
+    pub fn record(&self, link: &Arc<CachedLink>) {
+        if link.pending_clicks.fetch_add(1, Ordering::Relaxed) == 0 {
+            let mut reg = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+            reg.push(link.clone());
+            if reg.len() == self.max_pending {
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Clicks counted for `code` in this process and not yet in SQLite.
+    pub fn pending_for(&self, code: &str) -> u64 {
+        let reg: u64 = {
+            let reg = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+            reg.iter().filter(|l| &*l.code == code).map(|l| l.pending_clicks.load(Ordering::Relaxed)).sum()
+        };
+        let carried = self.carry.lock().unwrap_or_else(|e| e.into_inner()).get(code).map_or(0, |c| c.0);
+        reg + carried
+    }
+
+    /// Buffered clicks of every code (for pages of links).
+    pub fn pending_snapshot(&self) -> HashMap<Box<str>, u64> {
+        let mut out: HashMap<Box<str>, u64> = HashMap::new();
+        for l in self.registered.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            *out.entry(l.code.clone()).or_default() += l.pending_clicks.load(Ordering::Relaxed);
+        }
+        for (code, (n, _)) in self.carry.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            *out.entry(code.clone()).or_default() += n;
+        }
+        out
+    }
+
+    /// Drains the buffer into the carry map and commits it through the writer. On failure the
+    /// counts stay in the carry map for the next attempt.
+    pub async fn flush(&self, writer: &Writer) -> bool {
+        let _one_at_a_time = self.flush_lock.lock().await;
+        let now = now_ms();
+        let drained = std::mem::take(&mut *self.registered.lock().unwrap_or_else(|e| e.into_inner()));
+        let recorded: u64 = {
+            let mut carry = self.carry.lock().unwrap_or_else(|e| e.into_inner());
+            let mut n = 0;
+            for link in drained {
+                let c = link.pending_clicks.swap(0, Ordering::Relaxed);
+                if c > 0 {
+                    let e = carry.entry(link.code.clone()).or_insert((0, now));
+                    e.0 += c;
+                    e.1 = now;
+                    n += c;
+                }
+            }
+            n
+        };
+        self.stats.recorded.fetch_add(recorded, Ordering::Relaxed);
+        let batch: ClickBatch = {
+            let carry = self.carry.lock().unwrap_or_else(|e| e.into_inner());
+            if carry.is_empty() {
+                return true;
+            }
+            carry.iter().map(|(code, (n, last))| (code.to_string(), *n, *last)).collect()
+        };
+        let total: u64 = batch.iter().map(|b| b.1).sum();
+        match writer.submit(Change::Clicks { batch: batch.clone(), day: crate::time_util::day_of(now) }).await {
+            Ok(Outcome::ClicksAdded) => {
+                let mut carry = self.carry.lock().unwrap_or_else(|e| e.into_inner());
+                for (code, n, _) in &batch {
+                    if let Some(e) = carry.get_mut(code.as_str()) {
+                        e.0 -= n;
+                        if e.0 == 0 {
+                            carry.remove(code.as_str());
+                        }
+                    }
+                }
+                self.stats.flushed.fetch_add(total, Ordering::Relaxed);
+                self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(clicks.flushed = total, clicks.links = batch.len(), "clicks flushed");
+                true
+            }
+            other => {
+                self.stats.flush_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(clicks.pending = total, result = ?other.err(), "click flush failed; counts kept for the next flush");
+                false
+            }
+        }
+    }
+
+    /// Flushes every interval (or sooner when many links wait) until `shutdown` changes. The
+    /// final flush at shutdown is the caller's (it must happen before the writer stops).
+    pub async fn run_flusher(&self, writer: Writer, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+            if !self.flush(&writer).await {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Clicks: buffered in memory, flushed in batches, exact, never lost on a clean shutdown.
+
+use std::{
+    collections::HashMap,
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use shortener::links::Resolved;
+use tokio::{sync::Semaphore, task::JoinSet};
+
+use crate::helpers::{client, eventually, free_port, raw_conn, spawn_app, RedisServer, TestApp};
+
+async fn api_clicks(app: &TestApp, code: &str) -> u64 {
+    let v: Value = app.api(Method::GET, &format!("/links/{code}")).send().await.unwrap().json().await.unwrap();
+    v["clicks"].as_u64().unwrap()
+}
+
+async fn db_clicks(db_url: &str) -> HashMap<String, i64> {
+    let mut conn = raw_conn(db_url).await;
+    sqlx::query_as::<_, (String, i64)>("SELECT short_code, clicks FROM link_mappings")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_gets_are_counted_exactly_and_heads_and_bots_not_at_all() {
+    let redis = RedisServer::start();
+    let app = Arc::new(spawn_app(Some(&redis), |_| {}).await);
+    let codes: Vec<String> = (0..10).map(|i| format!("clk{i}")).collect();
+    for c in &codes {
+        app.create_code(c, &format!("https://example.com/{c}")).await;
+    }
+    let gate = Arc::new(Semaphore::new(500));
+    let mut set = JoinSet::new();
+    for i in 0..10_000usize {
+        let (app, gate) = (app.clone(), gate.clone());
+        let code = codes[(i * 7 + i / 3) % codes.len()].clone();
+        set.spawn(async move {
+            let _p = gate.acquire().await.unwrap();
+            let method = if i % 10 == 9 { Method::HEAD } else { Method::GET };
+            let mut req = app.client.request(method.clone(), app.url(&format!("/{code}")));
+            if i % 50 == 1 {
+                req = req.header("user-agent", "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)");
+            }
+            let r = req.send().await.unwrap();
+            let counted = method == Method::GET && i % 50 != 1 && r.status() == StatusCode::FOUND;
+            (code, counted)
+        });
+    }
+    let mut want: HashMap<String, u64> = HashMap::new();
+    while let Some(r) = set.join_next().await {
+        let (code, counted) = r.unwrap();
+        *want.entry(code).or_default() += u64::from(counted);
+    }
+    assert!(want.values().sum::<u64>() > 8000);
+
+    // The API counts buffered clicks at once; the database has them after a flush.
+    for c in &codes {
+        assert_eq!(api_clicks(&app, c).await, want[c], "{c} via API");
+    }
+    let db_url = app.db_url.clone();
+    let flushed = eventually(Duration::from_secs(10), || {
+        let (db_url, want) = (db_url.clone(), want.clone());
+        async move {
+            let got = db_clicks(&db_url).await;
+            want.iter().all(|(c, n)| got.get(c).copied() == Some(*n as i64))
+        }
+    })
+    .await;
+    assert!(flushed, "flushed counts {:?} != {want:?}", db_clicks(&app.db_url).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for c in &codes {
+        assert_eq!(api_clicks(&app, c).await, want[c], "{c} counted twice after the flush?");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flusher_writes_100k_clicks_on_1000_codes_in_a_handful_of_transactions() {
+    let app = spawn_app(None, |c| c.click_flush_interval = Duration::from_secs(1)).await;
+    let mut conn = raw_conn(&app.db_url).await;
+    for i in 0..1000 {
+        sqlx::query("INSERT INTO link_mappings (short_code, original_url) VALUES (?, ?)")
+            .bind(format!("bulk{i}"))
+            .bind(format!("https://example.com/{i}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let state = app.state.clone();
+    let mut links = Vec::new();
+    for i in 0..1000 {
+        match state.resolver.resolve(&format!("bulk{i}")).await.unwrap() {
+            Resolved::Found(l) => links.push(l),
+            Resolved::Missing => panic!("bulk{i} missing"),
+        }
+    }
+    let before = state.clicks.stats.flushes.load(Ordering::Relaxed);
+    for _ in 0..100 {
+        for l in &links {
+            state.clicks.record(l);
+        }
+    }
+    let db_url = app.db_url.clone();
+    let all_in = eventually(Duration::from_secs(10), || {
+        let db_url = db_url.clone();
+        async move { db_clicks(&db_url).await.values().sum::<i64>() == 100_000 }
+    })
+    .await;
+    assert!(all_in, "{} clicks flushed", db_clicks(&app.db_url).await.values().sum::<i64>());
+    let txs = state.clicks.stats.flushes.load(Ordering::Relaxed) - before;
+    assert!((1..=5).contains(&txs), "{txs} flush transactions for 100,000 clicks");
+    assert!(db_clicks(&app.db_url).await.values().all(|n| *n == 100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_link_with_pending_clicks_does_not_fail_the_flush() {
+    let app = spawn_app(None, |c| c.click_flush_interval = Duration::from_secs(3600)).await;
+    app.create_code("doomed", "https://example.com/d").await;
+    app.create_code("keeper", "https://example.com/k").await;
+    for _ in 0..5 {
+        app.location("doomed").await.unwrap();
+        app.location("keeper").await.unwrap();
+    }
+    assert_eq!(app.delete("doomed").await, StatusCode::NO_CONTENT);
+    assert!(app.state.clicks.flush(&app.state.writer).await);
+    assert_eq!(app.state.clicks.stats.flush_failures.load(Ordering::Relaxed), 0);
+    let got = db_clicks(&app.db_url).await;
+    assert_eq!(got.get("keeper"), Some(&5));
+    assert!(!got.contains_key("doomed"));
+    // Re-created under the same code, it starts from zero.
+    app.create_code("doomed", "https://example.com/d2").await;
+    assert_eq!(api_clicks(&app, "doomed").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flush_keeps_its_counts_and_a_later_one_writes_them() {
+    let app = spawn_app(None, |c| {
+        c.click_flush_interval = Duration::from_secs(3600);
+        c.db_busy_timeout = Duration::from_millis(100);
+    })
+    .await;
+    app.create_code("locked", "https://example.com/l").await;
+    for _ in 0..7 {
+        app.location("locked").await.unwrap();
+    }
+    // Another process holds the write lock: the flush cannot commit.
+    let mut blocker = raw_conn(&app.db_url).await;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut blocker).await.unwrap();
+    assert!(!app.state.clicks.flush(&app.state.writer).await);
+    assert_eq!(app.state.clicks.stats.flush_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(api_clicks(&app, "locked").await, 7, "counts kept while the flush failed");
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+
+    app.location("locked").await.unwrap();
+    assert!(app.state.clicks.flush(&app.state.writer).await);
+    assert_eq!(db_clicks(&app.db_url).await["locked"], 8);
+    assert_eq!(api_clicks(&app, "locked").await, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_series_has_every_day_with_today_last() {
+    let app = spawn_app(None, |_| {}).await;
+    app.create_code("series", "https://example.com/s").await;
+    for _ in 0..3 {
+        app.location("series").await.unwrap();
+    }
+    let v: Value = app.api(Method::GET, "/links/series/clicks?days=7").send().await.unwrap().json().await.unwrap();
+    let days = v["days"].as_array().unwrap();
+    assert_eq!(days.len(), 7);
+    assert_eq!(days[6]["day"], shortener::time_util::day_of(shortener::time_util::now_ms()));
+    assert_eq!(days[6]["clicks"], 3);
+    assert_eq!(v["total"], 3);
+    let bad = app.api(Method::GET, "/links/series/clicks?days=0").send().await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let missing = app.api(Method::GET, "/links/nothere/clicks").send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}
+
+/// The real binary under load gets SIGTERM; every redirect the client received is in the
+/// database afterwards, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_no_click() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("c.db").display());
+    let port = free_port();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_shortener"))
+            .arg("serve")
+            .env("DATABASE_URL", &db_url)
+            .env("REDIS_URL", redis.url())
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("CLICK_FLUSH_INTERVAL_MS", "60000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    let http = client();
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let (h, b) = (http.clone(), base.clone());
+            async move { h.get(format!("{b}/health")).send().await.is_ok() }
+        })
+        .await
+    );
+    let mut conn = raw_conn(&db_url).await;
+    for i in 0..20 {
+        sqlx::query("INSERT INTO link_mappings (short_code, original_url) VALUES (?, ?)")
+            .bind(format!("term{i}"))
+            .bind(format!("https://example.com/{i}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut set = JoinSet::new();
+    for w in 0..50 {
+        let (http, base, received, stop) = (http.clone(), base.clone(), received.clone(), stop.clone());
+        set.spawn(async move {
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                match http.get(format!("{base}/term{}", i % 20)).send().await {
+                    Ok(r) if r.status() == StatusCode::FOUND => {
+                        received.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(r) => panic!("unexpected {}", r.status()),
+                    Err(_) => break, // the server stopped accepting
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    while set.join_next().await.is_some() {}
+    assert!(status.success(), "exit status {status}");
+
+    let got: i64 = sqlx::query_scalar("SELECT SUM(clicks) FROM link_mappings").fetch_one(&mut conn).await.unwrap();
+    let received = received.load(Ordering::SeqCst);
+    assert!(received > 100, "load too light to mean anything: {received}");
+    assert_eq!(got as u64, received, "persisted clicks vs redirects received");
+
+    // And the restarted service reports them.
+    let mut again = spawn();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let (h, b) = (http.clone(), base.clone());
+            async move { h.get(format!("{b}/health")).send().await.is_ok() }
+        })
+        .await
+    );
+    let _ = again.kill();
+    let _ = again.wait();
+}
