@@ -280,3 +280,70 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The real binary as a child process (for signals: SIGTERM, SIGKILL, fd limits).
+pub struct ServiceProcess {
+    pub child: Child,
+    pub port: u16,
+    pub base: String,
+    pub stderr_path: PathBuf,
+}
+
+impl ServiceProcess {
+    /// Starts `shortener serve` with `DATABASE_URL`, a free port, and `env`; `shell_prefix` (e.g.
+    /// `ulimit -n 64;`) runs in a shell before it. Waits until `/health` answers.
+    pub async fn start(db_url: &str, env: &[(&str, String)], shell_prefix: &str, stderr_path: PathBuf) -> Self {
+        let port = free_port();
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("{shell_prefix} exec \"$0\" serve",))
+            .arg(env!("CARGO_BIN_EXE_shortener"))
+            .env("DATABASE_URL", db_url)
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let me = ServiceProcess { child, port, base: format!("http://127.0.0.1:{port}"), stderr_path };
+        let http = client();
+        let url = me.url("/health");
+        let up = eventually(Duration::from_secs(30), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        assert!(up, "service did not come up: {}", me.stderr());
+        me
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// What the service logged.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, …).
+    pub fn signal(&self, sig: &str) {
+        signal(self.child.id(), sig);
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        tokio::task::spawn_blocking(move || self.child.wait().unwrap()).await.unwrap()
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

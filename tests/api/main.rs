@@ -3,6 +3,7 @@
 
 mod cli;
 mod clicks;
+mod faults;
 mod helpers;
 mod links_api;
 mod read_through;

@@ -9,8 +9,9 @@
 #           (systemd-nspawn -b) and the assertions listed in e2e() below
 #
 # usage: tests/deploy/run.sh [--static-only] [--binary PATH]
-#   --binary   the shortener binary to deploy (default target/release/shortener,
-#              built with `cargo build --release --locked` when missing)
+#   --binary   the shortener binary to deploy (default: the newer of
+#              target/release/shortener and target/debug/shortener; when
+#              neither exists, `cargo build --release --locked` first)
 #
 # Needs root (CI and dev machines here run as root) and installs what it is
 # missing with apt-get: shellcheck, systemd (systemd-analyze),
@@ -354,12 +355,21 @@ e2e() {
   ensure_pkgs debootstrap:debootstrap systemd-nspawn:systemd-container nsenter:util-linux \
     pgrep:procps setsid:util-linux
   if [[ -z $BINARY ]]; then
-    BINARY=$REPO/target/release/shortener
-    if [[ ! -x $BINARY ]]; then
+    # The newer of the release and the debug binary: CI's `cargo test
+    # --all-targets` has just built the debug one, and the deploy mechanics
+    # do not depend on the optimisation level; build release only if neither
+    # exists.
+    local b
+    for b in "$REPO/target/release/shortener" "$REPO/target/debug/shortener"; do
+      [[ -x $b ]] || continue
+      if [[ -z $BINARY || $b -nt $BINARY ]]; then BINARY=$b; fi
+    done
+    if [[ -z $BINARY ]]; then
       local t=$SECONDS
-      log "building the release binary"
+      log "no binary under target/: cargo build --release --locked"
       (cd "$REPO" && cargo build --release --locked)
       timing "cargo build --release" $((SECONDS - t))
+      BINARY=$REPO/target/release/shortener
     fi
   fi
   [[ -x $BINARY ]] || fatal "no binary at $BINARY"
