@@ -94,6 +94,11 @@ pub struct Config {
     /// `CLICK_BOT_PATTERNS`: comma-separated, case-insensitive User-Agent fragments. Default:
     /// [`crate::clicks::DEFAULT_BOT_PATTERNS`].
     pub click_bot_patterns: Vec<String>,
+    /// `METRICS_TOKEN`: when set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
+    /// `CACHE_WARM_TOP_N`: at startup, load the N most-clicked links into the caches (in the
+    /// background; readiness does not wait). Default 0 (off).
+    pub cache_warm_top_n: u32,
     /// Test-only hooks. Never set from the environment.
     pub hooks: TestHooks,
 }
@@ -121,6 +126,7 @@ impl fmt::Debug for Config {
             .field("public_base_url", &self.public_base_url.as_str())
             .field("l1_capacity", &self.l1_capacity)
             .field("l1_ttl", &self.l1_ttl)
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "REDACTED"))
             .finish_non_exhaustive()
     }
 }
@@ -229,6 +235,8 @@ impl Config {
                 Some(v) => v.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
                 None => default_bot_patterns(),
             },
+            metrics_token: lookup("METRICS_TOKEN"),
+            cache_warm_top_n: parse("CACHE_WARM_TOP_N", 0)?,
             hooks: TestHooks::default(),
         };
         cfg.validate()?;
@@ -282,6 +290,8 @@ impl Config {
             click_flush_max_pending: 10_000,
             click_bot_filter: true,
             click_bot_patterns: default_bot_patterns(),
+            metrics_token: None,
+            cache_warm_top_n: 0,
             hooks: TestHooks::default(),
         }
     }

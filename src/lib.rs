@@ -12,6 +12,7 @@
 //! - [`cache`]: the in-process L1 and the Redis tier (pool, budgets, breaker, Lua scripts).
 //! - [`db`]: all SQL — pools, the group-committing writer, link and key queries.
 //! - [`clicks`]: click counting without a database write per redirect, and its flusher.
+//! - [`observe`]: the Prometheus registry and what `/metrics` shows.
 //! - [`cli`]: the command line (`serve`, `migrate`, `keys …`, `links …`).
 
 pub mod cache;
@@ -22,6 +23,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod links;
+pub mod observe;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -28,6 +28,7 @@ use crate::{
     db::{self, writer::Writer},
     http,
     links::resolve::Resolver,
+    observe::Metrics,
     state::{AppState, Inner},
 };
 
@@ -107,6 +108,21 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
     let listener = bind(config.listen_addr, config.listen_backlog)
         .map_err(|e| format!("binding LISTEN_ADDR={}: {e}", config.listen_addr))?;
     let addr = listener.local_addr()?;
+    let db_file = db::connect_options(&config.database_url, config.db_busy_timeout)?.get_filename().to_path_buf();
+    let db_inode = std::fs::metadata(&db_file).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let metrics = Arc::new(Metrics::new());
+    {
+        let (m, mut rx) = (metrics.clone(), shutdown_rx.clone());
+        background.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => m.upkeep(),
+                    _ = rx.changed() => return,
+                }
+            }
+        }));
+    }
+    let warm_top_n = config.cache_warm_top_n;
     let permanent_cache_control =
         HeaderValue::from_str(&format!("private, max-age={}", config.permanent_redirect_max_age))?;
     let state = AppState::new(Inner {
@@ -115,11 +131,51 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
         resolver,
         writer,
         clicks,
+        metrics,
+        db_file,
+        db_inode,
         started: std::time::Instant::now(),
         permanent_cache_control,
     });
     let router = http::router(state.clone());
+    if warm_top_n > 0 {
+        let s = state.clone();
+        tokio::spawn(async move { warm_caches(&s, warm_top_n).await });
+    }
     Ok(Application { addr, listener, router, state, shutdown_tx, background })
+}
+
+/// Loads the most-clicked links through the normal read-through path (so every guard applies),
+/// 16 at a time, giving up after 30 s. Runs in the background: readiness never waits for it.
+async fn warm_caches(state: &AppState, top_n: u32) {
+    let started = std::time::Instant::now();
+    let codes: Vec<String> =
+        match sqlx::query_scalar("SELECT short_code FROM link_mappings ORDER BY clicks DESC LIMIT ?")
+            .bind(i64::from(top_n))
+            .fetch_all(&state.db)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return tracing::warn!(error = %e, "cache warm-up skipped"),
+        };
+    let n = codes.len();
+    let work = async {
+        for chunk in codes.chunks(16) {
+            let mut set = tokio::task::JoinSet::new();
+            for code in chunk {
+                let (s, code) = (state.clone(), code.clone());
+                set.spawn(async move {
+                    let _ = s.resolver.resolve(&code).await;
+                });
+            }
+            while set.join_next().await.is_some() {}
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), work).await.is_err() {
+        tracing::warn!(cache.warm_links = n, "cache warm-up stopped after 30 s");
+    } else {
+        tracing::info!(cache.warm_links = n, cache.warm_ms = started.elapsed().as_millis() as u64, "caches warmed");
+    }
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {

@@ -1,11 +1,11 @@
 //! [`AppState`]: the handles every handler may use. Cloning it is one reference-count bump.
 
-use std::{ops::Deref, sync::Arc, time::Instant};
+use std::{ops::Deref, path::PathBuf, sync::Arc, time::Instant};
 
 use axum::http::HeaderValue;
 use sqlx::SqlitePool;
 
-use crate::{clicks::Clicks, config::Config, db::writer::Writer, links::resolve::Resolver};
+use crate::{clicks::Clicks, config::Config, db::writer::Writer, links::resolve::Resolver, observe::Metrics};
 
 /// Shared state of one running service.
 #[derive(Clone)]
@@ -23,6 +23,12 @@ pub struct Inner {
     pub writer: Writer,
     /// The click buffer.
     pub clicks: Arc<Clicks>,
+    /// The Prometheus registry of this instance.
+    pub metrics: Arc<Metrics>,
+    /// The SQLite file (empty for an in-memory database), for readiness checks.
+    pub db_file: PathBuf,
+    /// Its inode when the service opened it: a replaced file makes the service unready.
+    pub db_inode: Option<u64>,
     /// When the service started.
     pub started: Instant,
     /// `Cache-Control` of permanent redirects, built once from the configuration.

@@ -1,16 +1,205 @@
-//! `/health` (liveness) and `/health/cache` (redirect-path counters).
+//! `/health…` (liveness, readiness, SQLite, Redis, cache) and `/metrics` (Prometheus).
+//!
+//! Health endpoints are never rate limited and never touch the redirect path's counters.
 
-use axum::{extract::State, Json};
+use std::{
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::State,
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
 use serde_json::{json, Value};
 
-use crate::{links::resolve::CacheReport, state::AppState};
+use crate::{error::ApiError, links::resolve::CacheReport, observe, state::AppState};
 
 /// `GET /health`: 200 while the process serves.
 pub async fn liveness() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /health/cache`: hits per tier, misses, SQLite reads, ratios.
+/// Why the database is not usable, if it is not: the file must still be the one we opened,
+/// readable, and answer a query within a second.
+async fn check_db(state: &AppState) -> Result<f64, String> {
+    let path = &state.db_file;
+    if !path.as_os_str().is_empty() {
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !meta.is_file() {
+            return Err(format!("{} is not a file", path.display()));
+        }
+        // Root ignores permission bits, so check them: a database nobody may read is broken
+        // even if this process could still read it.
+        if meta.permissions().mode() & 0o444 == 0 {
+            return Err(format!("{} is not readable", path.display()));
+        }
+        if let Some(ino) = state.db_inode {
+            if meta.ino() != ino {
+                return Err(format!("{} was replaced", path.display()));
+            }
+        }
+    }
+    let started = Instant::now();
+    let q =
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM (SELECT 1 FROM link_mappings LIMIT 1)").fetch_one(&state.db);
+    match tokio::time::timeout(Duration::from_secs(1), q).await {
+        Ok(Ok(_)) => Ok(started.elapsed().as_secs_f64() * 1000.0),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("query timed out".into()),
+    }
+}
+
+fn redis_status(state: &AppState) -> &'static str {
+    match &state.resolver.redis {
+        None => "disabled",
+        Some(r) if r.breaker_state() == "closed" => "ok",
+        Some(_) => "degraded",
+    }
+}
+
+/// `GET /health/ready`: 200 while SQLite answers (Redis down is `"redis":"degraded"`, still
+/// 200: the service serves without it); 503 when SQLite does not.
+pub async fn readiness(State(state): State<AppState>) -> Response {
+    let redis = redis_status(&state);
+    match check_db(&state).await {
+        Ok(_) => Json(json!({"status": "ok", "db": "ok", "redis": redis})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: database unusable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "db": "error", "db_error": e, "redis": redis})),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn file_len(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.len())
+}
+
+/// `GET /health/db`: SQLite status, pool sizes, query latency, file and WAL sizes.
+pub async fn db(State(state): State<AppState>) -> Response {
+    let check = check_db(&state).await;
+    let path = &state.db_file;
+    let mut wal_path = path.clone().into_os_string();
+    wal_path.push("-wal");
+    let wal = file_len(Path::new(&wal_path));
+    let body = json!({
+        "status": if check.is_ok() { "ok" } else { "error" },
+        "error": check.as_ref().err(),
+        "query_ms": check.as_ref().ok(),
+        "path": path.display().to_string(),
+        "db_bytes": file_len(path),
+        "wal_bytes": wal,
+        "read_pool": {
+            "max": state.config.db_read_pool_size,
+            "size": state.db.size(),
+            "idle": state.db.num_idle(),
+        },
+        "writer": {"connections": 1, "batch_max": state.config.write_batch_max},
+    });
+    let status = if check.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+/// Fields of `INFO` that `/health/redis` reports.
+const INFO_FIELDS: &[&str] = &[
+    "redis_version",
+    "used_memory",
+    "used_memory_human",
+    "maxmemory",
+    "maxmemory_human",
+    "maxmemory_policy",
+    "evicted_keys",
+    "keyspace_hits",
+    "keyspace_misses",
+    "connected_clients",
+];
+
+/// `GET /health/redis`: reachability, ping, pool, breaker, and memory/eviction figures from
+/// `INFO`, with warnings when Redis is not set up as an LRU cache.
+pub async fn redis(State(state): State<AppState>) -> Json<Value> {
+    let Some(tier) = state.resolver.redis.clone() else {
+        return Json(json!({"status": "disabled"}));
+    };
+    let snap = tier.snapshot().await;
+    let mut info = serde_json::Map::new();
+    let mut warnings = Vec::new();
+    if snap.reachable {
+        if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_millis(500), tier.pool().get()).await {
+            let raw: Result<String, _> = tokio::time::timeout(
+                Duration::from_millis(500),
+                redis::cmd("INFO").arg("all").query_async::<String>(&mut *c),
+            )
+            .await
+            .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::IoError, "INFO timed out"))));
+            if let Ok(raw) = raw {
+                for line in raw.lines() {
+                    if let Some((k, v)) = line.split_once(':') {
+                        if INFO_FIELDS.contains(&k) {
+                            let v = v.trim();
+                            info.insert(k.to_string(), v.parse::<i64>().map_or_else(|_| json!(v), |n| json!(n)));
+                        }
+                    }
+                }
+            }
+        }
+        if info.get("maxmemory").and_then(Value::as_i64) == Some(0) {
+            warnings.push("maxmemory is 0: Redis will grow without bound instead of evicting (set maxmemory 200mb)");
+        }
+        if let Some(p) = info.get("maxmemory_policy").and_then(Value::as_str) {
+            if !p.starts_with("allkeys-") {
+                warnings.push("maxmemory-policy is not allkeys-*: a full Redis refuses writes instead of evicting (use allkeys-lru)");
+            }
+        }
+        let hits = info.get("keyspace_hits").and_then(Value::as_i64).unwrap_or(0);
+        let misses = info.get("keyspace_misses").and_then(Value::as_i64).unwrap_or(0);
+        if hits + misses > 0 {
+            info.insert("keyspace_hit_ratio".into(), json!(hits as f64 / (hits + misses) as f64));
+        }
+    }
+    let status = match (snap.reachable, snap.breaker) {
+        (true, "closed") => "ok",
+        _ => "degraded",
+    };
+    Json(json!({
+        "status": status,
+        "reachable": snap.reachable,
+        "ping_ms": snap.ping_ms,
+        "breaker": snap.breaker,
+        "breaker_opened": snap.breaker_opened,
+        "errors": snap.errors,
+        "timeouts": snap.timeouts,
+        "invalidations_replayed": snap.replayed,
+        "pool": {"max": state.config.redis_pool_size, "size": snap.pool_size, "available": snap.pool_available, "waiting": snap.pool_waiting},
+        "info": info,
+        "warnings": warnings,
+    }))
+}
+
+/// `GET /health/cache`: hits per tier, misses, SQLite reads, ratios, guard activity.
 pub async fn cache(State(state): State<AppState>) -> Json<CacheReport> {
     Json(state.resolver.report())
+}
+
+/// `GET /metrics`: Prometheus text format. With `METRICS_TOKEN` set, it needs
+/// `Authorization: Bearer <token>`.
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.config.metrics_token {
+        let presented =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(token.as_str()) {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    observe::sync_from_state(&state);
+    let mut resp = state.metrics.render().into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    resp
 }

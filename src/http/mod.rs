@@ -1,23 +1,70 @@
 //! Routers and handlers only: parse the request, call the domain, shape the response.
 //!
-//! The redirect route carries no middleware at all (it is the hot path and bounds its own
-//! waits: the Redis budget and the SQLite acquire timeout). The API gets a body limit, a request
-//! timeout answered as 503, and request tracing.
+//! The redirect route carries no tower middleware at all: it is the hot path, it bounds its own
+//! waits (the Redis budget, the SQLite acquire timeout), and it sets its own `x-request-id` and
+//! records its metrics through pre-registered handles. The API and health routes get a request
+//! id, request tracing (one info line per request, with the id in every line of its span),
+//! metrics by route and status, and — for the API — a body limit and a timeout answered as 503.
 
 pub mod auth;
 pub mod health;
 pub mod links;
 pub mod redirect;
 
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
+
 use axum::{
-    extract::DefaultBodyLimit,
-    http::StatusCode,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{HeaderName, HeaderValue, StatusCode},
+    middleware::{self, Next},
+    response::Response,
     routing::{get, post},
     Router,
 };
-use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+use tower_http::{
+    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    timeout::TimeoutLayer,
+    trace::{DefaultOnResponse, TraceLayer},
+};
 
 use crate::{error::ApiError, state::AppState};
+
+/// The request id header.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids: a random per-process prefix and a counter (`3f9a1c0e-1b`): unique, cheap, and
+/// they sort by arrival within a process.
+#[derive(Clone, Copy, Default)]
+pub struct RequestIds;
+
+static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh request id.
+pub fn next_request_id() -> HeaderValue {
+    let prefix = *PREFIX.get_or_init(rand::random::<u32>);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::try_from(format!("{prefix:08x}-{n:x}")).expect("hex is a valid header value")
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        Some(RequestId::new(next_request_id()))
+    }
+}
+
+/// Counts and times every non-redirect request by matched route, method and status.
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    state.metrics.record_route(&route, method.as_str(), resp.status(), started.elapsed());
+    resp
+}
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
@@ -27,15 +74,33 @@ pub fn router(state: AppState) -> Router {
         .route("/links/{code}/clicks", get(links::get_link_clicks))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.request_timeout))
-        .layer(TraceLayer::new_for_http());
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.request_timeout));
+
+    let observed = Router::new()
+        .route("/", get(redirect::home))
+        .route("/health", get(health::liveness))
+        .route("/health/ready", get(health::readiness))
+        .route("/health/db", get(health::db))
+        .route("/health/redis", get(health::redis))
+        .route("/health/cache", get(health::cache))
+        .route("/metrics", get(health::metrics))
+        .nest("/api/v1", api)
+        .route_layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::info_span!("request", request_id = %id, http.method = %req.method(), http.path = %req.uri().path())
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO).latency_unit(tower_http::LatencyUnit::Micros)),
+        )
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), RequestIds));
 
     Router::new()
         .route("/{code}", get(redirect::follow_link))
-        .route("/", get(redirect::home))
-        .route("/health", get(health::liveness))
-        .route("/health/cache", get(health::cache))
-        .nest("/api/v1", api)
+        .merge(observed)
         .fallback(redirect::not_found)
         .with_state(state)
 }

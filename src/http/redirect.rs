@@ -4,10 +4,13 @@
 use axum::{
     body::Body,
     extract::{Request, State},
-    http::{header, HeaderValue, Method, StatusCode},
+    http::{header, request::Parts, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
 };
 
+use std::time::Instant;
+
+use super::{next_request_id, X_REQUEST_ID};
 use crate::{
     links::{code, Resolved},
     state::AppState,
@@ -33,17 +36,30 @@ fn page(status: StatusCode, body: &'static str) -> Response {
 
 /// Follows a short link.
 pub async fn follow_link(State(state): State<AppState>, req: Request) -> Response {
-    let code = &req.uri().path()[1..];
+    let started = Instant::now();
+    let (req, _body) = req.into_parts();
+    let mut resp = answer(&state, &req).await;
+    let id = match req.headers.get(&X_REQUEST_ID) {
+        Some(v) if v.len() <= 128 => v.clone(),
+        _ => next_request_id(),
+    };
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    state.metrics.record_redirect(resp.status(), started.elapsed());
+    resp
+}
+
+async fn answer(state: &AppState, req: &Parts) -> Response {
+    let code = &req.uri.path()[1..];
     if !code::is_code_shaped(code) || code::is_reserved(code) {
-        return not_found().await;
+        return page(StatusCode::NOT_FOUND, NOT_FOUND_PAGE);
     }
     match state.resolver.resolve(code).await {
         Ok(Resolved::Found(link)) => {
             if link.expires_at.is_some_and(|e| e <= now_ms()) {
                 return page(StatusCode::GONE, GONE_PAGE);
             }
-            if req.method() == Method::GET
-                && state.clicks.counts(req.headers().get(header::USER_AGENT).map(HeaderValue::as_bytes))
+            if req.method == Method::GET
+                && state.clicks.counts(req.headers.get(header::USER_AGENT).map(HeaderValue::as_bytes))
             {
                 state.clicks.record(&link);
             }
@@ -67,7 +83,9 @@ pub async fn follow_link(State(state): State<AppState>, req: Request) -> Respons
 
 /// Anything that is not a route: a plain 404 page.
 pub async fn not_found() -> Response {
-    page(StatusCode::NOT_FOUND, NOT_FOUND_PAGE)
+    let mut resp = page(StatusCode::NOT_FOUND, NOT_FOUND_PAGE);
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), next_request_id());
+    resp
 }
 
 /// `/`: a one-line page saying what this is.

@@ -6,5 +6,6 @@ mod clicks;
 mod faults;
 mod helpers;
 mod links_api;
+mod operations;
 mod read_through;
 mod redirect;

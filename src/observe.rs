@@ -1,0 +1,170 @@
+//! Metrics: one Prometheus registry per service instance (no global recorder, so several
+//! instances in one process — the tests — never mix their numbers).
+//!
+//! The redirect route records into pre-registered handles (an atomic add and a histogram
+//! sample; no label lookup per request). API routes go through a middleware that labels by
+//! matched route, method and status. Counters that the service already keeps as atomics (cache
+//! tiers, Redis, clicks) are copied into the registry when `/metrics` is scraped.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use axum::http::StatusCode;
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+const META: Metadata<'static> = Metadata::new("shortener", metrics::Level::INFO, None);
+
+/// Latency buckets (seconds): fine below a millisecond, where redirects live.
+const BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+const REDIRECT_STATUSES: [u16; 8] = [301, 302, 307, 308, 404, 410, 503, 0];
+
+/// The registry and the hot path's handles.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    redirect_count: [Counter; REDIRECT_STATUSES.len()],
+    redirect_latency: [Histogram; REDIRECT_STATUSES.len()],
+    /// Requests refused by a rate limit, by limit name (kept here so `/metrics` can show them).
+    pub rate_limited: [AtomicU64; 4],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .expect("static buckets are valid")
+            .upkeep_timeout(Duration::from_secs(5))
+            .build_recorder();
+        let handle = recorder.handle();
+        let redirect_count = REDIRECT_STATUSES.map(|s| {
+            recorder.register_counter(
+                &Key::from_parts("shortener_http_requests_total", route_labels("/{code}", "GET", s)),
+                &META,
+            )
+        });
+        let redirect_latency = REDIRECT_STATUSES.map(|s| {
+            recorder.register_histogram(
+                &Key::from_parts("shortener_http_request_duration_seconds", route_labels("/{code}", "GET", s)),
+                &META,
+            )
+        });
+        let m = Metrics { recorder, handle, redirect_count, redirect_latency, rate_limited: Default::default() };
+        m.gauge("shortener_build_info", vec![Label::new("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
+        m
+    }
+
+    /// Records one redirect-route answer.
+    #[inline]
+    pub fn record_redirect(&self, status: StatusCode, elapsed: Duration) {
+        let i = REDIRECT_STATUSES.iter().position(|s| *s == status.as_u16()).unwrap_or(REDIRECT_STATUSES.len() - 1);
+        self.redirect_count[i].increment(1);
+        self.redirect_latency[i].record(elapsed.as_secs_f64());
+    }
+
+    /// Records one API (or health) answer.
+    pub fn record_route(&self, route: &str, method: &str, status: StatusCode, elapsed: Duration) {
+        let labels = route_labels(route, method, status.as_u16());
+        self.counter_with("shortener_http_requests_total", labels.clone()).increment(1);
+        self.recorder
+            .register_histogram(&Key::from_parts("shortener_http_request_duration_seconds", labels), &META)
+            .record(elapsed.as_secs_f64());
+    }
+
+    fn counter_with(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder.register_counter(&Key::from_parts(name, labels), &META)
+    }
+
+    /// A counter set to an absolute value (for counters kept elsewhere as atomics).
+    pub fn set_counter(&self, name: &'static str, labels: Vec<Label>, value: u64) {
+        self.counter_with(name, labels).absolute(value);
+    }
+
+    /// A gauge.
+    pub fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
+        self.recorder.register_gauge(&Key::from_parts(name, labels), &META)
+    }
+
+    /// Drains histogram samples into their buckets (run every few seconds).
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+}
+
+/// Route labels use `:param` for path parameters (`/api/v1/links/:code`): braces inside label
+/// values are legal, but several exposition parsers mishandle them.
+fn route_labels(route: &str, method: &str, status: u16) -> Vec<Label> {
+    let status = if status == 0 { "other".to_string() } else { status.to_string() };
+    let route = route.replace('{', ":").replace('}', "");
+    vec![Label::new("route", route), Label::new("method", method.to_string()), Label::new("status", status)]
+}
+
+/// Names of the rate limits, in the order of [`Metrics::rate_limited`].
+pub const RATE_LIMIT_NAMES: [&str; 4] = ["create_per_key", "create_per_ip", "api_per_ip", "redirect_per_ip"];
+
+/// Fills the registry from the service's own counters; called on every scrape.
+pub fn sync_from_state(state: &crate::state::AppState) {
+    let m = &state.metrics;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let r = &state.resolver;
+    let tier = |t: &str| vec![Label::new("tier", t.to_string())];
+    m.set_counter("shortener_cache_lookups_total", tier("l1"), get(&r.stats.l1_hits));
+    m.set_counter("shortener_cache_lookups_total", tier("redis"), get(&r.stats.redis_hits));
+    m.set_counter("shortener_cache_lookups_total", tier("miss"), get(&r.stats.misses));
+    m.set_counter("shortener_db_lookups_total", vec![], get(&r.stats.db_lookups));
+    m.set_counter("shortener_cache_negative_hits_total", vec![], get(&r.stats.negative_hits));
+    m.set_counter("shortener_single_flight_waits_total", vec![], get(&r.stats.flight_waits));
+    m.set_counter("shortener_lookup_errors_total", vec![], get(&r.stats.errors));
+    m.gauge("shortener_l1_entries", vec![]).set(r.l1.len() as f64);
+    if let Some(redis) = &r.redis {
+        let s = &redis.stats;
+        m.set_counter("shortener_redis_errors_total", vec![], get(&s.errors));
+        m.set_counter("shortener_redis_timeouts_total", vec![], get(&s.timeouts));
+        m.set_counter("shortener_redis_breaker_opened_total", vec![], get(&s.breaker_opened));
+        m.set_counter("shortener_redis_invalidations_replayed_total", vec![], get(&s.replayed));
+        m.set_counter("shortener_cache_write_backs_total", vec![Label::new("result", "landed")], get(&s.fills));
+        m.set_counter(
+            "shortener_cache_write_backs_total",
+            vec![Label::new("result", "rejected")],
+            get(&s.fills_rejected),
+        );
+        let state_value = match redis.breaker_state() {
+            "closed" => 0.0,
+            "replaying" => 1.0,
+            _ => 2.0,
+        };
+        m.gauge("shortener_redis_breaker_state", vec![]).set(state_value);
+        let status = redis.pool().status();
+        m.gauge("shortener_redis_pool_connections", vec![Label::new("state", "open")]).set(status.size as f64);
+        m.gauge("shortener_redis_pool_connections", vec![Label::new("state", "idle")]).set(status.available as f64);
+        m.gauge("shortener_redis_pool_waiting", vec![]).set(status.waiting as f64);
+    }
+    m.gauge("shortener_db_read_pool_connections", vec![Label::new("state", "open")]).set(f64::from(state.db.size()));
+    m.gauge("shortener_db_read_pool_connections", vec![Label::new("state", "idle")]).set(state.db.num_idle() as f64);
+    let c = &state.clicks.stats;
+    m.set_counter("shortener_clicks_recorded_total", vec![], get(&c.recorded));
+    m.set_counter("shortener_clicks_flushed_total", vec![], get(&c.flushed));
+    m.set_counter("shortener_click_flushes_total", vec![], get(&c.flushes));
+    m.set_counter("shortener_click_flush_failures_total", vec![], get(&c.flush_failures));
+    m.set_counter("shortener_clicks_bots_skipped_total", vec![], get(&c.bots_skipped));
+    for (i, name) in RATE_LIMIT_NAMES.iter().enumerate() {
+        m.set_counter("shortener_rate_limited_total", vec![Label::new("limit", *name)], get(&m.rate_limited[i]));
+    }
+    m.gauge("shortener_uptime_seconds", vec![]).set(state.started.elapsed().as_secs_f64());
+}

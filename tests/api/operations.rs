@@ -1,0 +1,268 @@
+//! Operations: health endpoints (healthy and degraded), Prometheus metrics that parse and
+//! move by the right amounts, request ids in responses and logs, systemd readiness.
+
+use std::{os::unix::fs::PermissionsExt, time::Duration};
+
+use prometheus_parse::{Scrape, Value as PromValue};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{client, create_key, spawn_app, RedisServer, ServiceProcess, TestApp};
+
+async fn get_json(app: &TestApp, path: &str) -> (StatusCode, Value) {
+    let r = app.client.get(app.url(path)).send().await.unwrap();
+    (r.status(), r.json().await.unwrap())
+}
+
+async fn scrape(app: &TestApp) -> Scrape {
+    let r = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid exposition format")
+}
+
+/// The value of a counter or gauge sample whose labels include `labels`.
+fn sample(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match x.value {
+            PromValue::Counter(v) | PromValue::Gauge(v) | PromValue::Untyped(v) => v,
+            _ => panic!("{name} is not a counter or gauge"),
+        })
+        .sum()
+}
+
+/// Observations of a histogram (its `+Inf` bucket) whose labels include `labels`.
+fn histogram_count(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match &x.value {
+            PromValue::Histogram(buckets) => {
+                buckets.iter().filter(|b| b.less_than.is_infinite()).map(|b| b.count).sum::<f64>()
+            }
+            _ => panic!("{name} is not a histogram"),
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_report_a_healthy_service() {
+    let redis = RedisServer::start();
+    let app = spawn_app(Some(&redis), |_| {}).await;
+    app.create_code("healthy", "https://example.com/h").await;
+    app.location("healthy").await.unwrap();
+
+    let (s, ready) = get_json(&app, "/health/ready").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(ready, json!({"status": "ok", "db": "ok", "redis": "ok"}));
+
+    let (s, db) = get_json(&app, "/health/db").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(db["status"], "ok");
+    assert!(db["query_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(db["read_pool"]["max"], 4);
+    assert!(db["read_pool"]["idle"].as_u64().is_some());
+    assert!(db["wal_bytes"].as_u64().is_some(), "{db}");
+    assert!(db["db_bytes"].as_u64().unwrap() > 0);
+
+    let (s, r) = get_json(&app, "/health/redis").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["breaker"], "closed");
+    assert!(r["ping_ms"].as_f64().is_some());
+    assert_eq!(r["info"]["maxmemory"], 209_715_200);
+    assert_eq!(r["info"]["maxmemory_policy"], "allkeys-lru");
+    for f in ["used_memory", "evicted_keys", "keyspace_hits", "keyspace_misses", "connected_clients"] {
+        assert!(r["info"][f].as_i64().is_some(), "{f} missing: {r}");
+    }
+    assert!(r["pool"]["size"].as_u64().is_some());
+    assert_eq!(r["warnings"], json!([]));
+
+    let (_, c) = get_json(&app, "/health/cache").await;
+    for f in [
+        "l1_hits",
+        "redis_hits",
+        "misses",
+        "db_lookups",
+        "negative_hits",
+        "single_flight_waits",
+        "write_backs",
+        "write_backs_rejected",
+    ] {
+        assert!(c[f].as_u64().is_some(), "{f}: {c}");
+    }
+    for f in ["hit_ratio", "l1_hit_ratio", "redis_hit_ratio"] {
+        assert!(c[f].as_f64().is_some(), "{f}: {c}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_warnings_name_a_cache_that_cannot_evict() {
+    let redis = RedisServer::start();
+    redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let app = spawn_app(Some(&redis), |_| {}).await;
+    let (_, r) = get_json(&app, "/health/redis").await;
+    let w = r["warnings"].as_array().unwrap();
+    assert_eq!(w.len(), 2, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_killed_ready_stays_200_and_says_degraded() {
+    let mut redis = RedisServer::start();
+    let app = spawn_app(Some(&redis), |_| {}).await;
+    redis.kill();
+    app.location("anything-at-all").await.ok();
+    let ok = crate::helpers::eventually(Duration::from_secs(5), || async {
+        get_json(&app, "/health/ready").await.1["redis"] == "degraded"
+    })
+    .await;
+    assert!(ok);
+    let (s, ready) = get_json(&app, "/health/ready").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(ready["db"], "ok");
+    let (_, r) = get_json(&app, "/health/redis").await;
+    assert_eq!(r["status"], "degraded");
+    assert_eq!(r["reachable"], false);
+    assert_eq!(r["breaker"], "open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_sqlite_file_unreadable_ready_is_503() {
+    let app = spawn_app(None, |_| {}).await;
+    let path = app.db_url.trim_start_matches("sqlite://").to_string();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let (s, ready) = get_json(&app, "/health/ready").await;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(ready["status"], "unavailable");
+    assert_eq!(ready["db"], "error");
+    let (s, _) = get_json(&app, "/health/db").await;
+    assert_eq!(s, StatusCode::OK, "healthy again once readable");
+
+    std::fs::remove_file(&path).unwrap();
+    let (s, _) = get_json(&app, "/health/ready").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "a deleted database is not ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move_by_exactly_the_traffic_sent() {
+    let redis = RedisServer::start();
+    let app = spawn_app(Some(&redis), |c| c.click_flush_interval = Duration::from_secs(3600)).await;
+    app.create_code("counted", "https://example.com/c").await;
+    let before = scrape(&app).await;
+
+    for _ in 0..5 {
+        app.location("counted").await.unwrap();
+    }
+    for _ in 0..3 {
+        assert_eq!(app.location("not-a-link").await, Err(StatusCode::NOT_FOUND));
+    }
+    for _ in 0..2 {
+        let r = app.api(Method::GET, "/links/counted").send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert!(app.state.clicks.flush(&app.state.writer).await);
+    let after = scrape(&app).await;
+
+    let delta = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels) - sample(&before, name, labels);
+    assert_eq!(delta("shortener_http_requests_total", &[("route", "/:code"), ("status", "302")]), 5.0);
+    assert_eq!(delta("shortener_http_requests_total", &[("route", "/:code"), ("status", "404")]), 3.0);
+    assert_eq!(
+        delta(
+            "shortener_http_requests_total",
+            &[("route", "/api/v1/links/:code"), ("method", "GET"), ("status", "200")]
+        ),
+        2.0
+    );
+    let lat =
+        histogram_count(&after, "shortener_http_request_duration_seconds", &[("route", "/:code"), ("status", "302")])
+            - histogram_count(
+                &before,
+                "shortener_http_request_duration_seconds",
+                &[("route", "/:code"), ("status", "302")],
+            );
+    assert_eq!(lat, 5.0);
+    // 8 lookups: the first of each code misses, the rest hit L1.
+    assert_eq!(delta("shortener_cache_lookups_total", &[("tier", "l1")]), 6.0);
+    assert_eq!(delta("shortener_cache_lookups_total", &[("tier", "miss")]), 2.0);
+    assert_eq!(delta("shortener_db_lookups_total", &[]), 2.0);
+    assert_eq!(delta("shortener_clicks_flushed_total", &[]), 5.0);
+    assert_eq!(sample(&after, "shortener_redis_breaker_state", &[]), 0.0);
+    assert_eq!(sample(&after, "shortener_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
+    assert!(sample(&after, "shortener_redis_pool_connections", &[("state", "open")]) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_a_token() {
+    let app = spawn_app(None, |c| c.metrics_token = Some("s3cret".into())).await;
+    assert_eq!(app.client.get(app.url("/metrics")).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let r = app.client.get(app.url("/metrics")).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_has_a_request_id_and_api_log_lines_carry_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("o.db").display());
+    let svc = ServiceProcess::start(&db_url, &[("REDIS_ENABLED", "false".into())], "", dir.path().join("o.log")).await;
+    let key = create_key(&db_url, "k", false).await;
+    let http = client();
+
+    let r = http
+        .post(svc.url("/api/v1/links"))
+        .bearer_auth(&key)
+        .header("x-request-id", "req-abc-123")
+        .json(&json!({"code": "traced", "url": "https://example.com/secret-path?token=xyz"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["x-request-id"], "req-abc-123");
+    for path in ["/traced", "/health", "/nope/nope", "/api/v1/links"] {
+        let r = http.get(svc.url(path)).send().await.unwrap();
+        let id = r.headers().get("x-request-id").unwrap_or_else(|| panic!("no request id on {path}"));
+        assert!(!id.is_empty());
+    }
+    let r = http.get(svc.url("/traced")).header("x-request-id", "mine-1").send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "mine-1");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = svc.stderr();
+    let lines: Vec<Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(!lines.is_empty(), "logs are JSON lines: {log}");
+    let tagged: Vec<&Value> = lines.iter().filter(|l| l.to_string().contains("req-abc-123")).collect();
+    assert!(tagged.len() >= 2, "the create logged at least 'link created' and the response line: {log}");
+    assert!(tagged.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("link created"))));
+    assert!(!log.contains("secret-path"), "full target URLs are not logged at info");
+    assert!(!log.contains(&key), "API keys are never logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_service_notifies_ready_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("n.db").display());
+    let svc = ServiceProcess::start(
+        &db_url,
+        &[("REDIS_ENABLED", "false".into()), ("NOTIFY_SOCKET", sock_path.display().to_string())],
+        "",
+        dir.path().join("n.log"),
+    )
+    .await;
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    svc.signal("TERM");
+    let n = sock.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    let log_path = dir.path().join("n.log");
+    let status = svc.wait().await;
+    assert!(status.success());
+    assert!(std::fs::read_to_string(log_path).unwrap().contains("shut down gracefully"));
+}
