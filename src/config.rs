@@ -7,6 +7,8 @@ use std::{fmt, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 
 use url::Url;
 
+use crate::ratelimit::{parse_trusted, Limit};
+
 /// A configuration error: always names the variable and what was wrong with it.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {var}={value:?}: {reason}")]
@@ -99,6 +101,18 @@ pub struct Config {
     /// `CACHE_WARM_TOP_N`: at startup, load the N most-clicked links into the caches (in the
     /// background; readiness does not wait). Default 0 (off).
     pub cache_warm_top_n: u32,
+    /// `RATE_LIMIT_CREATE_PER_MINUTE`: link creations per API key. Default 60; 0 = off.
+    pub rate_create_per_key: Limit,
+    /// `RATE_LIMIT_CREATE_PER_IP_PER_MINUTE`: link creations per client IP. Default 120; 0 = off.
+    pub rate_create_per_ip: Limit,
+    /// `RATE_LIMIT_API_PER_IP_PER_MINUTE`: every `/api` call per client IP. Default 1200; 0 = off.
+    pub rate_api_per_ip: Limit,
+    /// `RATE_LIMIT_REDIRECT_PER_IP_PER_MINUTE`: redirects per client IP. Default 0 (off): a load
+    /// test or a large NAT must not trip it; turn it on under attack.
+    pub rate_redirect_per_ip: Limit,
+    /// `TRUSTED_PROXIES`: comma-separated addresses/CIDRs whose `X-Forwarded-For` is believed.
+    /// Default none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Test-only hooks. Never set from the environment.
     pub hooks: TestHooks,
 }
@@ -236,6 +250,18 @@ impl Config {
                 None => default_bot_patterns(),
             },
             metrics_token: lookup("METRICS_TOKEN"),
+            rate_create_per_key: Limit::per_minute(parse("RATE_LIMIT_CREATE_PER_MINUTE", 60)?),
+            rate_create_per_ip: Limit::per_minute(parse("RATE_LIMIT_CREATE_PER_IP_PER_MINUTE", 120)?),
+            rate_api_per_ip: Limit::per_minute(parse("RATE_LIMIT_API_PER_IP_PER_MINUTE", 1200)?),
+            rate_redirect_per_ip: Limit::per_minute(parse("RATE_LIMIT_REDIRECT_PER_IP_PER_MINUTE", 0)?),
+            trusted_proxies: match lookup("TRUSTED_PROXIES") {
+                None => Vec::new(),
+                Some(v) => parse_trusted(&v).map_err(|reason| ConfigError {
+                    var: "TRUSTED_PROXIES",
+                    value: v.clone(),
+                    reason,
+                })?,
+            },
             cache_warm_top_n: parse("CACHE_WARM_TOP_N", 0)?,
             hooks: TestHooks::default(),
         };
@@ -291,6 +317,11 @@ impl Config {
             click_bot_filter: true,
             click_bot_patterns: default_bot_patterns(),
             metrics_token: None,
+            rate_create_per_key: Limit::per_minute(0),
+            rate_create_per_ip: Limit::per_minute(0),
+            rate_api_per_ip: Limit::per_minute(0),
+            rate_redirect_per_ip: Limit::per_minute(0),
+            trusted_proxies: Vec::new(),
             cache_warm_top_n: 0,
             hooks: TestHooks::default(),
         }

@@ -13,6 +13,7 @@
 //! - [`db`]: all SQL — pools, the group-committing writer, link and key queries.
 //! - [`clicks`]: click counting without a database write per redirect, and its flusher.
 //! - [`observe`]: the Prometheus registry and what `/metrics` shows.
+//! - [`ratelimit`]: GCRA limits shared through Redis, with a per-process fallback.
 //! - [`cli`]: the command line (`serve`, `migrate`, `keys …`, `links …`).
 
 pub mod cache;
@@ -24,6 +25,7 @@ pub mod error;
 pub mod http;
 pub mod links;
 pub mod observe;
+pub mod ratelimit;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

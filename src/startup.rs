@@ -9,11 +9,10 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{http::HeaderValue, Router};
+use axum::{extract::ConnectInfo, http::HeaderValue, Router};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto::Builder, graceful::GracefulShutdown},
-    service::TowerToHyperService,
 };
 use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
@@ -29,6 +28,7 @@ use crate::{
     http,
     links::resolve::Resolver,
     observe::Metrics,
+    ratelimit::RateLimiter,
     state::{AppState, Inner},
 };
 
@@ -123,6 +123,8 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
         }));
     }
     let warm_top_n = config.cache_warm_top_n;
+    let limiter =
+        Arc::new(RateLimiter::new(resolver.redis.clone(), &config.redis_key_prefix, config.trusted_proxies.clone()));
     let permanent_cache_control =
         HeaderValue::from_str(&format!("private, max-age={}", config.permanent_redirect_max_age))?;
     let state = AppState::new(Inner {
@@ -131,6 +133,7 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
         resolver,
         writer,
         clicks,
+        limiter,
         metrics,
         db_file,
         db_inode,
@@ -215,14 +218,23 @@ impl Application {
         builder.http1().timer(TokioTimer::new()).header_read_timeout(cfg.header_read_timeout).keep_alive(true);
         builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
         let graceful = GracefulShutdown::new();
+        let tag_every_request = cfg.rate_redirect_per_ip.enabled();
         let mut fd_warnings = FdWarnings::default();
         tokio::pin!(signal);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _peer)) => {
+                    Ok((stream, peer)) => {
                         tune(&stream);
-                        let svc = TowerToHyperService::new(router.clone());
+                        // The peer address is attached only where a limit needs it: inserting
+                        // it into every redirect would cost an allocation per request.
+                        let router = router.clone();
+                        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                            if tag_every_request || req.uri().path().starts_with("/api/") {
+                                req.extensions_mut().insert(ConnectInfo(peer));
+                            }
+                            tower::ServiceExt::oneshot(router.clone(), req)
+                        });
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
                         let conn = graceful.watch(conn);
                         tokio::spawn(async move {

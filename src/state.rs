@@ -23,6 +23,8 @@ pub struct Inner {
     pub writer: Writer,
     /// The click buffer.
     pub clicks: Arc<Clicks>,
+    /// The rate limiter.
+    pub limiter: Arc<crate::ratelimit::RateLimiter>,
     /// The Prometheus registry of this instance.
     pub metrics: Arc<Metrics>,
     /// The SQLite file (empty for an in-memory database), for readiness checks.

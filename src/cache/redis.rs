@@ -254,6 +254,21 @@ impl RedisTier {
         }
     }
 
+    /// Whether the breaker is closed (Redis answers), whatever the invalidation state.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Runs a call on the shared connection under the budget, with breaker accounting; for
+    /// other modules' scripts (the rate limiter). `None` on any trouble.
+    pub async fn run_on_shared<T, F, Fut>(&self, call: F) -> Option<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.run(call).await
+    }
+
     /// Reads a code's cached answer.
     pub async fn get(&self, code: &str) -> Lookup {
         if !self.readable() {
@@ -401,6 +416,13 @@ impl RedisTier {
             }
         }
         if self.readable() {
+            // A heartbeat, so that a Redis that died while idle is noticed without traffic
+            // (readiness and rate limiting then report and act on it at once).
+            let alive: Option<String> =
+                self.run(|mut c| async move { redis::cmd("PING").query_async(&mut c).await }).await;
+            if alive.is_none() && self.conn().is_none() {
+                self.note_down(&"heartbeat failed");
+            }
             return;
         }
         let pong: Option<String> = self.run(|mut c| async move { redis::cmd("PING").query_async(&mut c).await }).await;

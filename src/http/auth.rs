@@ -16,27 +16,36 @@ use crate::{
 };
 
 /// The authenticated caller.
+#[derive(Clone)]
 pub struct Caller(pub ApiKeyRow);
+
+/// Checks the `Authorization: Bearer` key of a request.
+pub async fn authenticate(headers: &axum::http::HeaderMap, state: &AppState) -> Result<ApiKeyRow, ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, key) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+        })
+        .filter(|k| !k.is_empty())
+        .ok_or(ApiError::Unauthorized)?;
+    let row = keys::find_key_by_hash(&state.db, &keys::hash_key(presented)).await?.ok_or(ApiError::Unauthorized)?;
+    if row.revoked_at.is_some() {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(row)
+}
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, key) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
-            })
-            .filter(|k| !k.is_empty())
-            .ok_or(ApiError::Unauthorized)?;
-        let row = keys::find_key_by_hash(&state.db, &keys::hash_key(presented)).await?.ok_or(ApiError::Unauthorized)?;
-        if row.revoked_at.is_some() {
-            return Err(ApiError::Forbidden);
+        // The API gate authenticated already (to exempt unlimited keys); don't look twice.
+        if let Some(c) = parts.extensions.get::<Caller>() {
+            return Ok(c.clone());
         }
-        Ok(Caller(row))
+        authenticate(&parts.headers, state).await.map(Caller)
     }
 }
 

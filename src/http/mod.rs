@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod health;
+pub mod limits;
 pub mod links;
 pub mod redirect;
 
@@ -73,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/links/{code}", get(links::get_link).patch(links::update_link).delete(links::delete_link))
         .route("/links/{code}/clicks", get(links::get_link_clicks))
         .fallback(|| async { ApiError::NotFound })
+        .layer(middleware::from_fn_with_state(state.clone(), limits::api_gate))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.request_timeout));
 

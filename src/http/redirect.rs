@@ -23,6 +23,7 @@ const GONE_PAGE: &str =
     "<!doctype html><title>Link expired</title><h1>Link expired</h1><p>This short link has expired.</p>\n";
 const BUSY_PAGE: &str =
     "<!doctype html><title>Busy</title><h1>Try again</h1><p>The service is busy; please retry in a moment.</p>\n";
+const LIMITED_PAGE: &str = "<!doctype html><title>Too many requests</title><h1>Slow down</h1><p>Too many requests from your address; please retry shortly.</p>\n";
 const HOME_PAGE: &str = "<!doctype html><title>shortener</title><h1>shortener</h1><p>A URL shortener. Short links live at /{code}; the API at /api/v1.</p>\n";
 
 fn page(status: StatusCode, body: &'static str) -> Response {
@@ -49,6 +50,11 @@ pub async fn follow_link(State(state): State<AppState>, req: Request) -> Respons
 }
 
 async fn answer(state: &AppState, req: &Parts) -> Response {
+    if let Some(refused) = super::limits::check_redirect(state, req).await {
+        let mut resp = page(StatusCode::TOO_MANY_REQUESTS, LIMITED_PAGE);
+        refused.write_headers(resp.headers_mut());
+        return resp;
+    }
     let code = &req.uri.path()[1..];
     if !code::is_code_shaped(code) || code::is_reserved(code) {
         return page(StatusCode::NOT_FOUND, NOT_FOUND_PAGE);

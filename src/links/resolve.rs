@@ -135,7 +135,7 @@ type FlightTable = HashMap<Box<str>, (u64, Flight)>;
 
 /// How long a finished flight can still be joined (see `Resolver::retire_flight`). Short next
 /// to `L1_TTL_MS`, which bounds staleness across instances.
-const FLIGHT_GRACE: Duration = Duration::from_millis(500);
+const FLIGHT_GRACE: Duration = Duration::from_secs(1);
 
 /// Resolves codes. One per process.
 pub struct Resolver {

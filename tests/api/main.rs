@@ -7,5 +7,6 @@ mod faults;
 mod helpers;
 mod links_api;
 mod operations;
+mod ratelimit;
 mod read_through;
 mod redirect;
