@@ -89,7 +89,10 @@ impl L1 {
 
     /// Number of entries (approximate).
     pub fn len(&self) -> u64 {
-        self.cache.as_ref().map_or(0, |c| c.entry_count())
+        self.cache.as_ref().map_or(0, |c| {
+            c.run_pending_tasks();
+            c.entry_count()
+        })
     }
 
     /// Whether L1 is empty (approximate).
