@@ -109,6 +109,9 @@ pub struct RedisTier {
     threshold: u32,
     up: AtomicBool,
     failures: AtomicU32,
+    born: Instant,
+    last_success_ms: AtomicU64,
+    rtt_ewma_us: AtomicU64,
     dirty_seq: AtomicU64,
     clean_seq: AtomicU64,
     acked: Mutex<Vec<i64>>,
@@ -143,6 +146,9 @@ impl RedisTier {
             threshold: cfg.redis_breaker_threshold,
             up: AtomicBool::new(false),
             failures: AtomicU32::new(0),
+            born: Instant::now(),
+            last_success_ms: AtomicU64::new(0),
+            rtt_ewma_us: AtomicU64::new(0),
             // Start untrusted: invalidations of an earlier run may be queued.
             dirty_seq: AtomicU64::new(1),
             clean_seq: AtomicU64::new(0),
@@ -202,9 +208,33 @@ impl RedisTier {
         self.wake.notify_one();
     }
 
-    fn on_success(&self) {
+    /// Milliseconds since this tier was built (a cheap, monotonic clock for the breaker).
+    fn clock_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// The budget of the next call: `REDIS_TIMEOUT_MS`, or four times the recent round trip
+    /// when this process is so loaded that replies queue behind its own work (capped at twenty
+    /// times the configured budget). A paused Redis produces no replies, so it cannot stretch
+    /// the budget: the average only moves on successes.
+    fn budget(&self) -> Duration {
+        let recent = Duration::from_micros(self.rtt_ewma_us.load(Ordering::Relaxed) * 4);
+        recent.clamp(self.timeout, self.timeout * 20)
+    }
+
+    fn on_success(&self, rtt: Duration) {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
+        }
+        let now = self.clock_ms();
+        if self.last_success_ms.load(Ordering::Relaxed) != now {
+            self.last_success_ms.store(now, Ordering::Relaxed);
+        }
+        let old = self.rtt_ewma_us.load(Ordering::Relaxed);
+        let sample = rtt.as_micros() as u64;
+        let new = if sample > old { old + (sample - old) / 8 } else { old - (old - sample) / 8 };
+        if new != old {
+            self.rtt_ewma_us.store(new, Ordering::Relaxed);
         }
     }
 
@@ -215,11 +245,16 @@ impl RedisTier {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
         }
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let opened = n >= self.threshold && self.up.swap(false, Ordering::AcqRel);
+        // Open only when calls keep failing *and* nothing succeeded for a whole budget: on a
+        // saturated process a few calls can time out in a row while others still come back,
+        // and sending that load to SQLite would only make it worse.
+        let silent_for = self.clock_ms().saturating_sub(self.last_success_ms.load(Ordering::Relaxed));
+        let dead = broken || silent_for >= self.budget().as_millis() as u64;
+        let opened = n >= self.threshold && dead && self.up.swap(false, Ordering::AcqRel);
         if opened {
             self.stats.breaker_opened.fetch_add(1, Ordering::Relaxed);
             *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-            tracing::warn!(redis.failures = n, error = %detail, "redis breaker open: serving from L1 and SQLite");
+            tracing::warn!(redis.failures = n, redis.silent_ms = silent_for, error = %detail, "redis breaker open: serving from L1 and SQLite");
         }
         // A single timeout on a multiplexed connection does not desynchronise it (the late reply
         // is matched to its dropped request and discarded), so the connection is kept through
@@ -237,9 +272,10 @@ impl RedisTier {
         Fut: Future<Output = RedisResult<T>>,
     {
         let conn = self.conn()?;
-        match tokio::time::timeout(self.timeout, call(conn)).await {
+        let started = Instant::now();
+        match tokio::time::timeout(self.budget(), call(conn)).await {
             Ok(Ok(v)) => {
-                self.on_success();
+                self.on_success(started.elapsed());
                 Some(v)
             }
             Ok(Err(e)) => {
