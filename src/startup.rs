@@ -90,6 +90,12 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
         !config.hooks.disable_write_back_guard,
         config.hooks.fill_pause.clone(),
     ));
+    if let Some(tier) = resolver.redis.clone() {
+        let (r, rx, url) = (resolver.clone(), shutdown_rx.clone(), config.redis_url.clone());
+        background.push(tokio::spawn(async move {
+            tier.listen_for_invalidations(&url, |code| r.forget_locally(code), || r.l1.clear(), rx).await
+        }));
+    }
     let (writer, writer_task) =
         Writer::spawn(writer_conn, resolver.clone(), config.code_length, config.write_batch_max, shutdown_rx.clone());
     background.push(writer_task);

@@ -406,12 +406,67 @@ impl RedisTier {
         landed
     }
 
+    /// Deletes the codes' entries and leases, and announces the codes to the other instances
+    /// (their L1 caches), in one round trip.
     async fn delete_codes(&self, codes: &[String]) -> bool {
-        let mut cmd = redis::cmd("DEL");
+        let mut pipe = redis::pipe();
+        let del = pipe.cmd("DEL");
         for code in codes {
-            cmd.arg(self.link_key(code)).arg(self.lease_key(code));
+            del.arg(self.link_key(code)).arg(self.lease_key(code));
         }
-        self.run(|mut c| async move { cmd.query_async::<i64>(&mut c).await }).await.is_some()
+        pipe.ignore().cmd("PUBLISH").arg(self.invalidation_channel()).arg(codes.join(" ")).ignore();
+        self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await }).await.is_some()
+    }
+
+    /// The pub/sub channel on which every change is announced.
+    pub fn invalidation_channel(&self) -> String {
+        format!("{}invalidate", self.prefix)
+    }
+
+    /// Keeps a subscription to the invalidation channel and calls `forget` for every code
+    /// another instance (or this one) changed. After every (re)subscription `forget_all` runs:
+    /// announcements made while unsubscribed are lost, so L1 starts over (the L1 TTL bounds
+    /// staleness for whatever slips through a broken subscription).
+    pub async fn listen_for_invalidations(
+        &self,
+        url: &str,
+        forget: impl Fn(&str),
+        forget_all: impl Fn(),
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        use futures_util::StreamExt;
+        let client = match redis::Client::open(url) {
+            Ok(c) => c,
+            Err(e) => return tracing::warn!(error = %e, "invalidation listener not started"),
+        };
+        let channel = self.invalidation_channel();
+        loop {
+            if let Ok(Ok(mut ps)) = tokio::time::timeout(self.connect_timeout, client.get_async_pubsub()).await {
+                if ps.subscribe(&channel).await.is_ok() {
+                    forget_all();
+                    tracing::debug!(redis.channel = %channel, "subscribed to invalidations");
+                    let mut messages = ps.on_message();
+                    loop {
+                        tokio::select! {
+                            msg = messages.next() => match msg {
+                                Some(msg) => {
+                                    if let Ok(payload) = msg.get_payload::<String>() {
+                                        payload.split(' ').filter(|c| !c.is_empty()).for_each(&forget);
+                                    }
+                                }
+                                None => break,
+                            },
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                    tracing::debug!("invalidation subscription lost; resubscribing");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.probe_interval) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 
     /// Takes the ids of invalidations Redis acknowledged (the writer deletes their rows).

@@ -155,6 +155,7 @@ pub async fn spawn_app(redis: Option<&RedisServer>, tweak: impl FnOnce(&mut Conf
     let redis_url = redis.map(|r| r.url());
     let mut config = Config::for_tests(&db_url, redis_url.as_deref());
     tweak(&mut config);
+    let db_url = config.database_url.clone();
     let app = startup::build(config).await.expect("service builds");
     let addr = app.addr();
     let state = app.state().clone();
@@ -162,7 +163,7 @@ pub async fn spawn_app(redis: Option<&RedisServer>, tweak: impl FnOnce(&mut Conf
     let handle = tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
-    let key = create_key(&db_url, "test", false).await;
+    let key = create_key(&db_url, &format!("test-{}", addr.port()), false).await;
     TestApp {
         addr,
         base: format!("http://{addr}"),

@@ -251,3 +251,32 @@ async fn no_read_sees_an_update_older_than_one_acknowledged_before_it_started_wi
 async fn no_read_sees_an_update_older_than_one_acknowledged_before_it_started_without_l1() {
     history_check(0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instance_forgets_its_l1_copy_when_a_link_changes_elsewhere() {
+    let redis = RedisServer::start();
+    let a = spawn_app(Some(&redis), |c| c.l1_ttl = Duration::from_secs(600)).await;
+    let b = spawn_app(Some(&redis), |c| {
+        c.l1_ttl = Duration::from_secs(600);
+        c.database_url = a.db_url.clone();
+    })
+    .await;
+    a.create_code("shared", "https://example.com/one").await;
+    for _ in 0..3 {
+        assert_eq!(b.location("shared").await, Ok("https://example.com/one".into()));
+    }
+    assert!(b.stat("l1_hits").await >= 2, "B serves it from its L1");
+
+    assert_eq!(a.patch("shared", json!({"url": "https://example.com/two"})).await, StatusCode::OK);
+    let seen = crate::helpers::eventually(Duration::from_secs(2), || async {
+        b.location("shared").await == Ok("https://example.com/two".into())
+    })
+    .await;
+    assert!(seen, "B still serves its L1 copy long after A's change");
+    assert_eq!(a.delete("shared").await, StatusCode::NO_CONTENT);
+    let gone = crate::helpers::eventually(Duration::from_secs(2), || async {
+        b.location("shared").await == Err(StatusCode::NOT_FOUND)
+    })
+    .await;
+    assert!(gone);
+}
