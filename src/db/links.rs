@@ -69,31 +69,6 @@ pub async fn find_links_page(pool: &SqlitePool, after: Option<&str>, limit: u32)
     .await?)
 }
 
-/// Inserts a link unless the code is taken; `None` when it is.
-pub async fn insert_link(
-    conn: &mut SqliteConnection,
-    code: &str,
-    url: &str,
-    status: i64,
-    now: i64,
-    expires_at: Option<i64>,
-    created_by: Option<i64>,
-) -> Result<Option<LinkRow>, sqlx::Error> {
-    sqlx::query_as::<_, LinkRow>(&format!(
-        "INSERT INTO link_mappings (short_code, original_url, redirect_status, created_at, updated_at, expires_at, created_by)
-         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (short_code) DO NOTHING RETURNING {COLUMNS}"
-    ))
-    .bind(code)
-    .bind(url)
-    .bind(status)
-    .bind(now)
-    .bind(now)
-    .bind(expires_at)
-    .bind(created_by)
-    .fetch_optional(conn)
-    .await
-}
-
 /// A partial update: `None` leaves a field as it is; `expires_at: Some(None)` clears expiry.
 #[derive(Debug, Clone, Default)]
 pub struct LinkPatch {
@@ -180,13 +155,66 @@ pub async fn find_clicks_daily(pool: &SqlitePool, code: &str, since_day: &str) -
         .await?)
 }
 
-/// Queues a cache invalidation in the current transaction; returns its id.
-pub async fn insert_invalidation(conn: &mut SqliteConnection, code: &str, now: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("INSERT INTO cache_invalidations (short_code, queued_at) VALUES (?, ?) RETURNING id")
-        .bind(code)
-        .bind(now)
-        .fetch_one(conn)
-        .await
+/// A link to insert.
+#[derive(Debug, Clone)]
+pub struct NewLink<'a> {
+    /// The code.
+    pub code: &'a str,
+    /// The target URL.
+    pub url: &'a str,
+    /// Redirect status.
+    pub status: i64,
+    /// Expiry, epoch milliseconds.
+    pub expires_at: Option<i64>,
+    /// The creating key.
+    pub created_by: Option<i64>,
+}
+
+/// Inserts many links in one statement; codes that are taken are skipped. Returns the rows that
+/// were inserted (in no particular order).
+pub async fn insert_links(
+    conn: &mut SqliteConnection,
+    rows: &[NewLink<'_>],
+    now: i64,
+) -> Result<Vec<LinkRow>, sqlx::Error> {
+    let mut out = Vec::with_capacity(rows.len());
+    // 7 parameters a row; SQLite allows 32766 a statement.
+    for chunk in rows.chunks(4000) {
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO link_mappings (short_code, original_url, redirect_status, created_at, updated_at, expires_at, created_by)
+             VALUES {values} ON CONFLICT (short_code) DO NOTHING RETURNING {COLUMNS}"
+        );
+        // Not cached: the text varies with the batch size.
+        let mut q = sqlx::query_as::<_, LinkRow>(&sql).persistent(false);
+        for r in chunk {
+            q = q.bind(r.code).bind(r.url).bind(r.status).bind(now).bind(now).bind(r.expires_at).bind(r.created_by);
+        }
+        out.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
+/// Queues cache invalidations for `codes` in the current transaction; returns their ids in the
+/// order of `codes`.
+pub async fn insert_invalidations(
+    conn: &mut SqliteConnection,
+    codes: &[String],
+    now: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let mut ids = Vec::with_capacity(codes.len());
+    for chunk in codes.chunks(10_000) {
+        let values = vec!["(?, ?)"; chunk.len()].join(", ");
+        let sql = format!("INSERT INTO cache_invalidations (short_code, queued_at) VALUES {values} RETURNING id");
+        let mut q = sqlx::query_scalar::<_, i64>(&sql).persistent(false);
+        for c in chunk {
+            q = q.bind(c).bind(now);
+        }
+        let mut got = q.fetch_all(&mut *conn).await?;
+        got.sort_unstable();
+        ids.extend(got);
+    }
+    Ok(ids)
 }
 
 /// Removes invalidations that Redis acknowledged.

@@ -207,3 +207,26 @@ async fn concurrent_creates_are_all_committed_with_distinct_codes() {
     }
     assert_eq!(codes.len(), 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_of_one_custom_code_give_one_201_and_the_rest_409() {
+    let app = std::sync::Arc::new(spawn_app(None, |_| {}).await);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let app = app.clone();
+        set.spawn(async move {
+            app.api(Method::POST, "/links")
+                .json(&json!({"code": "contested", "url": format!("https://example.com/{i}")}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(s) = set.join_next().await {
+        statuses.push(s.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 1);
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count(), 39);
+}
