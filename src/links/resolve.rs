@@ -131,7 +131,19 @@ impl FillPause {
 type Flight = Arc<OnceCell<Result<Resolved, ResolveError>>>;
 
 /// Flights in progress (or just finished), by code, with the epoch each started in.
-type FlightTable = HashMap<Box<str>, (u64, Flight)>;
+struct FlightTable {
+    map: HashMap<Box<str>, FlightEntry>,
+    sweep_at: usize,
+}
+
+struct FlightEntry {
+    epoch: u64,
+    flight: Flight,
+    done_at: Option<std::time::Instant>,
+}
+
+/// The flight table is swept no smaller than this.
+const FLIGHT_SWEEP_MIN: usize = 4096;
 
 /// How long a finished flight can still be joined (see `Resolver::retire_flight`). Short next
 /// to `L1_TTL_MS`, which bounds staleness across instances.
@@ -144,7 +156,7 @@ pub struct Resolver {
     /// The Redis tier, when enabled.
     pub redis: Option<Arc<RedisTier>>,
     db: SqlitePool,
-    flights: Arc<Mutex<FlightTable>>,
+    flights: Mutex<FlightTable>,
     negative_ttl: Duration,
     guard: bool,
     fill_pause: Option<Arc<FillPause>>,
@@ -166,7 +178,7 @@ impl Resolver {
             l1,
             redis,
             db,
-            flights: Arc::new(Mutex::new(HashMap::new())),
+            flights: Mutex::new(FlightTable { map: HashMap::new(), sweep_at: FLIGHT_SWEEP_MIN }),
             negative_ttl,
             guard,
             fill_pause,
@@ -214,12 +226,14 @@ impl Resolver {
     }
 
     fn join_flight(&self, code: &str, epoch: u64) -> Flight {
-        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-        match flights.get(code) {
-            Some((e, f)) if *e == epoch => f.clone(),
+        let mut table = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        match table.map.get(code) {
+            Some(entry) if entry.epoch == epoch && entry.done_at.is_none_or(|t| t.elapsed() < FLIGHT_GRACE) => {
+                entry.flight.clone()
+            }
             _ => {
                 let f: Flight = Arc::new(OnceCell::new());
-                flights.insert(code.into(), (epoch, f.clone()));
+                table.map.insert(code.into(), FlightEntry { epoch, flight: f.clone(), done_at: None });
                 f
             }
         }
@@ -229,16 +243,18 @@ impl Resolver {
     /// just before the fill landed, but reached the flight table just after the flight ended,
     /// takes the answer instead of reading SQLite again. That is safe because a flight is only
     /// joined at the epoch it started in, and every acknowledged change bumps the epoch first.
+    /// Old entries are swept when the table has doubled since the last sweep (amortised O(1),
+    /// no timer or task per flight).
     fn retire_flight(&self, code: &str, flight: Flight) {
-        let flights = self.flights.clone();
-        let code: Box<str> = code.into();
-        tokio::spawn(async move {
-            tokio::time::sleep(FLIGHT_GRACE).await;
-            let mut flights = flights.lock().unwrap_or_else(|e| e.into_inner());
-            if flights.get(&code).is_some_and(|(_, f)| Arc::ptr_eq(f, &flight)) {
-                flights.remove(&code);
-            }
-        });
+        let mut table = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if let Some(entry) = table.map.get_mut(code).filter(|e| Arc::ptr_eq(&e.flight, &flight)) {
+            entry.done_at = Some(now);
+        }
+        if table.map.len() >= table.sweep_at {
+            table.map.retain(|_, e| e.done_at.is_none_or(|t| now.duration_since(t) < FLIGHT_GRACE));
+            table.sweep_at = (table.map.len() * 2).max(FLIGHT_SWEEP_MIN);
+        }
     }
 
     /// The body of a flight: one SQLite read, written back through the guards.
