@@ -185,10 +185,32 @@ async fn run_keys(config: &Config, cmd: KeysCommand) -> CliResult {
             if !keys::revoke_key(&mut conn, &name, now_ms()).await? {
                 return Err(format!("no active key named {name:?}").into());
             }
+            announce_revocation(config, &name).await;
             println!("revoked {name}");
         }
     }
     Ok(())
+}
+
+/// Tells running instances (through Redis) to forget the keys they verified recently, so the
+/// revocation applies at once; without Redis it applies within `AUTH_CACHE_TTL_MS`.
+async fn announce_revocation(config: &Config, name: &str) {
+    if !config.redis_enabled {
+        return;
+    }
+    let channel = format!("{}keys", config.redis_key_prefix);
+    let publish = async {
+        let client = redis::Client::open(config.redis_url.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PUBLISH").arg(&channel).arg(name).query_async::<i64>(&mut conn).await
+    };
+    match tokio::time::timeout(Duration::from_secs(2), publish).await {
+        Ok(Ok(n)) => eprintln!("revocation announced to {n} running instance(s)"),
+        _ => eprintln!(
+            "warning: could not announce the revocation through Redis; running instances refuse the key within AUTH_CACHE_TTL_MS ({} ms)",
+            config.auth_cache_ttl.as_millis()
+        ),
+    }
 }
 
 /// Parses one import line into (code, url); `Ok(None)` for blank lines and the CSV header.

@@ -96,6 +96,10 @@ pub struct Config {
     /// `CLICK_BOT_PATTERNS`: comma-separated, case-insensitive User-Agent fragments. Default:
     /// [`crate::clicks::DEFAULT_BOT_PATTERNS`].
     pub click_bot_patterns: Vec<String>,
+    /// `AUTH_CACHE_TTL_MS`: how long a verified API key is trusted without a database read.
+    /// Revocations are announced through Redis and apply at once while it is up. Default 2000;
+    /// 0 = look every key up.
+    pub auth_cache_ttl: Duration,
     /// `METRICS_TOKEN`: when set, `/metrics` needs `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
     /// `CACHE_WARM_TOP_N`: at startup, load the N most-clicked links into the caches (in the
@@ -250,6 +254,7 @@ impl Config {
                 None => default_bot_patterns(),
             },
             metrics_token: lookup("METRICS_TOKEN"),
+            auth_cache_ttl: millis("AUTH_CACHE_TTL_MS", 2000)?,
             rate_create_per_key: Limit::per_minute(parse("RATE_LIMIT_CREATE_PER_MINUTE", 60)?),
             rate_create_per_ip: Limit::per_minute(parse("RATE_LIMIT_CREATE_PER_IP_PER_MINUTE", 120)?),
             rate_api_per_ip: Limit::per_minute(parse("RATE_LIMIT_API_PER_IP_PER_MINUTE", 1200)?),
@@ -317,6 +322,7 @@ impl Config {
             click_bot_filter: true,
             click_bot_patterns: default_bot_patterns(),
             metrics_token: None,
+            auth_cache_ttl: Duration::from_millis(2000),
             rate_create_per_key: Limit::per_minute(0),
             rate_create_per_ip: Limit::per_minute(0),
             rate_api_per_ip: Limit::per_minute(0),

@@ -90,10 +90,15 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
         !config.hooks.disable_write_back_guard,
         config.hooks.fill_pause.clone(),
     ));
+    let key_cache = Arc::new(crate::http::auth::KeyCache::new(config.auth_cache_ttl));
     if let Some(tier) = resolver.redis.clone() {
-        let (r, rx, url) = (resolver.clone(), shutdown_rx.clone(), config.redis_url.clone());
+        let (r, k, rx, url) = (resolver.clone(), key_cache.clone(), shutdown_rx.clone(), config.redis_url.clone());
         background.push(tokio::spawn(async move {
-            tier.listen_for_invalidations(&url, |code| r.forget_locally(code), || r.l1.clear(), rx).await
+            let forget_all = || {
+                r.l1.clear();
+                k.clear();
+            };
+            tier.listen_for_invalidations(&url, |code| r.forget_locally(code), || k.clear(), forget_all, rx).await
         }));
     }
     let (writer, writer_task) =
@@ -140,6 +145,7 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
         writer,
         clicks,
         limiter,
+        key_cache,
         metrics,
         db_file,
         db_inode,

@@ -23,6 +23,8 @@ pub struct Inner {
     pub writer: Writer,
     /// The click buffer.
     pub clicks: Arc<Clicks>,
+    /// Recently verified API keys.
+    pub key_cache: Arc<crate::http::auth::KeyCache>,
     /// The rate limiter.
     pub limiter: Arc<crate::ratelimit::RateLimiter>,
     /// The Prometheus registry of this instance.

@@ -423,14 +423,21 @@ impl RedisTier {
         format!("{}invalidate", self.prefix)
     }
 
+    /// The pub/sub channel on which `shortener keys revoke` announces revocations.
+    pub fn keys_channel(&self) -> String {
+        format!("{}keys", self.prefix)
+    }
+
     /// Keeps a subscription to the invalidation channel and calls `forget` for every code
-    /// another instance (or this one) changed. After every (re)subscription `forget_all` runs:
+    /// another instance (or this one) changed, and `forget_keys` when an API key was revoked.
+    /// After every (re)subscription `forget_all` runs:
     /// announcements made while unsubscribed are lost, so L1 starts over (the L1 TTL bounds
     /// staleness for whatever slips through a broken subscription).
     pub async fn listen_for_invalidations(
         &self,
         url: &str,
         forget: impl Fn(&str),
+        forget_keys: impl Fn(),
         forget_all: impl Fn(),
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -440,9 +447,10 @@ impl RedisTier {
             Err(e) => return tracing::warn!(error = %e, "invalidation listener not started"),
         };
         let channel = self.invalidation_channel();
+        let keys_channel = self.keys_channel();
         loop {
             if let Ok(Ok(mut ps)) = tokio::time::timeout(self.connect_timeout, client.get_async_pubsub()).await {
-                if ps.subscribe(&channel).await.is_ok() {
+                if ps.subscribe(&[&channel, &keys_channel]).await.is_ok() {
                     forget_all();
                     tracing::debug!(redis.channel = %channel, "subscribed to invalidations");
                     let mut messages = ps.on_message();
@@ -450,7 +458,9 @@ impl RedisTier {
                         tokio::select! {
                             msg = messages.next() => match msg {
                                 Some(msg) => {
-                                    if let Ok(payload) = msg.get_payload::<String>() {
+                                    if msg.get_channel_name() == keys_channel {
+                                        forget_keys();
+                                    } else if let Ok(payload) = msg.get_payload::<String>() {
                                         payload.split(' ').filter(|c| !c.is_empty()).for_each(&forget);
                                     }
                                 }

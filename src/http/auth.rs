@@ -19,6 +19,47 @@ use crate::{
 #[derive(Clone)]
 pub struct Caller(pub ApiKeyRow);
 
+/// Recently verified keys, so that a busy client does not cost a database read per call.
+/// Only keys that were valid are kept, for `AUTH_CACHE_TTL_MS`; `shortener keys revoke`
+/// announces revocations through Redis and every instance then forgets all cached keys, so a
+/// revocation takes effect at once while Redis is up, and within the TTL otherwise.
+pub struct KeyCache {
+    ttl: std::time::Duration,
+    map: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (ApiKeyRow, std::time::Instant)>>,
+}
+
+impl KeyCache {
+    /// A cache keeping keys for `ttl` (zero disables it).
+    pub fn new(ttl: std::time::Duration) -> Self {
+        KeyCache { ttl, map: Default::default() }
+    }
+
+    fn get(&self, hash: &[u8]) -> Option<ApiKeyRow> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(hash).filter(|(_, at)| at.elapsed() < self.ttl).map(|(row, _)| row.clone())
+    }
+
+    fn put(&self, hash: Vec<u8>, row: ApiKeyRow) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= 10_000 {
+            let ttl = self.ttl;
+            map.retain(|_, (_, at)| at.elapsed() < ttl);
+        }
+        map.insert(hash, (row, std::time::Instant::now()));
+    }
+
+    /// Forgets every key (a key was revoked somewhere).
+    pub fn clear(&self) {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
 /// Checks the `Authorization: Bearer` key of a request.
 pub async fn authenticate(headers: &axum::http::HeaderMap, state: &AppState) -> Result<ApiKeyRow, ApiError> {
     let presented = headers
@@ -30,10 +71,15 @@ pub async fn authenticate(headers: &axum::http::HeaderMap, state: &AppState) -> 
         })
         .filter(|k| !k.is_empty())
         .ok_or(ApiError::Unauthorized)?;
-    let row = keys::find_key_by_hash(&state.db, &keys::hash_key(presented)).await?.ok_or(ApiError::Unauthorized)?;
+    let hash = keys::hash_key(presented);
+    if let Some(row) = state.key_cache.get(&hash) {
+        return Ok(row);
+    }
+    let row = keys::find_key_by_hash(&state.db, &hash).await?.ok_or(ApiError::Unauthorized)?;
     if row.revoked_at.is_some() {
         return Err(ApiError::Forbidden);
     }
+    state.key_cache.put(hash, row.clone());
     Ok(row)
 }
 

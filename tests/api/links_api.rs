@@ -114,7 +114,7 @@ async fn malformed_oversized_and_untyped_bodies_get_json_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_required_and_revoked_keys_are_refused() {
-    let app = spawn_app(None, |_| {}).await;
+    let app = spawn_app(None, |c| c.auth_cache_ttl = std::time::Duration::ZERO).await;
     let anon = app.client.post(app.url("/api/v1/links")).json(&json!({"url": "https://x.io/"})).send().await.unwrap();
     assert_eq!(error_of(anon).await, (StatusCode::UNAUTHORIZED, "unauthorized".into()));
     let wrong = app.client.get(app.url("/api/v1/links")).bearer_auth("sk_wrong").send().await.unwrap();
@@ -229,4 +229,28 @@ async fn concurrent_creates_of_one_custom_code_give_one_201_and_the_rest_409() {
     }
     assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 1);
     assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count(), 39);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_from_the_command_line_is_refused_at_once_even_when_cached() {
+    let redis = RedisServer::start();
+    let app = spawn_app(Some(&redis), |c| c.auth_cache_ttl = std::time::Duration::from_secs(3600)).await;
+    let key = create_key(&app.db_url, "soon-revoked", false).await;
+    for _ in 0..3 {
+        let r = app.client.get(app.url("/api/v1/links")).bearer_auth(&key).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shortener"))
+        .args(["keys", "revoke", "soon-revoked"])
+        .env("DATABASE_URL", &app.db_url)
+        .env("REDIS_URL", redis.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("announced to 1 running instance"));
+    let r = app.client.get(app.url("/api/v1/links")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // The other keys still work.
+    assert_eq!(app.api(Method::GET, "/links").send().await.unwrap().status(), StatusCode::OK);
 }
