@@ -65,8 +65,9 @@ pub struct Config {
     pub public_base_url: Url,
     /// `L1_CAPACITY`: entries in the in-process cache; 0 disables it. Default 100000.
     pub l1_capacity: u64,
-    /// `L1_TTL_MS`: life of an L1 entry (the backstop when several instances share Redis).
-    /// Default 10000.
+    /// `L1_TTL_MS`: life of an L1 entry. Changes reach every instance's L1 at once (locally,
+    /// and through Redis pub/sub for the others); the TTL is the backstop for an announcement
+    /// lost while an instance was not subscribed. Default 60000.
     pub l1_ttl: Duration,
     /// `NEGATIVE_CACHE_TTL_SECS`: life of a "no such code" entry in Redis. Default 60.
     pub negative_ttl: Duration,
@@ -237,7 +238,7 @@ impl Config {
             redis_probe_interval: millis("REDIS_PROBE_INTERVAL_MS", 500)?,
             public_base_url,
             l1_capacity: parse("L1_CAPACITY", 100_000)?,
-            l1_ttl: millis("L1_TTL_MS", 10_000)?,
+            l1_ttl: millis("L1_TTL_MS", 60_000)?,
             negative_ttl: parse("NEGATIVE_CACHE_TTL_SECS", 60).map(Duration::from_secs)?,
             code_length: parse("CODE_LENGTH", 7)?,
             permanent_redirect_max_age: parse("PERMANENT_REDIRECT_MAX_AGE_SECS", 3600)?,

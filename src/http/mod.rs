@@ -44,11 +44,21 @@ pub struct RequestIds;
 static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A fresh request id.
+/// A fresh request id (hex written by hand into a stack buffer: this runs on every redirect).
 pub fn next_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let prefix = *PREFIX.get_or_init(rand::random::<u32>);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::try_from(format!("{prefix:08x}-{n:x}")).expect("hex is a valid header value")
+    let mut buf = [0u8; 8 + 1 + 16];
+    for (i, b) in buf[..8].iter_mut().enumerate() {
+        *b = HEX[((prefix >> (28 - 4 * i)) & 0xf) as usize];
+    }
+    buf[8] = b'-';
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        buf[9 + i] = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf[..9 + digits]).expect("hex is a valid header value")
 }
 
 impl MakeRequestId for RequestIds {
@@ -105,4 +115,21 @@ pub fn router(state: AppState) -> Router {
         .merge(observed)
         .fallback(redirect::not_found)
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_prefix_dash_counter_in_hex_and_unique() {
+        let a = next_request_id();
+        let b = next_request_id();
+        assert_ne!(a, b);
+        let s = a.to_str().unwrap();
+        let (prefix, n) = s.split_once('-').unwrap();
+        assert_eq!(prefix.len(), 8);
+        assert!(u64::from_str_radix(n, 16).is_ok(), "{s}");
+        assert_eq!(format!("{:08x}", PREFIX.get().unwrap()), prefix);
+    }
 }
