@@ -76,7 +76,10 @@ pub struct ClickStats {
 pub struct Clicks {
     enabled: bool,
     bots: Option<AhoCorasick>,
-    registered: Mutex<Vec<Arc<CachedLink>>>,
+    /// One cached link per code whose counter holds clicks; other copies of the same code (an
+    /// L1 refill, or every Redis hit when L1 is off) hand their clicks to it, so this stays one
+    /// entry per clicked code however the link was served.
+    registered: Mutex<HashMap<Box<str>, Arc<CachedLink>>>,
     /// Totals taken from links but not yet committed (a flush in progress, or one that failed).
     carry: Mutex<HashMap<Box<str>, (u64, i64)>>,
     max_pending: usize,
@@ -96,7 +99,7 @@ impl Clicks {
         Clicks {
             enabled,
             bots,
-            registered: Mutex::new(Vec::new()),
+            registered: Mutex::new(HashMap::new()),
             carry: Mutex::new(HashMap::new()),
             max_pending: max_pending.max(1),
             interval,
@@ -122,14 +125,29 @@ impl Clicks {
     }
 
     /// Counts one click on a link (hot path: one atomic add; a short lock on the first click of
-    /// this cached entry since the last flush).
+    /// this cached copy since the last flush).
     #[inline]
     pub fn record(&self, link: &Arc<CachedLink>) {
         if link.pending_clicks.fetch_add(1, Ordering::Relaxed) == 0 {
-            let mut reg = self.registered.lock().unwrap_or_else(|e| e.into_inner());
-            reg.push(link.clone());
-            if reg.len() == self.max_pending {
-                self.wake.notify_one();
+            self.register(link);
+        }
+    }
+
+    fn register(&self, link: &Arc<CachedLink>) {
+        let mut reg = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        match reg.get(&link.code) {
+            Some(holder) if Arc::ptr_eq(holder, link) => {}
+            Some(holder) => {
+                // Another copy holds this code's clicks: move ours there. `swap` takes every
+                // click added to this copy so far; a later one finds 0 and comes back here.
+                let n = link.pending_clicks.swap(0, Ordering::Relaxed);
+                holder.pending_clicks.fetch_add(n, Ordering::Relaxed);
+            }
+            None => {
+                reg.insert(link.code.clone(), link.clone());
+                if reg.len() == self.max_pending {
+                    self.wake.notify_one();
+                }
             }
         }
     }
@@ -138,7 +156,7 @@ impl Clicks {
     pub fn pending_for(&self, code: &str) -> u64 {
         let reg: u64 = {
             let reg = self.registered.lock().unwrap_or_else(|e| e.into_inner());
-            reg.iter().filter(|l| &*l.code == code).map(|l| l.pending_clicks.load(Ordering::Relaxed)).sum()
+            reg.get(code).map_or(0, |l| l.pending_clicks.load(Ordering::Relaxed))
         };
         let carried = self.carry.lock().unwrap_or_else(|e| e.into_inner()).get(code).map_or(0, |c| c.0);
         reg + carried
@@ -147,7 +165,7 @@ impl Clicks {
     /// Buffered clicks of every code (for pages of links).
     pub fn pending_snapshot(&self) -> HashMap<Box<str>, u64> {
         let mut out: HashMap<Box<str>, u64> = HashMap::new();
-        for l in self.registered.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for l in self.registered.lock().unwrap_or_else(|e| e.into_inner()).values() {
             *out.entry(l.code.clone()).or_default() += l.pending_clicks.load(Ordering::Relaxed);
         }
         for (code, (n, _)) in self.carry.lock().unwrap_or_else(|e| e.into_inner()).iter() {
@@ -165,7 +183,7 @@ impl Clicks {
         let recorded: u64 = {
             let mut carry = self.carry.lock().unwrap_or_else(|e| e.into_inner());
             let mut n = 0;
-            for link in drained {
+            for link in drained.into_values() {
                 let c = link.pending_clicks.swap(0, Ordering::Relaxed);
                 if c > 0 {
                     let e = carry.entry(link.code.clone()).or_insert((0, now));

@@ -270,3 +270,32 @@ async fn sigterm_under_load_loses_no_click() {
     let _ = again.kill();
     let _ = again.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_l1_off_every_redis_copy_of_a_link_counts_into_one_place() {
+    let redis = RedisServer::start();
+    let app = Arc::new(
+        spawn_app(Some(&redis), |c| {
+            c.l1_capacity = 0;
+            c.click_flush_interval = Duration::from_secs(3600);
+        })
+        .await,
+    );
+    app.create_code("copies", "https://example.com/c").await;
+    app.location("copies").await.unwrap(); // now cached in Redis
+    let mut set = JoinSet::new();
+    for _ in 0..400 {
+        let app = app.clone();
+        set.spawn(async move { app.location("copies").await.is_ok() });
+    }
+    let mut ok = 0;
+    while let Some(r) = set.join_next().await {
+        ok += u64::from(r.unwrap());
+    }
+    assert_eq!(ok, 400);
+    assert!(app.stat("redis_hits").await > 300, "served from Redis: a fresh copy per request");
+    assert_eq!(api_clicks(&app, "copies").await, 401);
+    assert_eq!(app.state.clicks.pending_snapshot().len(), 1, "one entry for the code, not one per copy");
+    assert!(app.state.clicks.flush(&app.state.writer).await);
+    assert_eq!(db_clicks(&app.db_url).await["copies"], 401);
+}
