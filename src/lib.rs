@@ -14,6 +14,7 @@
 //! - [`clicks`]: click counting without a database write per redirect, and its flusher.
 //! - [`observe`]: the Prometheus registry and what `/metrics` shows.
 //! - [`ratelimit`]: GCRA limits shared through Redis, with a per-process fallback.
+//! - [`striped`]: per-thread counters for the hot path.
 //! - [`cli`]: the command line (`serve`, `migrate`, `keys …`, `links …`).
 
 pub mod cache;
@@ -28,5 +29,6 @@ pub mod observe;
 pub mod ratelimit;
 pub mod startup;
 pub mod state;
+pub mod striped;
 pub mod telemetry;
 pub mod time_util;

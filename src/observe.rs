@@ -28,7 +28,10 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     redirect_count: [Counter; REDIRECT_STATUSES.len()],
+    redirect_seen: [crate::striped::Striped; REDIRECT_STATUSES.len()],
     redirect_latency: [Histogram; REDIRECT_STATUSES.len()],
+    route_handles: std::sync::RwLock<std::collections::HashMap<u64, (Counter, Histogram)>>,
+    route_hasher: std::collections::hash_map::RandomState,
     /// Requests refused by a rate limit, by limit name (kept here so `/metrics` can show them).
     pub rate_limited: [AtomicU64; 4],
 }
@@ -60,7 +63,16 @@ impl Metrics {
                 &META,
             )
         });
-        let m = Metrics { recorder, handle, redirect_count, redirect_latency, rate_limited: Default::default() };
+        let m = Metrics {
+            recorder,
+            handle,
+            redirect_count,
+            redirect_seen: Default::default(),
+            redirect_latency,
+            route_handles: Default::default(),
+            route_hasher: Default::default(),
+            rate_limited: Default::default(),
+        };
         m.gauge("shortener_build_info", vec![Label::new("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
         m
     }
@@ -69,17 +81,31 @@ impl Metrics {
     #[inline]
     pub fn record_redirect(&self, status: StatusCode, elapsed: Duration) {
         let i = REDIRECT_STATUSES.iter().position(|s| *s == status.as_u16()).unwrap_or(REDIRECT_STATUSES.len() - 1);
-        self.redirect_count[i].increment(1);
+        self.redirect_seen[i].add(1);
         self.redirect_latency[i].record(elapsed.as_secs_f64());
     }
 
-    /// Records one API (or health) answer.
+    /// Records one API (or health) answer. Handles are registered once per (route, method,
+    /// status) and looked up by a hash afterwards, so a request allocates nothing here.
     pub fn record_route(&self, route: &str, method: &str, status: StatusCode, elapsed: Duration) {
-        let labels = route_labels(route, method, status.as_u16());
-        self.counter_with("shortener_http_requests_total", labels.clone()).increment(1);
-        self.recorder
-            .register_histogram(&Key::from_parts("shortener_http_request_duration_seconds", labels), &META)
-            .record(elapsed.as_secs_f64());
+        use std::hash::BuildHasher;
+        let key = self.route_hasher.hash_one((route, method, status.as_u16()));
+        let found = self.route_handles.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        let (count, latency) = match found {
+            Some(handles) => handles,
+            None => {
+                let labels = route_labels(route, method, status.as_u16());
+                let handles = (
+                    self.counter_with("shortener_http_requests_total", labels.clone()),
+                    self.recorder
+                        .register_histogram(&Key::from_parts("shortener_http_request_duration_seconds", labels), &META),
+                );
+                self.route_handles.write().unwrap_or_else(|e| e.into_inner()).insert(key, handles.clone());
+                handles
+            }
+        };
+        count.increment(1);
+        latency.record(elapsed.as_secs_f64());
     }
 
     fn counter_with(&self, name: &'static str, labels: Vec<Label>) -> Counter {
@@ -103,6 +129,9 @@ impl Metrics {
 
     /// The exposition text.
     pub fn render(&self) -> String {
+        for (counter, seen) in self.redirect_count.iter().zip(&self.redirect_seen) {
+            counter.absolute(seen.get());
+        }
         self.handle.render()
     }
 }
@@ -124,13 +153,13 @@ pub fn sync_from_state(state: &crate::state::AppState) {
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let r = &state.resolver;
     let tier = |t: &str| vec![Label::new("tier", t.to_string())];
-    m.set_counter("shortener_cache_lookups_total", tier("l1"), get(&r.stats.l1_hits));
-    m.set_counter("shortener_cache_lookups_total", tier("redis"), get(&r.stats.redis_hits));
-    m.set_counter("shortener_cache_lookups_total", tier("miss"), get(&r.stats.misses));
-    m.set_counter("shortener_db_lookups_total", vec![], get(&r.stats.db_lookups));
-    m.set_counter("shortener_cache_negative_hits_total", vec![], get(&r.stats.negative_hits));
-    m.set_counter("shortener_single_flight_waits_total", vec![], get(&r.stats.flight_waits));
-    m.set_counter("shortener_lookup_errors_total", vec![], get(&r.stats.errors));
+    m.set_counter("shortener_cache_lookups_total", tier("l1"), r.stats.l1_hits.get());
+    m.set_counter("shortener_cache_lookups_total", tier("redis"), r.stats.redis_hits.get());
+    m.set_counter("shortener_cache_lookups_total", tier("miss"), r.stats.misses.get());
+    m.set_counter("shortener_db_lookups_total", vec![], r.stats.db_lookups.get());
+    m.set_counter("shortener_cache_negative_hits_total", vec![], r.stats.negative_hits.get());
+    m.set_counter("shortener_single_flight_waits_total", vec![], r.stats.flight_waits.get());
+    m.set_counter("shortener_lookup_errors_total", vec![], r.stats.errors.get());
     m.gauge("shortener_l1_entries", vec![]).set(r.l1.len() as f64);
     if let Some(redis) = &r.redis {
         let s = &redis.stats;

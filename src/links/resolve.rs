@@ -31,6 +31,7 @@ use crate::{
     },
     db::{self, DbError},
     links::Resolved,
+    striped::Striped,
 };
 
 /// Why a code could not be resolved: the database is saturated or failing (the redirect path
@@ -43,19 +44,19 @@ pub struct ResolveError(pub String);
 #[derive(Default, Debug)]
 pub struct CacheStats {
     /// Answered from L1.
-    pub l1_hits: AtomicU64,
+    pub l1_hits: Striped,
     /// Answered from Redis.
-    pub redis_hits: AtomicU64,
+    pub redis_hits: Striped,
     /// Missed both caches (each such request once).
-    pub misses: AtomicU64,
+    pub misses: Striped,
     /// SQLite reads made by the redirect path.
-    pub db_lookups: AtomicU64,
+    pub db_lookups: Striped,
     /// Answers that were cached "no such code" entries.
-    pub negative_hits: AtomicU64,
+    pub negative_hits: Striped,
     /// Requests that waited on another request's flight instead of reading SQLite.
-    pub flight_waits: AtomicU64,
+    pub flight_waits: Striped,
     /// Lookups that failed (database busy or broken).
-    pub errors: AtomicU64,
+    pub errors: Striped,
 }
 
 /// `/health/cache`'s view of the counters.
@@ -189,18 +190,18 @@ impl Resolver {
     /// Resolves a code that has the shape of one.
     pub async fn resolve(&self, code: &str) -> Result<Resolved, ResolveError> {
         if let Some(v) = self.l1.get(code) {
-            self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
+            self.stats.l1_hits.add(1);
             return Ok(self.count_negative(v));
         }
         let epoch = self.l1.epoch(code);
         if let Some(redis) = &self.redis {
             if let Lookup::Hit(v) = redis.get(code).await {
-                self.stats.redis_hits.fetch_add(1, Ordering::Relaxed);
+                self.stats.redis_hits.add(1);
                 self.l1.fill(code, v.clone(), epoch, self.guard);
                 return Ok(self.count_negative(v));
             }
         }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.stats.misses.add(1);
         let flight = self.join_flight(code, epoch);
         let mut led = false;
         let result = flight
@@ -213,14 +214,14 @@ impl Resolver {
         if led {
             self.retire_flight(code, flight);
         } else {
-            self.stats.flight_waits.fetch_add(1, Ordering::Relaxed);
+            self.stats.flight_waits.add(1);
         }
         result.map(|v| self.count_negative(v))
     }
 
     fn count_negative(&self, v: Resolved) -> Resolved {
         if matches!(v, Resolved::Missing) {
-            self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
+            self.stats.negative_hits.add(1);
         }
         v
     }
@@ -273,9 +274,9 @@ impl Resolver {
                 Lease::Unavailable => {}
             }
         }
-        self.stats.db_lookups.fetch_add(1, Ordering::Relaxed);
+        self.stats.db_lookups.add(1);
         let row = db::links::find_target_by_code(&self.db, code).await.map_err(|e| {
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            self.stats.errors.add(1);
             match e {
                 DbError::Busy => ResolveError("database busy".into()),
                 DbError::Sql(e) => {
@@ -312,7 +313,7 @@ impl Resolver {
     /// The counters as `/health/cache` shows them.
     pub fn report(&self) -> CacheReport {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let (l1, rh, miss) = (get(&self.stats.l1_hits), get(&self.stats.redis_hits), get(&self.stats.misses));
+        let (l1, rh, miss) = (self.stats.l1_hits.get(), self.stats.redis_hits.get(), self.stats.misses.get());
         let total = l1 + rh + miss;
         let ratio = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
         let (rejected, fills) =
@@ -321,12 +322,12 @@ impl Resolver {
             l1_hits: l1,
             redis_hits: rh,
             misses: miss,
-            db_lookups: get(&self.stats.db_lookups),
+            db_lookups: self.stats.db_lookups.get(),
             hit_ratio: ratio(l1 + rh, total),
             l1_hit_ratio: ratio(l1, total),
             redis_hit_ratio: ratio(rh, total - l1),
-            negative_hits: get(&self.stats.negative_hits),
-            single_flight_waits: get(&self.stats.flight_waits),
+            negative_hits: self.stats.negative_hits.get(),
+            single_flight_waits: self.stats.flight_waits.get(),
             write_backs_rejected: rejected,
             write_backs: fills,
             l1_entries: self.l1.len(),
