@@ -57,6 +57,11 @@ pub const DEFAULT_BOT_PATTERNS: &[&str] = &[
     "lighthouse",
 ];
 
+const REGISTRY_SHARDS: usize = 32;
+
+/// Registered links of one shard, by code.
+type RegistryShard = Mutex<HashMap<Box<str>, Arc<CachedLink>>>;
+
 /// Counters of the click pipeline.
 #[derive(Default, Debug)]
 pub struct ClickStats {
@@ -79,10 +84,14 @@ pub struct Clicks {
     /// One cached link per code whose counter holds clicks; other copies of the same code (an
     /// L1 refill, or every Redis hit when L1 is off) hand their clicks to it, so this stays one
     /// entry per clicked code however the link was served.
-    registered: Mutex<HashMap<Box<str>, Arc<CachedLink>>>,
+    /// Sharded by code so that two cores rarely want the same lock (with L1 off, every redirect
+    /// registers).
+    registered: Box<[RegistryShard]>,
     /// Totals taken from links but not yet committed (a flush in progress, or one that failed).
     carry: Mutex<HashMap<Box<str>, (u64, i64)>>,
     max_pending: usize,
+    /// Codes registered since the last flush (to flush early when many wait).
+    pending_links: AtomicU64,
     interval: Duration,
     wake: Notify,
     flush_lock: tokio::sync::Mutex<()>,
@@ -99,9 +108,10 @@ impl Clicks {
         Clicks {
             enabled,
             bots,
-            registered: Mutex::new(HashMap::new()),
+            registered: (0..REGISTRY_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             carry: Mutex::new(HashMap::new()),
             max_pending: max_pending.max(1),
+            pending_links: AtomicU64::new(0),
             interval,
             wake: Notify::new(),
             flush_lock: tokio::sync::Mutex::new(()),
@@ -133,8 +143,13 @@ impl Clicks {
         }
     }
 
+    fn shard(&self, code: &str) -> &RegistryShard {
+        let h = code.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        &self.registered[(h >> 7) as usize % REGISTRY_SHARDS]
+    }
+
     fn register(&self, link: &Arc<CachedLink>) {
-        let mut reg = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reg = self.shard(&link.code).lock().unwrap_or_else(|e| e.into_inner());
         match reg.get(&link.code) {
             Some(holder) if Arc::ptr_eq(holder, link) => {}
             Some(holder) => {
@@ -145,7 +160,8 @@ impl Clicks {
             }
             None => {
                 reg.insert(link.code.clone(), link.clone());
-                if reg.len() == self.max_pending {
+                drop(reg);
+                if self.pending_links.fetch_add(1, Ordering::Relaxed) + 1 == self.max_pending as u64 {
                     self.wake.notify_one();
                 }
             }
@@ -155,7 +171,7 @@ impl Clicks {
     /// Clicks counted for `code` in this process and not yet in SQLite.
     pub fn pending_for(&self, code: &str) -> u64 {
         let reg: u64 = {
-            let reg = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+            let reg = self.shard(code).lock().unwrap_or_else(|e| e.into_inner());
             reg.get(code).map_or(0, |l| l.pending_clicks.load(Ordering::Relaxed))
         };
         let carried = self.carry.lock().unwrap_or_else(|e| e.into_inner()).get(code).map_or(0, |c| c.0);
@@ -165,8 +181,10 @@ impl Clicks {
     /// Buffered clicks of every code (for pages of links).
     pub fn pending_snapshot(&self) -> HashMap<Box<str>, u64> {
         let mut out: HashMap<Box<str>, u64> = HashMap::new();
-        for l in self.registered.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            *out.entry(l.code.clone()).or_default() += l.pending_clicks.load(Ordering::Relaxed);
+        for shard in self.registered.iter() {
+            for l in shard.lock().unwrap_or_else(|e| e.into_inner()).values() {
+                *out.entry(l.code.clone()).or_default() += l.pending_clicks.load(Ordering::Relaxed);
+            }
         }
         for (code, (n, _)) in self.carry.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             *out.entry(code.clone()).or_default() += n;
@@ -179,11 +197,16 @@ impl Clicks {
     pub async fn flush(&self, writer: &Writer) -> bool {
         let _one_at_a_time = self.flush_lock.lock().await;
         let now = now_ms();
-        let drained = std::mem::take(&mut *self.registered.lock().unwrap_or_else(|e| e.into_inner()));
+        self.pending_links.store(0, Ordering::Relaxed);
+        let drained: Vec<Arc<CachedLink>> = self
+            .registered
+            .iter()
+            .flat_map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|e| e.into_inner())).into_values())
+            .collect();
         let recorded: u64 = {
             let mut carry = self.carry.lock().unwrap_or_else(|e| e.into_inner());
             let mut n = 0;
-            for link in drained.into_values() {
+            for link in drained {
                 let c = link.pending_clicks.swap(0, Ordering::Relaxed);
                 if c > 0 {
                     let e = carry.entry(link.code.clone()).or_insert((0, now));
