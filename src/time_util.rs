@@ -9,6 +9,12 @@ pub fn now_ms() -> i64 {
     d.as_millis() as i64
 }
 
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    d.as_micros() as i64
+}
+
 /// Formats epoch milliseconds as RFC 3339 in UTC (`2026-11-21T23:59:00.123Z`).
 pub fn to_rfc3339(ms: i64) -> String {
     let nanos = i128::from(ms) * 1_000_000;
