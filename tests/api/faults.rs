@@ -363,3 +363,45 @@ async fn running_out_of_file_descriptors_is_logged_once_and_the_service_recovers
     .await;
     assert!(ok, "service serves again once descriptors are free");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_rows_are_cleaned_exactly_once_redis_acknowledged_them() {
+    let mut redis = RedisServer::start();
+    let app = spawn_app(Some(&redis), |_| {}).await;
+    for i in 0..30 {
+        app.create_code(&format!("inv{i}"), "https://example.com/a").await;
+        assert_eq!(app.patch(&format!("inv{i}"), json!({"url": "https://example.com/b"})).await, StatusCode::OK);
+    }
+    let count = |db: String| async move {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM cache_invalidations")
+            .fetch_one(&mut raw_conn(&db).await)
+            .await
+            .unwrap()
+    };
+    let db = app.db_url.clone();
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(5), || {
+            let db = db.clone();
+            async move { count(db).await == 0 }
+        })
+        .await,
+        "acknowledged rows removed"
+    );
+
+    redis.kill();
+    for i in 0..5 {
+        assert_eq!(app.patch(&format!("inv{i}"), json!({"url": "https://example.com/c"})).await, StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(count(app.db_url.clone()).await, 5, "unacknowledged rows are kept while Redis is down");
+    redis.restart();
+    let db = app.db_url.clone();
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(5), || {
+            let db = db.clone();
+            async move { count(db).await == 0 }
+        })
+        .await,
+        "replayed, then removed"
+    );
+}
