@@ -13,7 +13,9 @@ LT="$ROOT/loadtest"
 
 # The command line as run (the knobs given in the environment), for the report.
 COMMAND="loadtest/run.sh"
-for knob in PROFILE SPREAD REDIS_KEY_PREFIX LISTEN_BACKLOG QUIET_BUSY QUIET_WAIT L1_CAPACITY IDLE_STEPS CREATE_C \
+# (The service settings at the start of the list are passed through to `shortener serve`.)
+for knob in L1_TTL_MS CLICK_COUNTING WRITE_BATCH_MAX RATE_LIMIT_REDIRECT_PER_IP_PER_MINUTE REDIS_TIMEOUT_MS \
+  PROFILE SPREAD REDIS_KEY_PREFIX LISTEN_BACKLOG QUIET_BUSY QUIET_WAIT L1_CAPACITY IDLE_STEPS CREATE_C \
   HOT_C SCENARIOS SWEEP COLD_REQUESTS COLD_LINKS DURATION LINKS; do
   if [[ -n "${!knob:-}" ]]; then
     if [[ "${!knob}" == *" "* ]]; then COMMAND="$knob='${!knob}' $COMMAND"; else COMMAND="$knob=${!knob} $COMMAND"; fi
