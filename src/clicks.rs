@@ -102,8 +102,12 @@ pub struct Clicks {
 impl Clicks {
     /// A buffer; `bot_patterns: None` counts every GET.
     pub fn new(enabled: bool, bot_patterns: Option<&[String]>, interval: Duration, max_pending: usize) -> Self {
-        let bots = bot_patterns.filter(|p| !p.is_empty()).map(|p| {
-            AhoCorasick::builder().ascii_case_insensitive(true).build(p).expect("bot patterns form an automaton")
+        let bots = bot_patterns.filter(|p| !p.is_empty()).and_then(|p| {
+            AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(p)
+                .map_err(|e| tracing::error!(error = %e, "CLICK_BOT_PATTERNS unusable; counting every GET"))
+                .ok()
         });
         Clicks {
             enabled,
