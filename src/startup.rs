@@ -164,15 +164,10 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
 /// 16 at a time, giving up after 30 s. Runs in the background: readiness never waits for it.
 async fn warm_caches(state: &AppState, top_n: u32) {
     let started = std::time::Instant::now();
-    let codes: Vec<String> =
-        match sqlx::query_scalar("SELECT short_code FROM link_mappings ORDER BY clicks DESC LIMIT ?")
-            .bind(i64::from(top_n))
-            .fetch_all(&state.db)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => return tracing::warn!(error = %e, "cache warm-up skipped"),
-        };
+    let codes = match db::links::find_most_clicked_codes(&state.db, top_n).await {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!(error = %e, "cache warm-up skipped"),
+    };
     let n = codes.len();
     let work = async {
         for chunk in codes.chunks(16) {

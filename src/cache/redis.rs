@@ -38,7 +38,7 @@ use serde::Serialize;
 use sqlx::SqlitePool;
 use tokio::sync::{watch, Notify};
 
-use crate::{config::Config, links::Resolved};
+use crate::{config::Config, db, links::Resolved};
 
 /// How long a fill's lease lives: a fill slower than this simply does not write back.
 const LEASE_MS: u64 = 10_000;
@@ -567,12 +567,7 @@ impl RedisTier {
         let mut after = 0i64;
         let mut total = 0u64;
         loop {
-            let rows: Vec<(i64, String)> =
-                sqlx::query_as("SELECT id, short_code FROM cache_invalidations WHERE id > ? ORDER BY id LIMIT 500")
-                    .bind(after)
-                    .fetch_all(db)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let rows = db::links::find_invalidations_after(db, after, 500).await.map_err(|e| e.to_string())?;
             let Some(last) = rows.last() else { break };
             after = last.0;
             let codes: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();

@@ -263,12 +263,31 @@ pub async fn delete_invalidations(conn: &mut SqliteConnection, ids: &[i64]) -> R
     Ok(())
 }
 
-/// Queued invalidations, oldest first: (id, code).
-pub async fn find_invalidations(pool: &SqlitePool, limit: i64) -> Result<Vec<(i64, String)>, DbError> {
-    Ok(sqlx::query_as("SELECT id, short_code FROM cache_invalidations ORDER BY id LIMIT ?")
+/// Queued invalidations with an id above `after`, oldest first: (id, code).
+pub async fn find_invalidations_after(
+    pool: &SqlitePool,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, String)>, DbError> {
+    Ok(sqlx::query_as("SELECT id, short_code FROM cache_invalidations WHERE id > ? ORDER BY id LIMIT ?")
+        .bind(after)
         .bind(limit)
         .fetch_all(pool)
         .await?)
+}
+
+/// The codes of the `n` most-clicked links (cache warm-up).
+pub async fn find_most_clicked_codes(pool: &SqlitePool, n: u32) -> Result<Vec<String>, DbError> {
+    Ok(sqlx::query_scalar("SELECT short_code FROM link_mappings ORDER BY clicks DESC LIMIT ?")
+        .bind(i64::from(n))
+        .fetch_all(pool)
+        .await?)
+}
+
+/// A read that touches the links table (readiness).
+pub async fn probe(pool: &SqlitePool) -> Result<(), DbError> {
+    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM (SELECT 1 FROM link_mappings LIMIT 1)").fetch_one(pool).await?;
+    Ok(())
 }
 
 /// Inserts many links in one transaction, skipping codes that exist; returns how many were new.

@@ -16,7 +16,7 @@ use axum::{
 };
 use serde_json::{json, Value};
 
-use crate::{error::ApiError, links::resolve::CacheReport, observe, state::AppState};
+use crate::{db, error::ApiError, links::resolve::CacheReport, observe, state::AppState};
 
 /// `GET /health`: 200 while the process serves.
 pub async fn liveness() -> Json<Value> {
@@ -44,9 +44,7 @@ async fn check_db(state: &AppState) -> Result<f64, String> {
         }
     }
     let started = Instant::now();
-    let q =
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM (SELECT 1 FROM link_mappings LIMIT 1)").fetch_one(&state.db);
-    match tokio::time::timeout(Duration::from_secs(1), q).await {
+    match tokio::time::timeout(Duration::from_secs(1), db::links::probe(&state.db)).await {
         Ok(Ok(_)) => Ok(started.elapsed().as_secs_f64() * 1000.0),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("query timed out".into()),
