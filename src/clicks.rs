@@ -148,8 +148,7 @@ impl Clicks {
     }
 
     fn shard(&self, code: &str) -> &RegistryShard {
-        let h = code.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-        &self.registered[(h >> 7) as usize % REGISTRY_SHARDS]
+        &self.registered[(crate::cache::local::fnv(code) >> 7) as usize % REGISTRY_SHARDS]
     }
 
     fn register(&self, link: &Arc<CachedLink>) {

@@ -175,7 +175,7 @@ impl RateLimiter {
             let (interval, period) = (limit.interval_us(), limit.period_us());
             let script = &self.script;
             let got: Option<(i64, i64, i64)> = redis
-                .run_on_shared(|mut c| {
+                .run(|mut c| {
                     let key = key.clone();
                     async move { script.key(key).arg(interval).arg(period).invoke_async(&mut c).await }
                 })

@@ -196,10 +196,10 @@ impl L1 {
     }
 }
 
-/// FNV-1a over the code's bytes: spreads codes over shards and epoch slots (not used as the
-/// map's hash, which is seeded).
+/// FNV-1a over the code's bytes: spreads codes over shards and epoch slots here and in the click
+/// registry (never used as a map's hash, which is seeded).
 #[inline]
-fn fnv(code: &str) -> u64 {
+pub fn fnv(code: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in code.as_bytes() {
         h ^= u64::from(*b);

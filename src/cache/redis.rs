@@ -265,8 +265,9 @@ impl RedisTier {
         }
     }
 
-    /// Runs one call on the shared connection under the time budget. `None` on any trouble.
-    async fn run<T, F, Fut>(&self, call: F) -> Option<T>
+    /// Runs one call on the shared connection under the time budget, with breaker accounting
+    /// (also for other modules' scripts: the rate limiter). `None` on any trouble.
+    pub async fn run<T, F, Fut>(&self, call: F) -> Option<T>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -293,16 +294,6 @@ impl RedisTier {
     /// Whether the breaker is closed (Redis answers), whatever the invalidation state.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
-    }
-
-    /// Runs a call on the shared connection under the budget, with breaker accounting; for
-    /// other modules' scripts (the rate limiter). `None` on any trouble.
-    pub async fn run_on_shared<T, F, Fut>(&self, call: F) -> Option<T>
-    where
-        F: FnOnce(MultiplexedConnection) -> Fut,
-        Fut: Future<Output = RedisResult<T>>,
-    {
-        self.run(call).await
     }
 
     /// Reads a code's cached answer.

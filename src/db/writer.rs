@@ -282,31 +282,26 @@ impl WriterTask {
         }
 
         let outcomes: Vec<Outcome> = outcomes.into_iter().map(|o| o.expect("every job has an outcome")).collect();
-        let codes: Vec<String> = outcomes
-            .iter()
-            .zip(jobs)
-            .filter_map(|(outcome, job)| match (outcome, &job.change) {
-                (Outcome::Created(row) | Outcome::Updated(row), _) => Some(row.short_code.clone()),
-                (Outcome::Deleted, Change::Delete { code }) => Some(code.clone()),
-                _ => None,
-            })
-            .collect();
         // Every changed code is deleted from Redis after the commit, but only changes to codes
         // that may already be cached need a durable invalidation row: a link created under a
         // fresh random code (the insert proves no link had it) can at most have a stray "no
         // such code" entry if someone guessed that exact code before it existed — a 1 in 62^7
         // event per probe, and such an entry expires in NEGATIVE_CACHE_TTL_SECS anyway. This
         // halves the rows a create writes.
-        let durable: Vec<String> = outcomes
-            .iter()
-            .zip(jobs)
-            .filter_map(|(outcome, job)| match (outcome, &job.change) {
-                (Outcome::Created(_), Change::Create { code: None, .. }) => None,
-                (Outcome::Created(row) | Outcome::Updated(row), _) => Some(row.short_code.clone()),
-                (Outcome::Deleted, Change::Delete { code }) => Some(code.clone()),
-                _ => None,
-            })
-            .collect();
+        let mut codes = Vec::new();
+        let mut durable = Vec::new();
+        for (outcome, job) in outcomes.iter().zip(jobs) {
+            let (code, random) = match (outcome, &job.change) {
+                (Outcome::Created(row), Change::Create { code, .. }) => (&row.short_code, code.is_none()),
+                (Outcome::Updated(row), _) => (&row.short_code, false),
+                (Outcome::Deleted, Change::Delete { code }) => (code, false),
+                _ => continue,
+            };
+            if !random {
+                durable.push(code.clone());
+            }
+            codes.push(code.clone());
+        }
         let ids = links::insert_invalidations(conn, &durable, now).await?;
         Ok((outcomes, codes, ids))
     }
