@@ -2,7 +2,6 @@
 
 use std::{
     collections::HashMap,
-    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -15,7 +14,7 @@ use serde_json::Value;
 use shortener::links::Resolved;
 use tokio::{sync::Semaphore, task::JoinSet};
 
-use crate::helpers::{client, eventually, free_port, raw_conn, spawn_app, RedisServer, TestApp};
+use crate::helpers::{client, eventually, raw_conn, seed_links, spawn_app, RedisServer, ServiceProcess, TestApp};
 
 async fn api_clicks(app: &TestApp, code: &str) -> u64 {
     let v: Value = app.api(Method::GET, &format!("/links/{code}")).send().await.unwrap().json().await.unwrap();
@@ -87,15 +86,7 @@ async fn ten_thousand_concurrent_gets_are_counted_exactly_and_heads_and_bots_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_flusher_writes_100k_clicks_on_1000_codes_in_a_handful_of_transactions() {
     let app = spawn_app(None, |c| c.click_flush_interval = Duration::from_secs(1)).await;
-    let mut conn = raw_conn(&app.db_url).await;
-    for i in 0..1000 {
-        sqlx::query("INSERT INTO link_mappings (short_code, original_url) VALUES (?, ?)")
-            .bind(format!("bulk{i}"))
-            .bind(format!("https://example.com/{i}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
+    seed_links(&app.db_url, "bulk", "https://example.com/", 1000).await;
     let state = app.state.clone();
     let mut links = Vec::new();
     for i in 0..1000 {
@@ -193,39 +184,11 @@ async fn sigterm_under_load_loses_no_click() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let db_url = format!("sqlite://{}", dir.path().join("c.db").display());
-    let port = free_port();
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_shortener"))
-            .arg("serve")
-            .env("DATABASE_URL", &db_url)
-            .env("REDIS_URL", redis.url())
-            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("CLICK_FLUSH_INTERVAL_MS", "60000")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap()
-    };
-    let mut child = spawn();
+    let env = [("REDIS_URL", redis.url()), ("CLICK_FLUSH_INTERVAL_MS", "60000".to_string())];
+    let svc = ServiceProcess::start(&db_url, &env, "", dir.path().join("1.log")).await;
     let http = client();
-    let base = format!("http://127.0.0.1:{port}");
-    assert!(
-        eventually(Duration::from_secs(20), || {
-            let (h, b) = (http.clone(), base.clone());
-            async move { h.get(format!("{b}/health")).send().await.is_ok() }
-        })
-        .await
-    );
-    let mut conn = raw_conn(&db_url).await;
-    for i in 0..20 {
-        sqlx::query("INSERT INTO link_mappings (short_code, original_url) VALUES (?, ?)")
-            .bind(format!("term{i}"))
-            .bind(format!("https://example.com/{i}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
+    let base = svc.base.clone();
+    seed_links(&db_url, "term", "https://example.com/", 20).await;
 
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -247,28 +210,35 @@ async fn sigterm_under_load_loses_no_click() {
         });
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    svc.signal("TERM");
+    let status = svc.wait().await;
     stop.store(true, Ordering::Relaxed);
     while set.join_next().await.is_some() {}
     assert!(status.success(), "exit status {status}");
 
+    let mut conn = raw_conn(&db_url).await;
     let got: i64 = sqlx::query_scalar("SELECT SUM(clicks) FROM link_mappings").fetch_one(&mut conn).await.unwrap();
     let received = received.load(Ordering::SeqCst);
     assert!(received > 100, "load too light to mean anything: {received}");
     assert_eq!(got as u64, received, "persisted clicks vs redirects received");
 
-    // And the restarted service reports them.
-    let mut again = spawn();
-    assert!(
-        eventually(Duration::from_secs(20), || {
-            let (h, b) = (http.clone(), base.clone());
-            async move { h.get(format!("{b}/health")).send().await.is_ok() }
-        })
-        .await
-    );
-    let _ = again.kill();
-    let _ = again.wait();
+    // And the restarted service reports them through the API.
+    let again = ServiceProcess::start(&db_url, &env, "", dir.path().join("2.log")).await;
+    let key = crate::helpers::create_key(&db_url, "reader", false).await;
+    let mut reported = 0;
+    for i in 0..20 {
+        let v: Value = http
+            .get(again.url(&format!("/api/v1/links/term{i}")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        reported += v["clicks"].as_u64().unwrap();
+    }
+    assert_eq!(reported, received, "clicks reported after the restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::{io::AsyncWriteExt, task::JoinSet};
 
-use crate::helpers::{client, create_key, raw_conn, spawn_app, RedisServer, ServiceProcess, TestApp};
+use crate::helpers::{client, create_key, raw_conn, seed_links, spawn_app, RedisServer, ServiceProcess, TestApp};
 
 /// What a steady load saw.
 #[derive(Default, Debug)]
@@ -26,15 +26,7 @@ struct LoadReport {
 }
 
 async fn seed(app: &TestApp, n: usize) {
-    let mut conn = raw_conn(&app.db_url).await;
-    for i in 0..n {
-        sqlx::query("INSERT INTO link_mappings (short_code, original_url) VALUES (?, ?)")
-            .bind(format!("hot{i}"))
-            .bind(format!("https://example.com/hot/{i}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
+    seed_links(&app.db_url, "hot", "https://example.com/hot/", n).await;
 }
 
 /// `workers` loops of GETs over `codes` hot codes until `stop`; every answer is checked.

@@ -183,6 +183,20 @@ pub async fn create_key(db_url: &str, name: &str, unlimited: bool) -> String {
     db::keys::insert_key(&mut conn, name, unlimited, shortener::time_util::now_ms()).await.unwrap()
 }
 
+/// Inserts `n` links `{prefix}{i}` → `{url_base}{i}` by hand, with only the two original
+/// columns (every other column takes its default).
+pub async fn seed_links(db_url: &str, prefix: &str, url_base: &str, n: usize) {
+    let mut conn = raw_conn(db_url).await;
+    for i in 0..n {
+        sqlx::query("INSERT INTO link_mappings (short_code, original_url) VALUES (?, ?)")
+            .bind(format!("{prefix}{i}"))
+            .bind(format!("{url_base}{i}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
 /// A plain connection to the test's database (for arranging rows by hand).
 pub async fn raw_conn(db_url: &str) -> sqlx::SqliteConnection {
     db::connect_options(db_url, Duration::from_secs(5)).unwrap().connect().await.unwrap()
