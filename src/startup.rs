@@ -93,13 +93,27 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
     let key_cache = Arc::new(crate::http::auth::KeyCache::new(config.auth_cache_ttl));
     if let Some(tier) = resolver.redis.clone() {
         let (r, k, rx, url) = (resolver.clone(), key_cache.clone(), shutdown_rx.clone(), config.redis_url.clone());
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+        let connect_timeout = tier.connect_timeout();
         background.push(tokio::spawn(async move {
             let forget_all = || {
                 r.l1.clear();
                 k.clear();
             };
-            tier.listen_for_invalidations(&url, |code| r.forget_locally(code), || k.clear(), forget_all, rx).await
+            tier.listen_for_invalidations(
+                &url,
+                |code| r.forget_locally(code),
+                || k.clear(),
+                forget_all,
+                subscribed_tx,
+                rx,
+            )
+            .await
         }));
+        // Subscribe before serving: the first subscription clears L1 (bumping every epoch), and
+        // doing that under traffic would split in-progress single-flights in two. Bounded: an
+        // unreachable Redis does not hold startup back.
+        let _ = tokio::time::timeout(connect_timeout, subscribed).await;
     }
     let (writer, writer_task) =
         Writer::spawn(writer_conn, resolver.clone(), config.code_length, config.write_batch_max, shutdown_rx.clone());

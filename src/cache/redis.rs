@@ -161,6 +161,11 @@ impl RedisTier {
         })
     }
 
+    /// The budget to open a connection (`REDIS_CONNECT_TIMEOUT_MS`).
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     /// The pool, for occasional commands (health, INFO). Not for the request path.
     pub fn pool(&self) -> &Pool {
         &self.pool
@@ -430,8 +435,10 @@ impl RedisTier {
         forget: impl Fn(&str),
         forget_keys: impl Fn(),
         forget_all: impl Fn(),
+        subscribed: tokio::sync::oneshot::Sender<()>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let mut subscribed = Some(subscribed);
         use futures_util::StreamExt;
         let client = match redis::Client::open(url) {
             Ok(c) => c,
@@ -443,6 +450,9 @@ impl RedisTier {
             if let Ok(Ok(mut ps)) = tokio::time::timeout(self.connect_timeout, client.get_async_pubsub()).await {
                 if ps.subscribe(&[&channel, &keys_channel]).await.is_ok() {
                     forget_all();
+                    if let Some(tx) = subscribed.take() {
+                        let _ = tx.send(());
+                    }
                     tracing::debug!(redis.channel = %channel, "subscribed to invalidations");
                     let mut messages = ps.on_message();
                     loop {
