@@ -195,5 +195,10 @@ pub fn sync_from_state(state: &crate::state::AppState) {
     for (i, name) in RATE_LIMIT_NAMES.iter().enumerate() {
         m.set_counter("shortener_rate_limited_total", vec![Label::new("limit", *name)], get(&m.rate_limited[i]));
     }
+    let w = &state.writer.stats;
+    m.set_counter("shortener_write_batches_total", vec![Label::new("result", "committed")], get(&w.batches));
+    m.set_counter("shortener_write_batches_total", vec![Label::new("result", "rolled_back")], get(&w.failed));
+    m.set_counter("shortener_write_changes_total", vec![], get(&w.changes));
+    m.set_counter("shortener_write_transaction_microseconds_total", vec![], get(&w.commit_micros));
     m.gauge("shortener_uptime_seconds", vec![]).set(state.started.elapsed().as_secs_f64());
 }

@@ -64,7 +64,7 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
     let mut background = Vec::new();
 
     let redis = if config.redis_enabled {
-        let tier = Arc::new(RedisTier::new(&config)?);
+        let tier = RedisTier::new(&config)?;
         tier.tick(&read_pool).await;
         if tier.readable() {
             tracing::info!(redis.url = %crate::config::redact_url(&config.redis_url), "redis connected");
@@ -118,6 +118,11 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
     let (writer, writer_task) =
         Writer::spawn(writer_conn, resolver.clone(), config.code_length, config.write_batch_max, shutdown_rx.clone());
     background.push(writer_task);
+    let db_file = db::connect_options(&config.database_url, config.db_busy_timeout)?.get_filename().to_path_buf();
+    if !db_file.as_os_str().is_empty() && !db_file.to_string_lossy().starts_with(':') {
+        let (url, busy, rx) = (config.database_url.clone(), config.db_busy_timeout, shutdown_rx.clone());
+        background.push(tokio::spawn(db::run_checkpointer(url, busy, Duration::from_millis(500), rx)));
+    }
 
     let clicks = Arc::new(Clicks::new(
         config.click_counting,
@@ -133,7 +138,6 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
     let listener = bind(config.listen_addr, config.listen_backlog)
         .map_err(|e| format!("binding LISTEN_ADDR={}: {e}", config.listen_addr))?;
     let addr = listener.local_addr()?;
-    let db_file = db::connect_options(&config.database_url, config.db_busy_timeout)?.get_filename().to_path_buf();
     let db_inode = std::fs::metadata(&db_file).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     let metrics = Arc::new(Metrics::new());
     {
