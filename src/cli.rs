@@ -110,37 +110,31 @@ pub async fn run(cli: Cli) -> CliResult {
 
 async fn serve(config: Config) -> CliResult {
     tracing::info!(config = ?config, "starting");
+    let signal = shutdown_signal()?;
     let app = startup::build(config).await?;
     tracing::info!(listen.addr = %app.addr(), "listening");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     app.run_until(async {
-        shutdown_signal().await;
+        signal.await;
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     })
     .await?;
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers for SIGTERM and SIGINT now (before the service says it is ready: a signal that
+/// arrives before registration would kill the process without a graceful shutdown) and returns
+/// a future that resolves on the first of them.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
-    }
+    })
 }
 
 async fn connect(config: &Config) -> Result<SqliteConnection, sqlx::Error> {
@@ -192,20 +186,38 @@ async fn run_keys(config: &Config, cmd: KeysCommand) -> CliResult {
     Ok(())
 }
 
-/// Tells running instances (through Redis) to forget the keys they verified recently, so the
-/// revocation applies at once; without Redis it applies within `AUTH_CACHE_TTL_MS`.
+/// Tells running instances (through Redis) to forget the keys they verified recently, and waits
+/// (up to 2 s) until each has done so, so the revocation applies at once; without Redis it
+/// applies within `AUTH_CACHE_TTL_MS`. Each instance acknowledges by incrementing a counter named
+/// after this announcement's nonce.
 async fn announce_revocation(config: &Config, name: &str) {
     if !config.redis_enabled {
         return;
     }
     let channel = format!("{}keys", config.redis_key_prefix);
-    let publish = async {
+    let nonce = format!("{:016x}", rand::random::<u64>());
+    let acks_key = crate::cache::redis::revocation_acks_key(&config.redis_key_prefix, &nonce);
+    let announce = async {
         let client = redis::Client::open(config.redis_url.as_str())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PUBLISH").arg(&channel).arg(name).query_async::<i64>(&mut conn).await
+        let listeners: i64 =
+            redis::cmd("PUBLISH").arg(&channel).arg(format!("{name} {nonce}")).query_async(&mut conn).await?;
+        let started = std::time::Instant::now();
+        loop {
+            let acks: Option<i64> = redis::cmd("GET").arg(&acks_key).query_async(&mut conn).await?;
+            let acks = acks.unwrap_or(0);
+            if acks >= listeners || started.elapsed() >= Duration::from_millis(1500) {
+                return Ok::<_, redis::RedisError>((listeners, acks));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     };
-    match tokio::time::timeout(Duration::from_secs(2), publish).await {
-        Ok(Ok(n)) => eprintln!("revocation announced to {n} running instance(s)"),
+    match tokio::time::timeout(Duration::from_secs(2), announce).await {
+        Ok(Ok((n, acks))) if acks >= n => eprintln!("revocation announced to {n} running instance(s)"),
+        Ok(Ok((n, acks))) => eprintln!(
+            "warning: revocation announced to {n} running instance(s), but only {acks} confirmed it; the others refuse the key within AUTH_CACHE_TTL_MS ({} ms)",
+            config.auth_cache_ttl.as_millis()
+        ),
         _ => eprintln!(
             "warning: could not announce the revocation through Redis; running instances refuse the key within AUTH_CACHE_TTL_MS ({} ms)",
             config.auth_cache_ttl.as_millis()

@@ -15,8 +15,10 @@
 //! - [`observe`]: the Prometheus registry and what `/metrics` shows.
 //! - [`ratelimit`]: GCRA limits shared through Redis, with a per-process fallback.
 //! - [`striped`]: per-thread counters for the hot path.
+//! - [`batch`]: coalescing of concurrent Redis and SQLite calls into batches (the miss path).
 //! - [`cli`]: the command line (`serve`, `migrate`, `keys …`, `links …`).
 
+pub mod batch;
 pub mod cache;
 pub mod cli;
 pub mod clicks;

@@ -27,7 +27,7 @@ use std::{
     future::Future,
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
-        Mutex, RwLock,
+        Arc, Mutex, OnceLock, RwLock, Weak,
     },
     time::{Duration, Instant},
 };
@@ -38,7 +38,7 @@ use serde::Serialize;
 use sqlx::SqlitePool;
 use tokio::sync::{watch, Notify};
 
-use crate::{config::Config, db, links::Resolved};
+use crate::{batch::Batcher, config::Config, db, links::Resolved};
 
 /// How long a fill's lease lives: a fill slower than this simply does not write back.
 const LEASE_MS: u64 = 10_000;
@@ -60,6 +60,17 @@ else
 end
 return 1
 ";
+
+/// Most codes one `MGET` asks for.
+const GET_BATCH_MAX: usize = 512;
+
+/// A key's value, or `None` when the call failed.
+type GetOutcome = Option<Option<String>>;
+
+/// The counter on which running instances acknowledge the key revocation announced with `nonce`.
+pub fn revocation_acks_key(prefix: &str, nonce: &str) -> String {
+    format!("{prefix}keys:ack:{nonce}")
+}
 
 /// Counters of the Redis tier.
 #[derive(Default, Debug)]
@@ -119,13 +130,17 @@ pub struct RedisTier {
     lease_script: Script,
     fill_script: Script,
     last_change: Mutex<Instant>,
+    /// This tier, for the batching task (which must not keep it alive).
+    me: Weak<RedisTier>,
+    /// Coalesces concurrent reads into `MGET`s; started on first use.
+    gets: OnceLock<Batcher<String, GetOutcome>>,
     /// Counters, for `/health` and `/metrics`.
     pub stats: RedisStats,
 }
 
 impl RedisTier {
     /// Builds the pool; connects nothing yet (the supervisor does).
-    pub fn new(cfg: &Config) -> Result<Self, String> {
+    pub fn new(cfg: &Config) -> Result<Arc<Self>, String> {
         let pool = deadpool_redis::Config::from_url(cfg.redis_url.clone())
             .builder()
             .map_err(|e| format!("REDIS_URL: {e}"))?
@@ -136,7 +151,9 @@ impl RedisTier {
             .recycle_timeout(Some(cfg.redis_connect_timeout))
             .build()
             .map_err(|e| format!("REDIS_URL: {e}"))?;
-        Ok(RedisTier {
+        Ok(Arc::new_cyclic(|me| RedisTier {
+            me: me.clone(),
+            gets: OnceLock::new(),
             pool,
             shared: RwLock::new(None),
             prefix: cfg.redis_key_prefix.clone(),
@@ -158,7 +175,7 @@ impl RedisTier {
             fill_script: Script::new(FILL_SCRIPT),
             last_change: Mutex::new(Instant::now()),
             stats: RedisStats::default(),
-        })
+        }))
     }
 
     /// The budget to open a connection (`REDIS_CONNECT_TIMEOUT_MS`).
@@ -306,9 +323,7 @@ impl RedisTier {
         if !self.readable() {
             return Lookup::Unavailable;
         }
-        let key = self.link_key(code);
-        let got: Option<Option<String>> =
-            self.run(|mut c| async move { redis::cmd("GET").arg(&key).query_async(&mut c).await }).await;
+        let got = self.get_batcher().call(self.link_key(code)).await.flatten();
         match got {
             None => Lookup::Unavailable,
             Some(None) => Lookup::Miss,
@@ -316,6 +331,33 @@ impl RedisTier {
                 Some(v) => Lookup::Hit(v),
                 None => Lookup::Miss,
             },
+        }
+    }
+
+    fn get_batcher(&self) -> &Batcher<String, GetOutcome> {
+        self.gets.get_or_init(|| {
+            let me = self.me.clone();
+            Batcher::spawn(GET_BATCH_MAX, move |keys: Vec<String>| {
+                let tier = me.upgrade();
+                async move {
+                    match tier {
+                        Some(tier) => tier.mget(keys).await,
+                        None => Vec::new(),
+                    }
+                }
+            })
+        })
+    }
+
+    /// One `MGET` for all `keys`: one command however many redirects are waiting on Redis (so
+    /// at most one command per Redis hit, usually far fewer).
+    async fn mget(&self, keys: Vec<String>) -> Vec<GetOutcome> {
+        let n = keys.len();
+        let got: Option<Vec<Option<String>>> =
+            self.run(|mut c| async move { redis::cmd("MGET").arg(&keys).query_async(&mut c).await }).await;
+        match got {
+            Some(values) if values.len() == n => values.into_iter().map(Some).collect(),
+            _ => vec![None; n],
         }
     }
 
@@ -461,6 +503,7 @@ impl RedisTier {
                                 Some(msg) => {
                                     if msg.get_channel_name() == keys_channel {
                                         forget_keys();
+                                        self.acknowledge_revocation(msg.get_payload::<String>().ok()).await;
                                     } else if let Ok(payload) = msg.get_payload::<String>() {
                                         payload.split(' ').filter(|c| !c.is_empty()).for_each(&forget);
                                     }
@@ -477,6 +520,32 @@ impl RedisTier {
                 _ = tokio::time::sleep(self.probe_interval) => {}
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+
+    /// Tells the `keys revoke` command that this instance has forgotten its verified keys: it
+    /// waits for one acknowledgement per subscriber. The payload is `<name> <nonce>`.
+    async fn acknowledge_revocation(&self, payload: Option<String>) {
+        let Some(nonce) = payload.as_deref().and_then(|p| p.rsplit_once(' ')).map(|(_, n)| n.to_string()) else {
+            return;
+        };
+        let key = revocation_acks_key(&self.prefix, &nonce);
+        let acked: Option<()> = self
+            .run(|mut c| async move {
+                redis::pipe()
+                    .cmd("INCR")
+                    .arg(&key)
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(60)
+                    .ignore()
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+        if acked.is_none() {
+            tracing::warn!("could not acknowledge a key revocation (it is applied here all the same)");
         }
     }
 
