@@ -43,26 +43,52 @@ use crate::{batch::Batcher, config::Config, db, links::Resolved};
 /// How long a fill's lease lives: a fill slower than this simply does not write back.
 const LEASE_MS: u64 = 10_000;
 
+/// Takes fill leases for many codes at once. KEYS: value and lease key of each code, in pairs;
+/// ARGV: each code's token, then the lease time. For each code: its value if there is one (then
+/// no lease is taken), otherwise `false` after setting the lease.
 const LEASE_SCRIPT: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v then return v end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return false
-";
-
-const FILL_SCRIPT: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2])
-if ARGV[3] == '0' then
-  redis.call('SET', KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+local out = {}
+local ttl = ARGV[#ARGV]
+for i = 1, #KEYS, 2 do
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    out[#out + 1] = v
+  else
+    redis.call('SET', KEYS[i + 1], ARGV[(i + 1) / 2], 'PX', ttl)
+    out[#out + 1] = false
+  end
 end
-return 1
+return out
 ";
 
-/// Most codes one `MGET` asks for.
-const GET_BATCH_MAX: usize = 512;
+/// Writes many fills back, each only if its lease still holds. KEYS: value and lease key of
+/// each code, in pairs; ARGV: token, value and time to live (0 = none) of each code, in threes.
+/// Returns 1 (landed) or 0 (lease gone: the code changed meanwhile) for each code.
+const FILL_SCRIPT: &str = r"
+local out = {}
+for i = 1, #KEYS / 2 do
+  local key, lease = KEYS[2 * i - 1], KEYS[2 * i]
+  local token, value, ttl = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  if redis.call('GET', lease) == token then
+    redis.call('DEL', lease)
+    if ttl == '0' then
+      redis.call('SET', key, value)
+    else
+      redis.call('SET', key, value, 'PX', ttl)
+    end
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+";
+
+/// Most codes one `MGET`, lease or fill script call carries.
+const BATCH_MAX: usize = 512;
+
+/// A fill to write back: code, lease token, encoded value, time to live in ms (0 = none).
+type FillItem = (String, String, String, u64);
 
 /// A key's value, or `None` when the call failed.
 type GetOutcome = Option<Option<String>>;
@@ -134,6 +160,10 @@ pub struct RedisTier {
     me: Weak<RedisTier>,
     /// Coalesces concurrent reads into `MGET`s; started on first use.
     gets: OnceLock<Batcher<String, GetOutcome>>,
+    /// Coalesces concurrent lease requests (code, token) into one script call.
+    leases: OnceLock<Batcher<(String, String), GetOutcome>>,
+    /// Coalesces concurrent write-backs into one script call; `None` when the call failed.
+    fills: OnceLock<Batcher<FillItem, Option<bool>>>,
     /// Counters, for `/health` and `/metrics`.
     pub stats: RedisStats,
 }
@@ -154,6 +184,8 @@ impl RedisTier {
         Ok(Arc::new_cyclic(|me| RedisTier {
             me: me.clone(),
             gets: OnceLock::new(),
+            leases: OnceLock::new(),
+            fills: OnceLock::new(),
             pool,
             shared: RwLock::new(None),
             prefix: cfg.redis_key_prefix.clone(),
@@ -334,19 +366,31 @@ impl RedisTier {
         }
     }
 
-    fn get_batcher(&self) -> &Batcher<String, GetOutcome> {
-        self.gets.get_or_init(|| {
+    /// Starts (on first use) a batching task that calls `run` on this tier; the task holds the
+    /// tier weakly, so it ends with the tier.
+    fn batcher<'a, I, O, F, Fut>(&self, cell: &'a OnceLock<Batcher<I, O>>, run: F) -> &'a Batcher<I, O>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+        F: Fn(Arc<RedisTier>, Vec<I>) -> Fut + Send + Sync + Copy + 'static,
+        Fut: Future<Output = Vec<O>> + Send,
+    {
+        cell.get_or_init(|| {
             let me = self.me.clone();
-            Batcher::spawn(GET_BATCH_MAX, move |keys: Vec<String>| {
+            Batcher::spawn(BATCH_MAX, move |items: Vec<I>| {
                 let tier = me.upgrade();
                 async move {
                     match tier {
-                        Some(tier) => tier.mget(keys).await,
+                        Some(tier) => run(tier, items).await,
                         None => Vec::new(),
                     }
                 }
             })
         })
+    }
+
+    fn get_batcher(&self) -> &Batcher<String, GetOutcome> {
+        self.batcher(&self.gets, |tier, keys| async move { tier.mget(keys).await })
     }
 
     /// One `MGET` for all `keys`: one command however many redirects are waiting on Redis (so
@@ -361,23 +405,18 @@ impl RedisTier {
         }
     }
 
-    /// Re-checks the value and, if absent, takes a fill lease, in one round trip. With the guard
-    /// off (tests only) it only re-checks.
+    /// Re-checks the value and, if absent, takes a fill lease, in one round trip (shared with
+    /// every other lease requested meanwhile). With the guard off (tests only) it only re-checks.
     pub async fn lease(&self, code: &str, guard: bool) -> Lease {
         if !self.readable() {
             return Lease::Unavailable;
         }
         let token = rand::random::<u64>().to_string();
-        let (key, lease_key) = (self.link_key(code), self.lease_key(code));
-        let script = &self.lease_script;
-        let tok = token.clone();
-        let got: Option<Option<String>> = if guard {
-            self.run(
-                |mut c| async move { script.key(key).key(lease_key).arg(tok).arg(LEASE_MS).invoke_async(&mut c).await },
-            )
-            .await
+        let got = if guard {
+            let batcher = self.batcher(&self.leases, |tier, items| async move { tier.lease_many(items).await });
+            batcher.call((code.to_string(), token.clone())).await.flatten()
         } else {
-            self.run(|mut c| async move { redis::cmd("GET").arg(&key).query_async(&mut c).await }).await
+            self.get_batcher().call(self.link_key(code)).await.flatten()
         };
         match got {
             None => Lease::Unavailable,
@@ -386,8 +425,26 @@ impl RedisTier {
         }
     }
 
-    /// Writes a fill back if its lease still holds (or unconditionally with the guard off).
-    /// Negative answers expire after `negative_ttl`. Returns whether it landed.
+    async fn lease_many(&self, items: Vec<(String, String)>) -> Vec<GetOutcome> {
+        let n = items.len();
+        let mut inv = self.lease_script.prepare_invoke();
+        for (code, _) in &items {
+            inv.key(self.link_key(code)).key(self.lease_key(code));
+        }
+        for (_, token) in &items {
+            inv.arg(token);
+        }
+        inv.arg(LEASE_MS);
+        let got: Option<Vec<Option<String>>> = self.run(|mut c| async move { inv.invoke_async(&mut c).await }).await;
+        match got {
+            Some(values) if values.len() == n => values.into_iter().map(Some).collect(),
+            _ => vec![None; n],
+        }
+    }
+
+    /// Writes a fill back if its lease still holds (or unconditionally with the guard off), in
+    /// one round trip shared with every other fill meanwhile. Negative answers expire after
+    /// `negative_ttl`. Returns whether it landed.
     pub async fn fill(&self, code: &str, token: &str, value: &Resolved, negative_ttl: Duration, guard: bool) -> bool {
         if !self.readable() {
             return false;
@@ -396,34 +453,46 @@ impl RedisTier {
             Resolved::Found(_) => 0,
             Resolved::Missing => negative_ttl.as_millis().max(1) as u64,
         };
-        let (key, lease_key, encoded) = (self.link_key(code), self.lease_key(code), value.encode());
-        let landed: Option<i64> = if guard {
-            let script = &self.fill_script;
-            self.run(|mut c| async move {
-                script.key(key).key(lease_key).arg(token).arg(encoded).arg(ttl_ms).invoke_async(&mut c).await
-            })
-            .await
+        let landed = if guard {
+            let batcher = self.batcher(&self.fills, |tier, items| async move { tier.fill_many(items).await });
+            batcher.call((code.to_string(), token.to_string(), value.encode(), ttl_ms)).await.flatten()
         } else {
+            let (key, encoded) = (self.link_key(code), value.encode());
             self.run(|mut c| async move {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(&key).arg(&encoded);
                 if ttl_ms > 0 {
                     cmd.arg("PX").arg(ttl_ms);
                 }
-                cmd.query_async::<()>(&mut c).await.map(|_| 1)
+                cmd.query_async::<()>(&mut c).await
             })
             .await
+            .map(|_| true)
         };
         match landed {
-            Some(1) => {
+            Some(true) => {
                 self.stats.fills.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Some(_) => {
+            Some(false) => {
                 self.stats.fills_rejected.fetch_add(1, Ordering::Relaxed);
                 false
             }
             None => false,
+        }
+    }
+
+    async fn fill_many(&self, items: Vec<FillItem>) -> Vec<Option<bool>> {
+        let n = items.len();
+        let mut inv = self.fill_script.prepare_invoke();
+        for (code, token, encoded, ttl_ms) in &items {
+            inv.key(self.link_key(code)).key(self.lease_key(code));
+            inv.arg(token).arg(encoded).arg(*ttl_ms);
+        }
+        let got: Option<Vec<i64>> = self.run(|mut c| async move { inv.invoke_async(&mut c).await }).await;
+        match got {
+            Some(landed) if landed.len() == n => landed.into_iter().map(|l| Some(l == 1)).collect(),
+            _ => vec![None; n],
         }
     }
 

@@ -39,14 +39,25 @@ pub struct Target {
 const COLUMNS: &str =
     "short_code, original_url, redirect_status, created_at, updated_at, expires_at, clicks, last_clicked_at";
 
-/// The redirect path's fallback read: one primary-key probe.
-pub async fn find_target_by_code(pool: &SqlitePool, code: &str) -> Result<Option<Target>, DbError> {
-    Ok(sqlx::query_as::<_, Target>(
-        "SELECT original_url, redirect_status, expires_at FROM link_mappings WHERE short_code = ?",
-    )
-    .bind(code)
-    .fetch_optional(pool)
-    .await?)
+/// The redirect path's fallback read for many codes at once (the resolver batches concurrent
+/// misses): one statement, a primary-key probe per code. Codes without a link are absent.
+pub async fn find_targets_by_codes(pool: &SqlitePool, codes: &[String]) -> Result<Vec<(String, Target)>, DbError> {
+    let mut found = Vec::with_capacity(codes.len());
+    for chunk in codes.chunks(10_000) {
+        let placeholders = vec!["?"; chunk.len()].join(", ");
+        let sql = format!(
+            "SELECT short_code, original_url, redirect_status, expires_at FROM link_mappings WHERE short_code IN ({placeholders})"
+        );
+        // Not cached: the text varies with the batch size.
+        let mut q = sqlx::query_as::<_, (String, String, i64, Option<i64>)>(&sql).persistent(false);
+        for code in chunk {
+            q = q.bind(code);
+        }
+        for (code, original_url, redirect_status, expires_at) in q.fetch_all(pool).await? {
+            found.push((code, Target { original_url, redirect_status, expires_at }));
+        }
+    }
+    Ok(found)
 }
 
 /// The whole link, for the API.

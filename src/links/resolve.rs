@@ -15,7 +15,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
     },
     time::Duration,
 };
@@ -25,6 +25,7 @@ use sqlx::SqlitePool;
 use tokio::sync::{Notify, OnceCell, Semaphore};
 
 use crate::{
+    batch::Batcher,
     cache::{
         local::L1,
         redis::{Lease, Lookup, RedisTier},
@@ -143,6 +144,9 @@ struct FlightEntry {
     done_at: Option<std::time::Instant>,
 }
 
+/// Most codes one batched SQLite read asks for.
+const READ_BATCH_MAX: usize = 512;
+
 /// The flight table is swept no smaller than this.
 const FLIGHT_SWEEP_MIN: usize = 4096;
 
@@ -157,6 +161,8 @@ pub struct Resolver {
     /// The Redis tier, when enabled.
     pub redis: Option<Arc<RedisTier>>,
     db: SqlitePool,
+    /// Coalesces concurrent SQLite reads of flights into one query; started on first use.
+    reads: OnceLock<Batcher<String, Result<Option<db::links::Target>, DbError>>>,
     flights: Mutex<FlightTable>,
     negative_ttl: Duration,
     guard: bool,
@@ -179,6 +185,7 @@ impl Resolver {
             l1,
             redis,
             db,
+            reads: OnceLock::new(),
             flights: Mutex::new(FlightTable { map: HashMap::new(), sweep_at: FLIGHT_SWEEP_MIN }),
             negative_ttl,
             guard,
@@ -275,7 +282,7 @@ impl Resolver {
             }
         }
         self.stats.db_lookups.add(1);
-        let row = db::links::find_target_by_code(&self.db, code).await.map_err(|e| {
+        let row = self.read(code).await.map_err(|e| {
             self.stats.errors.add(1);
             match e {
                 DbError::Busy => ResolveError("database busy".into()),
@@ -303,6 +310,38 @@ impl Resolver {
         }
         self.l1.fill(code, value.clone(), epoch, self.guard);
         Ok(value)
+    }
+
+    /// Reads a code's link from SQLite, in one query with every other flight's read meanwhile:
+    /// a query per code costs a pool checkout and two hand-offs to SQLite's thread, which under
+    /// a cold load was most of a miss's cost.
+    async fn read(&self, code: &str) -> Result<Option<db::links::Target>, DbError> {
+        let batcher = self.reads.get_or_init(|| {
+            let pool = self.db.clone();
+            Batcher::spawn(READ_BATCH_MAX, move |codes: Vec<String>| {
+                let pool = pool.clone();
+                async move {
+                    match db::links::find_targets_by_codes(&pool, &codes).await {
+                        Ok(found) => {
+                            // A code can be in a batch twice (flights of two epochs).
+                            let found: HashMap<String, db::links::Target> = found.into_iter().collect();
+                            codes.iter().map(|c| Ok(found.get(c).cloned())).collect()
+                        }
+                        Err(e) => {
+                            // Every code of the batch gets the error (sqlx errors are not Clone).
+                            let busy = matches!(e, DbError::Busy);
+                            let detail = e.to_string();
+                            let each = || match busy {
+                                true => DbError::Busy,
+                                false => DbError::Sql(sqlx::Error::Protocol(detail.clone())),
+                            };
+                            codes.iter().map(|_| Err(each())).collect()
+                        }
+                    }
+                }
+            })
+        });
+        batcher.call(code.to_string()).await.unwrap_or(Err(DbError::Busy))
     }
 
     /// Forgets a changed code in this process' L1 (the Redis side is the writer's job).
