@@ -124,40 +124,39 @@ pub async fn delete_link(conn: &mut SqliteConnection, code: &str) -> Result<bool
 }
 
 /// Adds buffered clicks — (code, count, last click epoch ms) — to their links and to their rows
-/// for `day`; codes whose link no longer exists are skipped. A few statements per flush however
-/// many codes were clicked: a statement per code meant two round trips to SQLite's thread per
-/// clicked code, which under a load spread over 100,000 codes was a third of the service's CPU.
+/// for `day`; codes whose link no longer exists are skipped. Two statements per 20,000 codes,
+/// each taking the whole chunk as one JSON parameter (`json_each`): the statements' text is fixed
+/// (prepared once, no SQL to parse per flush). A statement per code meant two round trips to
+/// SQLite's thread per clicked code, which under a load spread over 100,000 codes was a third of
+/// the service's CPU; this costs about 10 µs of SQLite's time per code.
 pub async fn add_clicks(
     conn: &mut SqliteConnection,
     batch: &[(String, u64, i64)],
     day: &str,
 ) -> Result<(), sqlx::Error> {
-    // 3 parameters a row; SQLite allows 32,766 a statement.
-    for chunk in batch.chunks(5000) {
-        let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
-        fn bind_all<'q>(
-            sql: &'q str,
-            chunk: &'q [(String, u64, i64)],
-        ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-            let mut q = sqlx::query(sql).persistent(false);
-            for (code, n, last) in chunk {
-                q = q.bind(code).bind(i64::try_from(*n).unwrap_or(i64::MAX)).bind(*last);
-            }
-            q
-        }
-        // Codes are unique within a flush, but summing keeps this right if they were not.
-        let clicked = format!("WITH v(code, n, last) AS (VALUES {values}), s AS (SELECT code, SUM(n) AS n, MAX(last) AS last FROM v GROUP BY code)");
-        let daily = format!(
-            "{clicked} INSERT INTO link_clicks_daily (short_code, day, clicks)
+    // Codes are unique within a flush, but summing keeps this right if they were not.
+    const CLICKED: &str = "WITH s AS (SELECT value ->> 0 AS code, SUM(value ->> 1) AS n, MAX(value ->> 2) AS last
+                           FROM json_each(?) GROUP BY 1)";
+    for chunk in batch.chunks(20_000) {
+        let rows: Vec<(&str, i64, i64)> =
+            chunk.iter().map(|(code, n, last)| (code.as_str(), i64::try_from(*n).unwrap_or(i64::MAX), *last)).collect();
+        let json = serde_json::to_string(&rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        sqlx::query(&format!(
+            "{CLICKED} INSERT INTO link_clicks_daily (short_code, day, clicks)
              SELECT s.code, ?, s.n FROM s JOIN link_mappings m ON m.short_code = s.code WHERE true
              ON CONFLICT (short_code, day) DO UPDATE SET clicks = clicks + excluded.clicks"
-        );
-        bind_all(&daily, chunk).bind(day).execute(&mut *conn).await?;
-        let totals = format!(
-            "{clicked} UPDATE link_mappings SET clicks = clicks + s.n, last_clicked_at = MAX(COALESCE(last_clicked_at, 0), s.last)
+        ))
+        .bind(&json)
+        .bind(day)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(&format!(
+            "{CLICKED} UPDATE link_mappings SET clicks = clicks + s.n, last_clicked_at = MAX(COALESCE(last_clicked_at, 0), s.last)
              FROM s WHERE link_mappings.short_code = s.code"
-        );
-        bind_all(&totals, chunk).execute(&mut *conn).await?;
+        ))
+        .bind(&json)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
