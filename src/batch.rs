@@ -5,13 +5,18 @@
 //! to the connection's task (or SQLite's thread) and back, syscalls, and in Redis a read and a
 //! reply. A [`Batcher`] instead has one task take everything that is waiting, run it as one
 //! call (`MGET`, one script over many keys, one `SELECT … IN (…)`), and hand each caller its
-//! answer. One batch is in flight at a time, so batches grow with the load by themselves: an
-//! idle service sends a batch of one at once, a loaded one sends a few hundred codes per round
-//! trip.
+//! answer. A few batches are in flight at a time, and while they are, callers queue: batches
+//! grow with the load by themselves. An idle service sends a batch of one at once, a loaded one
+//! sends a few hundred codes per round trip.
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Batches of one batcher in flight at once. More than one, so that a large or slow batch does
+/// not hold every other caller back (a burst of expiries at c=10,000 queued behind 512-code
+/// batches one at a time); few, so that under load batches stay large.
+const IN_FLIGHT: usize = 4;
 
 type Request<I, O> = (I, oneshot::Sender<O>);
 
@@ -31,18 +36,30 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// output per item, in order (missing outputs leave their callers with `None`).
     pub fn spawn<F, Fut>(max: usize, run: F) -> Self
     where
-        F: Fn(Vec<I>) -> Fut + Send + 'static,
-        Fut: Future<Output = Vec<O>> + Send,
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<O>> + Send + 'static,
     {
         let (tx, mut rx) = mpsc::unbounded_channel::<Request<I, O>>();
+        let run = Arc::new(run);
+        let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
         tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(max);
-            while rx.recv_many(&mut buf, max).await > 0 {
-                let (items, replies): (Vec<I>, Vec<oneshot::Sender<O>>) = buf.drain(..).unzip();
-                let outputs = run(items).await;
-                for (reply, output) in replies.into_iter().zip(outputs) {
-                    let _ = reply.send(output);
+            loop {
+                // Wait for a free slot first: while all are busy, callers queue up and the next
+                // batch grows.
+                let Ok(slot) = in_flight.clone().acquire_owned().await else { return };
+                let mut buf = Vec::with_capacity(max);
+                if rx.recv_many(&mut buf, max).await == 0 {
+                    return;
                 }
+                let run = run.clone();
+                tokio::spawn(async move {
+                    let (items, replies): (Vec<I>, Vec<oneshot::Sender<O>>) = buf.into_iter().unzip();
+                    let outputs = run(items).await;
+                    for (reply, output) in replies.into_iter().zip(outputs) {
+                        let _ = reply.send(output);
+                    }
+                    drop(slot);
+                });
             }
         });
         Batcher { tx }
@@ -59,10 +76,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
 

@@ -120,6 +120,9 @@ impl L1 {
             Resolved::Missing => self.negative_ttl_ms,
         };
         let now = self.now_ms();
+        // Up to a fifth shorter, varying by code and time: entries filled together (a warm-up,
+        // a burst) do not all expire in the same millisecond and send one burst to Redis.
+        let ttl = ttl - fnv(code).wrapping_add(now) % (ttl / 5).max(1);
         {
             let mut map = self.shard(code).write().unwrap_or_else(|e| e.into_inner());
             if map.len() >= self.shard_capacity && !map.contains_key(code) {
