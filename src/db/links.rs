@@ -390,3 +390,73 @@ pub async fn insert_links_bulk(
     sqlx::query("COMMIT").execute(&mut *conn).await?;
     Ok(inserted)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fresh_db() -> (tempfile::TempDir, SqliteConnection) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let conn = crate::db::open_writer(&url, std::time::Duration::from_secs(5)).await.unwrap();
+        (dir, conn)
+    }
+
+    fn link<'a>(code: &'a str, url: &'a str) -> NewLink<'a> {
+        NewLink { code, url, status: 302, expires_at: None, created_by: None }
+    }
+
+    #[tokio::test]
+    async fn a_batch_insert_skips_taken_codes_and_the_taken_ones_are_found() {
+        let (_dir, mut conn) = fresh_db().await;
+        let earlier = link("taken01", "https://example.com/earlier");
+        assert_eq!(insert_links_skipping_taken(&mut conn, &[&earlier], 1).await.unwrap(), 1);
+
+        let rows = [
+            link("fresh01", "https://example.com/a"),
+            link("taken01", "https://example.com/b"),
+            link("fresh02", "https://example.com/c"),
+        ];
+        let refs: Vec<&NewLink<'_>> = rows.iter().collect();
+        assert_eq!(insert_links_skipping_taken(&mut conn, &refs, 2).await.unwrap(), 2);
+        assert_eq!(find_taken_by_others(&mut conn, &refs, 2).await.unwrap(), vec!["taken01".to_string()]);
+        // The earlier link is untouched.
+        let url: String = sqlx::query_scalar("SELECT original_url FROM link_mappings WHERE short_code = 'taken01'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(url, "https://example.com/earlier");
+    }
+
+    #[tokio::test]
+    async fn clicks_add_up_per_link_and_day_and_skip_deleted_links() {
+        let (_dir, mut conn) = fresh_db().await;
+        let rows = [link("clk0001", "https://example.com/1"), link("clk0002", "https://example.com/2")];
+        let refs: Vec<&NewLink<'_>> = rows.iter().collect();
+        insert_links_skipping_taken(&mut conn, &refs, 1).await.unwrap();
+        let batch =
+            vec![("clk0001".to_string(), 3, 100), ("gone000".to_string(), 5, 100), ("clk0002".to_string(), 1, 50)];
+        add_clicks(&mut conn, &batch, "2026-11-22").await.unwrap();
+        add_clicks(&mut conn, &[("clk0001".to_string(), 2, 90)], "2026-11-22").await.unwrap();
+        add_clicks(&mut conn, &[("clk0001".to_string(), 4, 200)], "2026-11-23").await.unwrap();
+        let totals: Vec<(String, i64, Option<i64>)> =
+            sqlx::query_as("SELECT short_code, clicks, last_clicked_at FROM link_mappings ORDER BY short_code")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(totals, vec![("clk0001".into(), 9, Some(200)), ("clk0002".into(), 1, Some(50))]);
+        let daily: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT short_code, day, clicks FROM link_clicks_daily ORDER BY short_code, day")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(
+            daily,
+            vec![
+                ("clk0001".into(), "2026-11-22".into(), 5),
+                ("clk0001".into(), "2026-11-23".into(), 4),
+                ("clk0002".into(), "2026-11-22".into(), 1),
+            ]
+        );
+    }
+}
