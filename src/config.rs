@@ -86,10 +86,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `CLICK_COUNTING`: count clicks on GET redirects. Default true.
     pub click_counting: bool,
-    /// `CLICK_FLUSH_INTERVAL_MS`: how often buffered clicks are written. Default 10000.
+    /// `CLICK_FLUSH_INTERVAL_MS`: how often buffered clicks are written. Default 30000.
     pub click_flush_interval: Duration,
     /// `CLICK_FLUSH_MAX_PENDING`: flush early when this many links have buffered clicks.
-    /// Default 100000.
+    /// Default 1000000.
     pub click_flush_max_pending: usize,
     /// `CLICK_BOT_FILTER`: don't count requests whose User-Agent matches a bot pattern.
     /// Default true.
@@ -247,8 +247,8 @@ impl Config {
             header_read_timeout: millis("HEADER_READ_TIMEOUT_MS", 10_000)?,
             shutdown_timeout: parse("SHUTDOWN_TIMEOUT_SECS", 20).map(Duration::from_secs)?,
             click_counting: boolean("CLICK_COUNTING", true)?,
-            click_flush_interval: millis("CLICK_FLUSH_INTERVAL_MS", 10_000)?,
-            click_flush_max_pending: parse("CLICK_FLUSH_MAX_PENDING", 100_000)?,
+            click_flush_interval: millis("CLICK_FLUSH_INTERVAL_MS", 30_000)?,
+            click_flush_max_pending: parse("CLICK_FLUSH_MAX_PENDING", 1_000_000)?,
             click_bot_filter: boolean("CLICK_BOT_FILTER", true)?,
             click_bot_patterns: match lookup("CLICK_BOT_PATTERNS") {
                 Some(v) => v.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
