@@ -101,6 +101,11 @@ impl IntoResponse for ApiError {
         if let ApiError::TooManyRequests(s) | ApiError::Unavailable(s) = self {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s.max(1)));
         }
+        if matches!(self, ApiError::PayloadTooLarge) {
+            // The rest of the body is never read, so the connection cannot carry another
+            // request: say so, or a client may send its next request on it while it closes.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
