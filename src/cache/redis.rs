@@ -11,6 +11,12 @@
 //! a new one out. Requests never wait on a connect: without a connection they treat Redis as a
 //! miss.
 //!
+//! # Batching
+//! Reads, fill leases and write-backs each go through a [`Batcher`]: everything waiting goes out
+//! as one `MGET` or one script call over many codes (up to 512 a call, 4 calls in flight). Under
+//! load a Redis hit costs a small fraction of a command; idle, a call carries one code and goes
+//! out at once. A failed or timed-out call is a miss (or "unavailable") for every code in it.
+//!
 //! # Trust
 //! Redis is read only while it is `up` (breaker closed) and no invalidation may be missing from
 //! it (`dirty_seq == clean_seq`). A failed invalidation bumps `dirty_seq` before the API answers;
@@ -19,7 +25,8 @@
 //!
 //! # The stale-set guard
 //! A fill takes a lease (a random token under `lease:{code}`) in the same script that re-checks
-//! the value, reads SQLite, then writes the value only if its lease is still there. An
+//! the value, reads SQLite, then writes the value only if its lease is still there (both scripts
+//! take many codes per call, and each code is checked on its own). An
 //! invalidation deletes the value and the lease in one `DEL`, so a fill that started before the
 //! change cannot land after it, whatever order the commands reach Redis in.
 

@@ -1,11 +1,16 @@
 //! The single writer: one SQLite connection that commits concurrent changes together.
 //!
 //! Handlers submit a [`Change`] and wait for its [`Outcome`]. The writer takes every change that
-//! is waiting (up to `WRITE_BATCH_MAX`), applies them in one `BEGIN IMMEDIATE` transaction —
-//! each change also queues a cache invalidation row in that transaction — and commits once
-//! (group commit: one fsync for the whole batch). Then it deletes the changed codes from Redis
-//! (one `DEL`), bumps their L1 epochs, and only then answers each caller. So an acknowledged
+//! is waiting (up to `WRITE_BATCH_MAX`) and commits them together (group commit: one fsync for
+//! the whole batch). A batch made only of creates under random codes is one multi-row `INSERT`,
+//! atomic by itself; any other batch is one `BEGIN IMMEDIATE` transaction in which each change
+//! to a code that may be cached also queues a cache invalidation row. After the commit, a task
+//! deletes the changed codes from Redis (one `DEL`), bumps their L1 epochs, and only then
+//! answers each caller, while the writer already commits the next batch. So an acknowledged
 //! change is durable and already visible on the redirect path.
+//!
+//! The writer runs on a thread of its own with a single-threaded runtime, so the round trips to
+//! SQLite's thread do not queue behind the HTTP connections on the shared runtime.
 
 use std::{
     sync::{
