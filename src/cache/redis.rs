@@ -105,6 +105,15 @@ pub fn revocation_acks_key(prefix: &str, nonce: &str) -> String {
     format!("{prefix}keys:ack:{nonce}")
 }
 
+/// The answers of a batched call, one per item: `None` for every item when the call failed (or
+/// did not answer for each item).
+fn per_item<T>(got: Option<Vec<T>>, n: usize) -> Vec<Option<T>> {
+    match got {
+        Some(values) if values.len() == n => values.into_iter().map(Some).collect(),
+        _ => std::iter::repeat_with(|| None).take(n).collect(),
+    }
+}
+
 /// Counters of the Redis tier.
 #[derive(Default, Debug)]
 pub struct RedisStats {
@@ -404,12 +413,8 @@ impl RedisTier {
     /// at most one command per Redis hit, usually far fewer).
     async fn mget(&self, keys: Vec<String>) -> Vec<GetOutcome> {
         let n = keys.len();
-        let got: Option<Vec<Option<String>>> =
-            self.run(|mut c| async move { redis::cmd("MGET").arg(&keys).query_async(&mut c).await }).await;
-        match got {
-            Some(values) if values.len() == n => values.into_iter().map(Some).collect(),
-            _ => vec![None; n],
-        }
+        let got = self.run(|mut c| async move { redis::cmd("MGET").arg(&keys).query_async(&mut c).await }).await;
+        per_item(got, n)
     }
 
     /// Re-checks the value and, if absent, takes a fill lease, in one round trip (shared with
@@ -442,11 +447,8 @@ impl RedisTier {
             inv.arg(token);
         }
         inv.arg(LEASE_MS);
-        let got: Option<Vec<Option<String>>> = self.run(|mut c| async move { inv.invoke_async(&mut c).await }).await;
-        match got {
-            Some(values) if values.len() == n => values.into_iter().map(Some).collect(),
-            _ => vec![None; n],
-        }
+        let got = self.run(|mut c| async move { inv.invoke_async(&mut c).await }).await;
+        per_item(got, n)
     }
 
     /// Writes a fill back if its lease still holds (or unconditionally with the guard off), in
@@ -497,10 +499,7 @@ impl RedisTier {
             inv.arg(token).arg(encoded).arg(*ttl_ms);
         }
         let got: Option<Vec<i64>> = self.run(|mut c| async move { inv.invoke_async(&mut c).await }).await;
-        match got {
-            Some(landed) if landed.len() == n => landed.into_iter().map(|l| Some(l == 1)).collect(),
-            _ => vec![None; n],
-        }
+        per_item(got.map(|landed| landed.into_iter().map(|l| l == 1).collect()), n)
     }
 
     /// Deletes the cached answers (and any fill leases) of changed codes. `ids` are their rows

@@ -66,6 +66,18 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// A create as the row to insert under `code`; `None` for other changes.
+    fn new_link<'a>(&'a self, code: &'a str) -> Option<links::NewLink<'a>> {
+        match self {
+            Change::Create { url, status, expires_at, created_by, .. } => {
+                Some(links::NewLink { code, url, status: *status, expires_at: *expires_at, created_by: *created_by })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Clicks per code: (code, count, last click in epoch milliseconds).
 pub type ClickBatch = Vec<(String, u64, i64)>;
 
@@ -287,16 +299,7 @@ impl WriterTask {
         for _ in 0..RANDOM_CODE_ATTEMPTS {
             let rows: Vec<links::NewLink<'_>> = pending
                 .iter()
-                .map(|&i| match &jobs[i].change {
-                    Change::Create { url, status, expires_at, created_by, .. } => links::NewLink {
-                        code: &codes[i],
-                        url,
-                        status: *status,
-                        expires_at: *expires_at,
-                        created_by: *created_by,
-                    },
-                    _ => unreachable!("only creates under random codes take this path"),
-                })
+                .map(|&i| jobs[i].change.new_link(&codes[i]).expect("only creates take this path"))
                 .collect();
             let refs: Vec<&links::NewLink<'_>> = rows.iter().collect();
             let inserted = links::insert_links_skipping_taken(&mut self.conn, &refs, now).await?;
@@ -304,18 +307,8 @@ impl WriterTask {
                 let outcomes = jobs
                     .iter()
                     .zip(&codes)
-                    .map(|(job, c)| match &job.change {
-                        Change::Create { url, status, expires_at, created_by, .. } => Outcome::Created(
-                            links::NewLink {
-                                code: c,
-                                url,
-                                status: *status,
-                                expires_at: *expires_at,
-                                created_by: *created_by,
-                            }
-                            .row(now),
-                        ),
-                        _ => unreachable!("only creates under random codes take this path"),
+                    .map(|(job, c)| {
+                        Outcome::Created(job.change.new_link(c).expect("only creates take this path").row(now))
                     })
                     .collect();
                 return Ok((outcomes, codes, Vec::new()));
@@ -363,19 +356,8 @@ impl WriterTask {
             if pending.is_empty() {
                 break;
             }
-            let rows: Vec<links::NewLink<'_>> = pending
-                .iter()
-                .map(|(i, c)| match &jobs[*i].change {
-                    Change::Create { url, status, expires_at, created_by, .. } => links::NewLink {
-                        code: c,
-                        url,
-                        status: *status,
-                        expires_at: *expires_at,
-                        created_by: *created_by,
-                    },
-                    _ => unreachable!("only creates are pending"),
-                })
-                .collect();
+            let rows: Vec<links::NewLink<'_>> =
+                pending.iter().map(|(i, c)| jobs[*i].change.new_link(c).expect("only creates are pending")).collect();
             let mut inserted: std::collections::HashMap<String, LinkRow> =
                 links::insert_links(conn, &rows, now).await?.into_iter().map(|r| (r.short_code.clone(), r)).collect();
             let mut retry = Vec::new();

@@ -30,6 +30,27 @@ async fn seed(app: &TestApp, n: usize) {
 }
 
 /// `workers` loops of GETs over `codes` hot codes until `stop`; every answer is checked.
+/// Whether the Redis breaker is closed again within 5 s.
+async fn breaker_closes(app: &TestApp) -> bool {
+    crate::helpers::eventually(Duration::from_secs(5), || async {
+        app.cache_stats().await["redis_breaker"] == "closed"
+    })
+    .await
+}
+
+/// Rows queued in `cache_invalidations`.
+async fn invalidation_rows(db_url: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM cache_invalidations")
+        .fetch_one(&mut raw_conn(db_url).await)
+        .await
+        .unwrap()
+}
+
+/// Whether every queued invalidation row is gone within 5 s.
+async fn invalidation_rows_drain(db_url: &str) -> bool {
+    crate::helpers::eventually(Duration::from_secs(5), || async { invalidation_rows(db_url).await == 0 }).await
+}
+
 fn steady_load(app: &Arc<TestApp>, workers: usize, codes: usize, stop: &Arc<AtomicBool>) -> JoinSet<LoadReport> {
     let mut set = JoinSet::new();
     for w in 0..workers {
@@ -91,10 +112,7 @@ async fn killing_redis_under_load_fails_no_request_and_redis_serves_again_after_
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(app.cache_stats().await["redis_breaker"], "open");
     redis.restart();
-    let ok = crate::helpers::eventually(Duration::from_secs(5), || async {
-        app.cache_stats().await["redis_breaker"] == "closed"
-    })
-    .await;
+    let ok = breaker_closes(&app).await;
     assert!(ok, "breaker closed after the restart");
     let hits_after_restart = app.stat("redis_hits").await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -122,10 +140,7 @@ async fn pausing_redis_under_load_fails_no_request_and_keeps_every_wait_short() 
     redis.pause();
     tokio::time::sleep(Duration::from_millis(3000)).await;
     redis.resume();
-    let ok = crate::helpers::eventually(Duration::from_secs(5), || async {
-        app.cache_stats().await["redis_breaker"] == "closed"
-    })
-    .await;
+    let ok = breaker_closes(&app).await;
     assert!(ok, "breaker closed after SIGCONT");
     let hits = app.stat("redis_hits").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -364,36 +379,14 @@ async fn invalidation_rows_are_cleaned_exactly_once_redis_acknowledged_them() {
         app.create_code(&format!("inv{i}"), "https://example.com/a").await;
         assert_eq!(app.patch(&format!("inv{i}"), json!({"url": "https://example.com/b"})).await, StatusCode::OK);
     }
-    let count = |db: String| async move {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM cache_invalidations")
-            .fetch_one(&mut raw_conn(&db).await)
-            .await
-            .unwrap()
-    };
-    let db = app.db_url.clone();
-    assert!(
-        crate::helpers::eventually(Duration::from_secs(5), || {
-            let db = db.clone();
-            async move { count(db).await == 0 }
-        })
-        .await,
-        "acknowledged rows removed"
-    );
+    assert!(invalidation_rows_drain(&app.db_url).await, "acknowledged rows removed");
 
     redis.kill();
     for i in 0..5 {
         assert_eq!(app.patch(&format!("inv{i}"), json!({"url": "https://example.com/c"})).await, StatusCode::OK);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(count(app.db_url.clone()).await, 5, "unacknowledged rows are kept while Redis is down");
+    assert_eq!(invalidation_rows(&app.db_url).await, 5, "unacknowledged rows are kept while Redis is down");
     redis.restart();
-    let db = app.db_url.clone();
-    assert!(
-        crate::helpers::eventually(Duration::from_secs(5), || {
-            let db = db.clone();
-            async move { count(db).await == 0 }
-        })
-        .await,
-        "replayed, then removed"
-    );
+    assert!(invalidation_rows_drain(&app.db_url).await, "replayed, then removed");
 }
