@@ -44,29 +44,12 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_WORK=${KEEP_WORK:-0}
 SERVICE_RUST_LOG=${RUST_LOG:-warn,shortener::cache::redis=info}
 
-log() { printf '[faults %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 2
-}
+LOG_TAG=faults DIE_STATUS=2
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$LT/common.sh"
 
 # --- processes we start, and their cleanup ------------------------------------------------------
 OHA_PID="" SVC_PID="" REDIS_PID="" WORK=""
-stop_pid() { # stop_pid PID: SIGTERM, then SIGKILL after 30 s; reaps it
-  local pid=$1 i
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
-  kill -CONT "$pid" 2>/dev/null || true # a stopped process would keep SIGTERM pending
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 300; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "pid $pid did not stop in 30 s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -110,15 +93,11 @@ if [[ "$SKIP_BUILD" != 1 ]]; then
 fi
 BIN="$TARGET_DIR/release/shortener"
 [[ -x "$BIN" ]] || die "$BIN is missing"
-OHA=${OHA:-$(command -v oha || true)}
-if [[ -z "$OHA" && -x "$HOME/.cargo/bin/oha" ]]; then OHA="$HOME/.cargo/bin/oha"; fi
-[[ -n "$OHA" ]] || die "oha is required: cargo install oha --locked"
+find_oha require
 log "load generator: $("$OHA" --version); $(redis-server --version | cut -d' ' -f1-3)"
 
 # --- file descriptors: oha holds one per connection, the service one per client ----------------
-HARD=$(ulimit -Hn)
-if [[ "$HARD" == unlimited ]]; then HARD=1048576; fi
-ulimit -Sn "$HARD"
+raise_fd_limit
 NOFILE=$(ulimit -Sn)
 ((CONC + 500 <= NOFILE)) || die "CONC=$CONC needs more file descriptors than the limit $NOFILE allows"
 log "fd soft limit raised to $NOFILE"

@@ -41,24 +41,13 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_WORK=${KEEP_WORK:-0}
 FD_RESERVE=${FD_RESERVE:-1000}
 
-log() { printf '[loadtest %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_TAG=loadtest DIE_STATUS=1
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$LT/common.sh"
 want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
 # --- processes we start, and their cleanup ------------------------------------------------------
 SVC_PID="" BASE_PID="" REDIS_PID="" PERF_PID="" WORK=""
-stop_pid() {
-  local pid=$1 i
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 300; i++)); do
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  log "pid $pid did not stop in 30 s; killing it"
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -93,13 +82,7 @@ BIN="$TARGET_DIR/release/shortener"
 BASELINE="$TARGET_DIR/release/examples/static_redirect"
 [[ -x "$BIN" && -x "$BASELINE" ]] || die "release binaries missing under $TARGET_DIR/release"
 
-OHA=${OHA:-$(command -v oha || true)}
-if [[ -z "$OHA" && -x "$HOME/.cargo/bin/oha" ]]; then OHA="$HOME/.cargo/bin/oha"; fi
-if [[ -z "$OHA" ]]; then
-  log "oha not found: cargo install oha --locked (a few minutes)"
-  cargo install oha --locked
-  OHA="$HOME/.cargo/bin/oha"
-fi
+find_oha install
 log "load generator: $("$OHA" --version)"
 
 if ! python3 -c 'import matplotlib' 2>/dev/null; then
@@ -108,9 +91,7 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
 fi
 
 # --- file descriptors -------------------------------------------------------------------------
-HARD=$(ulimit -Hn)
-if [[ "$HARD" == unlimited ]]; then HARD=1048576; fi
-ulimit -Sn "$HARD"
+raise_fd_limit
 NOFILE=$(ulimit -Sn)
 MAX_C=$((NOFILE - FD_RESERVE))
 log "fd limit raised to $NOFILE per process: at most $MAX_C concurrent connections" \
@@ -119,6 +100,7 @@ log "fd limit raised to $NOFILE per process: at most $MAX_C concurrent connectio
 # --- layout -----------------------------------------------------------------------------------
 TS=$(date -u +%Y%m%dT%H%M%SZ)
 RES=${RESULTS_DIR:-$LT/results/$TS}
+[[ "$RES" == /* ]] || RES="$PWD/$RES" # the script changes directory below
 RAW="$RES/raw"
 mkdir -p "$RAW"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/shortener-loadtest.XXXXXX")
