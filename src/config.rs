@@ -80,7 +80,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `REQUEST_TIMEOUT_MS`: a request still unanswered after this gets 503. Default 10000.
     pub request_timeout: Duration,
-    /// `HEADER_READ_TIMEOUT_MS`: a client must send its request head within this. Default 10000.
+    /// `HEADER_READ_TIMEOUT_MS`: a client must send its request head within this, counted from the
+    /// accept or the previous answer (so it is also the keep-alive idle limit). Default 10000.
     pub header_read_timeout: Duration,
     /// `SHUTDOWN_TIMEOUT_SECS`: how long in-flight requests may take after SIGTERM. Default 20.
     pub shutdown_timeout: Duration,

@@ -5,6 +5,7 @@
 //! - [`config`]: every setting, read from the environment ([`config::Config::from_env`]).
 //! - [`telemetry`]: tracing setup (`LOG_FORMAT=json|pretty`), logs to stderr.
 //! - [`startup`]: builds pools and state, runs migrations, binds, serves, shuts down gracefully.
+//! - [`serve`]: one task per connection; hyper is held only while a connection is busy.
 //! - [`state`]: [`state::AppState`], the handles every handler may use.
 //! - [`error`]: [`error::ApiError`], the one JSON error envelope of the API.
 //! - [`http`]: routers and handlers only — the redirect hot path, the link API, health.
@@ -29,6 +30,7 @@ pub mod http;
 pub mod links;
 pub mod observe;
 pub mod ratelimit;
+pub mod serve;
 pub mod startup;
 pub mod state;
 pub mod striped;

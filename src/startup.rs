@@ -2,18 +2,14 @@
 //! gracefully. [`build`] returns an [`Application`] whose address is already bound, so tests
 //! and the `serve` command alike learn the real port before serving.
 //!
-//! The accept loop is our own (hyper-util) rather than `axum::serve` because the service needs
-//! what that does not expose: an explicit listen backlog, a header-read timeout against
-//! slowloris clients, TCP keepalive, and a clear log line instead of a spin when the process
-//! runs out of file descriptors.
+//! The accept loop is our own rather than `axum::serve` because the service needs what that does
+//! not expose: an explicit listen backlog, a header-read timeout against slowloris clients, TCP
+//! keepalive, a clear log line instead of a spin when the process runs out of file descriptors,
+//! and connections that hold almost no memory while idle ([`crate::serve`]).
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{extract::ConnectInfo, http::HeaderValue, Router};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto::Builder, graceful::GracefulShutdown},
-};
+use axum::{http::HeaderValue, Router};
 use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
@@ -239,11 +235,10 @@ impl Application {
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> std::io::Result<()> {
         let Application { listener, router, state, shutdown_tx, background, .. } = self;
         let cfg = &state.config;
-        let mut builder = Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(cfg.header_read_timeout).keep_alive(true);
-        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
-        let graceful = GracefulShutdown::new();
-        let tag_every_request = cfg.rate_redirect_per_ip.enabled();
+        let server = crate::serve::Server::new(router, cfg.header_read_timeout, cfg.rate_redirect_per_ip.enabled());
+        // Every connection task holds a receiver: shutdown is sent on it, and the drain is over
+        // when the last one is dropped.
+        let (conn_shutdown, conn_rx) = watch::channel(false);
         let mut fd_warnings = FdWarnings::default();
         tokio::pin!(signal);
         loop {
@@ -251,29 +246,18 @@ impl Application {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         tune(&stream);
-                        // The peer address is attached only where a limit needs it: inserting
-                        // it into every redirect would cost an allocation per request.
-                        let router = router.clone();
-                        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                            if tag_every_request || req.uri().path().starts_with("/api/") {
-                                req.extensions_mut().insert(ConnectInfo(peer));
-                            }
-                            tower::ServiceExt::oneshot(router.clone(), req)
-                        });
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-                        let conn = graceful.watch(conn);
-                        tokio::spawn(async move {
-                            let _ = conn.await;
-                        });
+                        tokio::spawn(crate::serve::serve(server.clone(), stream, peer, conn_rx.clone()));
                     }
                     Err(e) => fd_warnings.on_accept_error(e).await,
                 },
                 _ = &mut signal => break,
             }
         }
+        drop(conn_rx);
         drop(listener);
         tracing::info!("shutdown: stopped accepting, draining in-flight requests");
-        if tokio::time::timeout(cfg.shutdown_timeout, graceful.shutdown()).await.is_err() {
+        let _ = conn_shutdown.send(true);
+        if tokio::time::timeout(cfg.shutdown_timeout, conn_shutdown.closed()).await.is_err() {
             tracing::warn!(
                 shutdown.timeout_s = cfg.shutdown_timeout.as_secs(),
                 "in-flight requests did not finish in time; closing them"

@@ -3,6 +3,7 @@
 
 mod cli;
 mod clicks;
+mod connections;
 mod faults;
 mod helpers;
 mod links_api;

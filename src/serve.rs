@@ -1,0 +1,414 @@
+//! One task per accepted TCP connection, and what an idle keep-alive connection costs.
+//!
+//! # Why not `serve_connection` for the connection's whole life
+//! hyper keeps its per-connection state for as long as the connection is open: an 8 KiB write
+//! buffer, a read buffer that grows to 16 KiB after the first request, the dispatcher and its
+//! boxed in-flight slot. That is about 18 KB of resident memory per open connection (measured with
+//! 10,000 idle keep-alive connections), most of it spent on connections that are doing nothing
+//! but waiting for the person behind them to click the next link. At the deployment's 50,000
+//! concurrent connections that is 900 MB of a 4 GiB VM.
+//!
+//! So a connection alternates between two states:
+//! - **parked**: only the socket, a timer and this task's few hundred bytes are held, while the
+//!   task waits for the socket to become readable;
+//! - **active**: a hyper HTTP/1 connection is built over the socket and serves until it is idle
+//!   again — no request in flight, the response flushed, and hyper waiting on an empty socket.
+//!   Then `into_parts` takes the socket back (with any bytes hyper read but did not use, replayed
+//!   to the next connection) and the task parks again.
+//!
+//! A request whose body hyper may still be reading (one that came with a body) keeps the hyper
+//! connection until a later request without a body shows the stream is back at a message
+//! boundary; an HTTP/2 connection (prior knowledge, `PRI` preface) is served by hyper for its
+//! whole life.
+//!
+//! # Timeouts
+//! `HEADER_READ_TIMEOUT_MS` bounds the wait for a request head, counted from the end of the
+//! previous request (or from the accept): it closes idle keep-alive connections and slowloris
+//! clients alike, as hyper's own header-read timer did. It is one timer per connection, re-armed
+//! only when it fires, rather than a timer registered and cancelled on every request.
+//!
+//! # Shutdown
+//! Every task holds a receiver of the connection shutdown channel. On shutdown, parked
+//! connections close at once and active ones finish their request (hyper's graceful shutdown);
+//! the server waits until every receiver is gone.
+
+use std::{
+    convert::Infallible,
+    future::{poll_fn, Future},
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+
+use axum::{body::Bytes, extract::ConnectInfo, Router};
+use hyper::{
+    body::{Body as HttpBody, Frame, Incoming, SizeHint},
+    server::conn::{http1, http2},
+    Request, Response,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::watch,
+    time::{Instant, Sleep},
+};
+
+/// What every connection task shares.
+pub struct Server {
+    router: Router,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    head_timeout: Duration,
+    tag_every_request: bool,
+}
+
+impl Server {
+    /// `head_timeout`: how long a connection may wait for a request head (idle keep-alive
+    /// included). `tag_every_request`: attach the peer address to every request, not only to
+    /// API requests (a per-address redirect limit needs it).
+    pub fn new(router: Router, head_timeout: Duration, tag_every_request: bool) -> Arc<Self> {
+        let mut h1 = http1::Builder::new();
+        h1.keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new()).max_concurrent_streams(256);
+        Arc::new(Server { router, h1, h2, head_timeout, tag_every_request })
+    }
+}
+
+/// Serves one accepted connection until it closes, times out, or `shutdown` turns true (or its
+/// sender is dropped).
+pub async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+    if *shutdown.borrow() {
+        return;
+    }
+    let flags = Arc::new(Flags::default());
+    let stopping = shutdown.changed();
+    tokio::pin!(stopping);
+    let mut stopped = false;
+    let mut clock = HeadClock::new(server.head_timeout);
+    let timer = tokio::time::sleep_until(clock.deadline());
+    tokio::pin!(timer);
+
+    let mut stream = stream;
+    let mut leftover = Bytes::new();
+    let mut first = true;
+    loop {
+        // Parked.
+        if leftover.is_empty() {
+            let woke = poll_fn(|cx| {
+                if !stopped && stopping.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Stop);
+                }
+                if clock.expired(timer.as_mut(), &flags, cx) {
+                    return Poll::Ready(Wake::Stop);
+                }
+                stream.poll_read_ready(cx).map(|r| if r.is_ok() { Wake::Readable } else { Wake::Stop })
+            })
+            .await;
+            if matches!(woke, Wake::Stop) {
+                return;
+            }
+        }
+        if std::mem::take(&mut first) && is_h2_preface(&stream).await {
+            // Boxed: the parked state of every HTTP/1 connection should not carry its size.
+            return Box::pin(serve_h2(&server, stream, peer, stopping.as_mut())).await;
+        }
+
+        // Active. With a partial head left over, this hyper connection keeps the socket at least
+        // until that request starts: parking in the middle of a head would copy it out and back
+        // once per packet.
+        let hold = (!leftover.is_empty()).then(|| flags.started.load(Relaxed));
+        let io = TokioIo::new(Tracked { stream, leftover, flags: flags.clone() });
+        let mut conn = server.h1.serve_connection(io, service(&server, peer, &flags));
+        let outcome = poll_fn(|cx| {
+            if !stopped && stopping.as_mut().poll(cx).is_ready() {
+                stopped = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+            if Pin::new(&mut conn).poll(cx).is_ready() {
+                return Poll::Ready(Outcome::Closed);
+            }
+            if !stopped && flags.idle() && hold.is_none_or(|h| flags.started.load(Relaxed) != h) {
+                return Poll::Ready(Outcome::Idle);
+            }
+            if clock.expired(timer.as_mut(), &flags, cx) {
+                return Poll::Ready(Outcome::Closed);
+            }
+            Poll::Pending
+        })
+        .await;
+        match outcome {
+            Outcome::Closed => return,
+            Outcome::Idle => {
+                clock.observe(&flags, Instant::now());
+                let parts = conn.into_parts();
+                let tracked = parts.io.into_inner();
+                stream = tracked.stream;
+                // Bytes hyper read past the last request (a pipelined or partial head), copied
+                // out: an empty view would still hold hyper's whole read buffer.
+                leftover = unread(&parts.read_buf, &tracked.leftover);
+            }
+        }
+    }
+}
+
+enum Wake {
+    Readable,
+    Stop,
+}
+
+enum Outcome {
+    Idle,
+    Closed,
+}
+
+/// What hyper read but did not use, then what it had not yet read of the previous leftover.
+fn unread(read_but_unused: &[u8], not_read: &[u8]) -> Bytes {
+    if read_but_unused.is_empty() && not_read.is_empty() {
+        return Bytes::new();
+    }
+    let mut all = Vec::with_capacity(read_but_unused.len() + not_read.len());
+    all.extend_from_slice(read_but_unused);
+    all.extend_from_slice(not_read);
+    Bytes::from(all)
+}
+
+/// HTTP/2 with prior knowledge starts with `PRI * HTTP/2.0`; no HTTP/1 method is `PRI`. (A
+/// client whose first packet holds fewer than three bytes is served as HTTP/1.)
+async fn is_h2_preface(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 3];
+    matches!(stream.peek(&mut buf).await, Ok(3) if &buf == b"PRI")
+}
+
+async fn serve_h2(server: &Arc<Server>, stream: TcpStream, peer: SocketAddr, mut stopping: Pin<&mut impl Future>) {
+    let mut stopped = false;
+    let flags = Arc::new(Flags::default());
+    let mut conn = server.h2.serve_connection(TokioIo::new(stream), service(server, peer, &flags));
+    poll_fn(|cx| {
+        if !stopped && stopping.as_mut().poll(cx).is_ready() {
+            stopped = true;
+            Pin::new(&mut conn).graceful_shutdown();
+        }
+        Pin::new(&mut conn).poll(cx).map(|_| ())
+    })
+    .await
+}
+
+/// The service hyper calls for each request: the router, plus the bookkeeping `Flags` needs.
+fn service(
+    server: &Server,
+    peer: SocketAddr,
+    flags: &Arc<Flags>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<TrackedBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Send
+       + 'static {
+    let (router, flags, tag) = (server.router.clone(), flags.clone(), server.tag_every_request);
+    hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        // The peer address is attached only where a limit needs it: inserting it into every
+        // redirect would cost an allocation per request.
+        if tag || req.uri().path().starts_with("/api/") {
+            req.extensions_mut().insert(ConnectInfo(peer));
+        }
+        flags.on_request(req.body().is_end_stream());
+        let flags = flags.clone();
+        let call = tower::ServiceExt::oneshot(router.clone(), req);
+        async move {
+            let resp = match call.await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            Ok(resp.map(|inner| TrackedBody { inner, flags }))
+        }
+    })
+}
+
+/// What the connection task needs to know about the hyper connection it cannot look into.
+#[derive(Default)]
+struct Flags {
+    /// Requests whose response body has not yet been fully handed to hyper.
+    in_flight: AtomicU32,
+    /// Requests seen (heads parsed), ever.
+    started: AtomicU64,
+    /// The last read found the socket empty.
+    read_blocked: AtomicBool,
+    /// The last write or flush could not complete.
+    write_blocked: AtomicBool,
+    /// A request came with a body hyper may still be reading; cleared by a later request
+    /// without one (hyper parses the next head only at a message boundary).
+    body_pending: AtomicBool,
+}
+
+impl Flags {
+    fn on_request(&self, without_body: bool) {
+        self.started.fetch_add(1, Relaxed);
+        self.in_flight.fetch_add(1, Relaxed);
+        self.body_pending.store(!without_body, Relaxed);
+    }
+
+    /// hyper has nothing to do until the client sends more: it can be taken apart.
+    fn idle(&self) -> bool {
+        self.read_blocked.load(Relaxed)
+            && self.in_flight.load(Relaxed) == 0
+            && !self.write_blocked.load(Relaxed)
+            && !self.body_pending.load(Relaxed)
+    }
+}
+
+/// The head deadline: `head_timeout` after the connection was accepted or its last request was
+/// answered. While a request is being served there is none.
+struct HeadClock {
+    since: Instant,
+    timeout: Duration,
+    /// `Flags::started` when `since` was last set.
+    seen: u64,
+}
+
+impl HeadClock {
+    fn new(timeout: Duration) -> Self {
+        HeadClock { since: Instant::now(), timeout, seen: 0 }
+    }
+
+    /// If a request came since the clock last looked, the wait for the next head starts now.
+    fn observe(&mut self, flags: &Flags, now: Instant) {
+        let started = flags.started.load(Relaxed);
+        if started != self.seen {
+            self.seen = started;
+            self.since = now;
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        self.since + self.timeout
+    }
+
+    /// Whether the head deadline has passed. The timer stays armed for the deadline as it was
+    /// when it was last armed, and is re-armed only when it fires: a busy connection costs no
+    /// timer work per request. (A request answered without the task parking afterwards — one
+    /// that came with a body — is seen late, when the timer fires, so such a connection may stay
+    /// open up to twice the timeout.)
+    fn expired(&mut self, mut timer: Pin<&mut Sleep>, flags: &Flags, cx: &mut Context<'_>) -> bool {
+        while timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            self.observe(flags, now);
+            if flags.in_flight.load(Relaxed) > 0 {
+                // No head is awaited while a request is served.
+                timer.as_mut().reset(now + self.timeout);
+            } else if self.deadline() <= now {
+                return true;
+            } else {
+                timer.as_mut().reset(self.deadline());
+            }
+        }
+        false
+    }
+}
+
+/// The socket as hyper sees it: replays `leftover` first, and records whether the last read or
+/// write would block.
+struct Tracked {
+    stream: TcpStream,
+    leftover: Bytes,
+    flags: Arc<Flags>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.leftover.is_empty() {
+            let n = self.leftover.len().min(buf.remaining());
+            let chunk = self.leftover.split_to(n);
+            buf.put_slice(&chunk);
+            self.flags.read_blocked.store(false, Relaxed);
+            return Poll::Ready(Ok(()));
+        }
+        let this = &mut *self;
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Pending => {
+                this.flags.read_blocked.store(true, Relaxed);
+                Poll::Pending
+            }
+            ready => {
+                this.flags.read_blocked.store(false, Relaxed);
+                ready
+            }
+        }
+    }
+}
+
+impl Tracked {
+    fn note<T>(&self, p: Poll<T>) -> Poll<T> {
+        self.flags.write_blocked.store(p.is_pending(), Relaxed);
+        p
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let p = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.note(p)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let p = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.note(p)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let p = Pin::new(&mut self.stream).poll_flush(cx);
+        self.note(p)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A connection being closed is never parked.
+        self.flags.body_pending.store(true, Relaxed);
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// A response body that tells the connection when hyper is done with it (it drops the body once
+/// the last frame is encoded).
+pub struct TrackedBody {
+    inner: axum::body::Body,
+    flags: Arc<Flags>,
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.flags.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Poll::Ready(ready!(Pin::new(&mut self.inner).poll_frame(cx)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,221 @@
+//! Connections at the byte level: keep-alive, pipelining, heads and bodies split across packets,
+//! the idle timeout, HTTP/2 with prior knowledge, and shutdown — the behaviour a connection must
+//! keep while the server takes hyper apart between requests (src/serve.rs).
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::helpers::*;
+
+/// One parsed response: status, headers (lower-cased names), body.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads `n` complete responses (each with a `content-length`) from `conn`.
+async fn read_responses(conn: &mut TcpStream, n: usize) -> Vec<Resp> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < n {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+            let mut lines = head.split("\r\n");
+            let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+            let headers: Vec<(String, String)> = lines
+                .map(|l| {
+                    let (k, v) = l.split_once(':').unwrap();
+                    (k.trim().to_ascii_lowercase(), v.trim().to_string())
+                })
+                .collect();
+            let len: usize = headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                let body = buf[end + 4..end + 4 + len].to_vec();
+                buf.drain(..end + 4 + len);
+                out.push(Resp { status, headers, body });
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let left = deadline.saturating_duration_since(Instant::now());
+        let read = tokio::time::timeout(left, conn.read(&mut chunk)).await;
+        let got = read.expect("responses within 10 s").unwrap();
+        assert!(got > 0, "connection closed after {} of {n} responses", out.len());
+        buf.extend_from_slice(&chunk[..got]);
+    }
+    assert!(buf.is_empty(), "unexpected bytes after the responses: {:?}", String::from_utf8_lossy(&buf));
+    out
+}
+
+/// Waits up to `within` for the server to close `conn` (EOF or reset); returns when it did.
+async fn closed_within(conn: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(within, conn.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Some(started.elapsed()),
+        Ok(Ok(n)) => panic!("unexpected bytes: {:?}", String::from_utf8_lossy(&buf[..n])),
+        Err(_) => None,
+    }
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_on_one_connection_are_answered_in_order() {
+    let app = spawn_app(None, |_| {}).await;
+    app.create_code("pipe-a", "https://example.com/a").await;
+    app.create_code("pipe-b", "https://example.com/b").await;
+    let mut conn = TcpStream::connect(app.addr).await.unwrap();
+    let batch = format!("{}{}{}{}", get("/pipe-a"), get("/nope-nope"), get("/pipe-b"), get("/health"));
+    conn.write_all(batch.as_bytes()).await.unwrap();
+    let r = read_responses(&mut conn, 4).await;
+    assert_eq!((r[0].status, r[0].header("location")), (302, Some("https://example.com/a")));
+    assert_eq!(r[1].status, 404);
+    assert_eq!((r[2].status, r[2].header("location")), (302, Some("https://example.com/b")));
+    assert_eq!(r[3].status, 200);
+    // And the connection stays usable afterwards.
+    conn.write_all(get("/pipe-a").as_bytes()).await.unwrap();
+    assert_eq!(read_responses(&mut conn, 1).await[0].status, 302);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_split_across_packets_are_assembled_even_after_an_answered_request() {
+    let app = spawn_app(None, |_| {}).await;
+    app.create_code("split", "https://example.com/split").await;
+    let mut conn = TcpStream::connect(app.addr).await.unwrap();
+    // A whole request plus the start of the next, then the rest of it byte by byte.
+    let second = get("/split");
+    let (start, rest) = second.split_at(7);
+    conn.write_all(format!("{}{start}", get("/split")).as_bytes()).await.unwrap();
+    let first = read_responses(&mut conn, 1).await;
+    assert_eq!(first[0].status, 302);
+    for b in rest.bytes() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        conn.write_all(&[b]).await.unwrap();
+    }
+    let r = read_responses(&mut conn, 1).await;
+    assert_eq!((r[0].status, r[0].header("location")), (302, Some("https://example.com/split")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_body_in_two_packets_then_a_redirect_on_the_same_connection() {
+    let app = spawn_app(None, |_| {}).await;
+    let mut conn = TcpStream::connect(app.addr).await.unwrap();
+    let body = br#"{"url":"https://example.com/posted","code":"posted"}"#;
+    let head = format!(
+        "POST /api/v1/links HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        app.key,
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    conn.write_all(&body[10..]).await.unwrap();
+    let r = read_responses(&mut conn, 1).await;
+    assert_eq!(r[0].status, 201, "{}", String::from_utf8_lossy(&r[0].body));
+    let created: Value = serde_json::from_slice(&r[0].body).unwrap();
+    assert_eq!(created["code"], "posted");
+    conn.write_all(get("/posted").as_bytes()).await.unwrap();
+    let r = read_responses(&mut conn, 1).await;
+    assert_eq!((r[0].status, r[0].header("location")), (302, Some("https://example.com/posted")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_lives_while_used_and_closes_after_the_idle_timeout() {
+    let timeout = Duration::from_millis(600);
+    let app = spawn_app(None, |c| c.header_read_timeout = timeout).await;
+    app.create_code("keep", "https://example.com/ka").await;
+    let mut conn = TcpStream::connect(app.addr).await.unwrap();
+    let started = Instant::now();
+    // Requests 300 ms apart for well over the timeout: the wait restarts after every answer.
+    for _ in 0..6 {
+        conn.write_all(get("/keep").as_bytes()).await.unwrap();
+        assert_eq!(read_responses(&mut conn, 1).await[0].status, 302);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(started.elapsed() > timeout * 2);
+    let closed = closed_within(&mut conn, Duration::from_secs(5)).await.expect("idle connection closed");
+    // 300 ms of the timeout were already spent sleeping after the last answer.
+    assert!(closed < Duration::from_millis(1500), "closed {closed:?} after the last wait");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_after_a_post_is_closed_too() {
+    let timeout = Duration::from_millis(500);
+    let app = spawn_app(None, |c| c.header_read_timeout = timeout).await;
+    let mut conn = TcpStream::connect(app.addr).await.unwrap();
+    let body = br#"{"url":"https://example.com/p2"}"#;
+    let req = format!(
+        "POST /api/v1/links HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        app.key,
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    conn.write_all(body).await.unwrap();
+    assert_eq!(read_responses(&mut conn, 1).await[0].status, 201);
+    let closed = closed_within(&mut conn, Duration::from_secs(5)).await;
+    let closed = closed.expect("an idle connection is closed even when its last request had a body");
+    assert!(closed >= timeout / 2, "closed too early: {closed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_and_connection_close_requests_get_their_answer_then_a_close() {
+    let app = spawn_app(None, |_| {}).await;
+    app.create_code("old", "https://example.com/old").await;
+    for req in [
+        "GET /old HTTP/1.0\r\n\r\n".to_string(),
+        "GET /old HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_string(),
+    ] {
+        let mut conn = TcpStream::connect(app.addr).await.unwrap();
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let r = read_responses(&mut conn, 1).await;
+        assert_eq!((r[0].status, r[0].header("location")), (302, Some("https://example.com/old")));
+        assert!(closed_within(&mut conn, Duration::from_secs(2)).await.is_some(), "{req:?}: closed after the answer");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge_is_served() {
+    let app = spawn_app(None, |_| {}).await;
+    let mut conn = TcpStream::connect(app.addr).await.unwrap();
+    // The client preface and an empty SETTINGS frame.
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut frame)).await.unwrap().unwrap();
+    assert_eq!(frame[3], 4, "the server's first frame is SETTINGS: {frame:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_connections_at_once() {
+    let mut app = spawn_app(None, |c| c.header_read_timeout = Duration::from_secs(30)).await;
+    app.create_code("shut", "https://example.com/sd").await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        let mut conn = TcpStream::connect(app.addr).await.unwrap();
+        conn.write_all(get("/shut").as_bytes()).await.unwrap();
+        assert_eq!(read_responses(&mut conn, 1).await[0].status, 302);
+        idle.push(conn);
+    }
+    let started = Instant::now();
+    app.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(3), "shutdown waited {:?} for idle connections", started.elapsed());
+    for conn in &mut idle {
+        assert!(closed_within(conn, Duration::from_secs(1)).await.is_some());
+    }
+}
