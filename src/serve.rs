@@ -39,7 +39,10 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicU32, AtomicU64,
+            Ordering::{Acquire, Relaxed, Release},
+        },
         Arc,
     },
     task::{ready, Context, Poll},
@@ -67,6 +70,11 @@ pub struct Server {
     h2: http2::Builder<TokioExecutor>,
     head_timeout: Duration,
     tag_every_request: bool,
+    /// Set before `shutdown` is sent: tasks read this on every wake instead of polling their
+    /// `changed()` future, which takes the channel's waiter lock each time it is polled.
+    stopping: AtomicBool,
+    /// Every task holds a receiver; the drain is over when the last one is gone.
+    shutdown: watch::Sender<bool>,
 }
 
 impl Server {
@@ -78,19 +86,58 @@ impl Server {
         h1.keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new()).max_concurrent_streams(256);
-        Arc::new(Server { router, h1, h2, head_timeout, tag_every_request })
+        let (shutdown, _) = watch::channel(false);
+        Arc::new(Server { router, h1, h2, head_timeout, tag_every_request, stopping: AtomicBool::new(false), shutdown })
+    }
+
+    /// Serves an accepted connection on a task of its own.
+    pub fn spawn(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let rx = self.shutdown.subscribe();
+        tokio::spawn(serve(self.clone(), stream, peer, rx));
+    }
+
+    /// Closes idle connections now, lets active ones finish their request, and waits up to
+    /// `timeout` for all of them. False if some were still open then.
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
+        self.stopping.store(true, Release);
+        self.shutdown.send_replace(true);
+        tokio::time::timeout(timeout, self.shutdown.closed()).await.is_ok()
     }
 }
 
-/// Serves one accepted connection until it closes, times out, or `shutdown` turns true (or its
-/// sender is dropped).
-pub async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+/// Whether shutdown was asked for. The `changed()` future is polled once, to register the task's
+/// waker (a tokio task's waker stays the same for its life); after that a wake-up is checked
+/// against `Server::stopping`.
+struct StopSignal<'a, F> {
+    changed: Pin<&'a mut F>,
+    stopping: &'a AtomicBool,
+    registered: bool,
+}
+
+impl<F: Future> StopSignal<'_, F> {
+    fn requested(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.stopping.load(Acquire) {
+            return true;
+        }
+        if !self.registered {
+            self.registered = true;
+            if self.changed.as_mut().poll(cx).is_ready() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Serves one accepted connection until it closes, times out, or shutdown.
+async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
     if *shutdown.borrow() {
         return;
     }
     let flags = Arc::new(Flags::default());
-    let stopping = shutdown.changed();
-    tokio::pin!(stopping);
+    let changed = shutdown.changed();
+    tokio::pin!(changed);
+    let mut stop = StopSignal { changed, stopping: &server.stopping, registered: false };
     let mut stopped = false;
     let mut clock = HeadClock::new(server.head_timeout);
     let timer = tokio::time::sleep_until(clock.deadline());
@@ -103,7 +150,7 @@ pub async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut
         // Parked.
         if leftover.is_empty() {
             let woke = poll_fn(|cx| {
-                if !stopped && stopping.as_mut().poll(cx).is_ready() {
+                if stop.requested(cx) {
                     return Poll::Ready(Wake::Stop);
                 }
                 if clock.expired(timer.as_mut(), &flags, cx) {
@@ -118,7 +165,7 @@ pub async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut
         }
         if std::mem::take(&mut first) && is_h2_preface(&stream).await {
             // Boxed: the parked state of every HTTP/1 connection should not carry its size.
-            return Box::pin(serve_h2(&server, stream, peer, stopping.as_mut())).await;
+            return Box::pin(serve_h2(&server, stream, peer, &mut stop)).await;
         }
 
         // Active. With a partial head left over, this hyper connection keeps the socket at least
@@ -128,7 +175,7 @@ pub async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut
         let io = TokioIo::new(Tracked { stream, leftover, flags: flags.clone() });
         let mut conn = server.h1.serve_connection(io, service(&server, peer, &flags));
         let outcome = poll_fn(|cx| {
-            if !stopped && stopping.as_mut().poll(cx).is_ready() {
+            if !stopped && stop.requested(cx) {
                 stopped = true;
                 Pin::new(&mut conn).graceful_shutdown();
             }
@@ -187,12 +234,12 @@ async fn is_h2_preface(stream: &TcpStream) -> bool {
     matches!(stream.peek(&mut buf).await, Ok(3) if &buf == b"PRI")
 }
 
-async fn serve_h2(server: &Arc<Server>, stream: TcpStream, peer: SocketAddr, mut stopping: Pin<&mut impl Future>) {
+async fn serve_h2<F: Future>(server: &Arc<Server>, stream: TcpStream, peer: SocketAddr, stop: &mut StopSignal<'_, F>) {
     let mut stopped = false;
     let flags = Arc::new(Flags::default());
     let mut conn = server.h2.serve_connection(TokioIo::new(stream), service(server, peer, &flags));
     poll_fn(|cx| {
-        if !stopped && stopping.as_mut().poll(cx).is_ready() {
+        if !stopped && stop.requested(cx) {
             stopped = true;
             Pin::new(&mut conn).graceful_shutdown();
         }

@@ -236,9 +236,6 @@ impl Application {
         let Application { listener, router, state, shutdown_tx, background, .. } = self;
         let cfg = &state.config;
         let server = crate::serve::Server::new(router, cfg.header_read_timeout, cfg.rate_redirect_per_ip.enabled());
-        // Every connection task holds a receiver: shutdown is sent on it, and the drain is over
-        // when the last one is dropped.
-        let (conn_shutdown, conn_rx) = watch::channel(false);
         let mut fd_warnings = FdWarnings::default();
         tokio::pin!(signal);
         loop {
@@ -246,18 +243,16 @@ impl Application {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         tune(&stream);
-                        tokio::spawn(crate::serve::serve(server.clone(), stream, peer, conn_rx.clone()));
+                        server.spawn(stream, peer);
                     }
                     Err(e) => fd_warnings.on_accept_error(e).await,
                 },
                 _ = &mut signal => break,
             }
         }
-        drop(conn_rx);
         drop(listener);
         tracing::info!("shutdown: stopped accepting, draining in-flight requests");
-        let _ = conn_shutdown.send(true);
-        if tokio::time::timeout(cfg.shutdown_timeout, conn_shutdown.closed()).await.is_err() {
+        if !server.shutdown(cfg.shutdown_timeout).await {
             tracing::warn!(
                 shutdown.timeout_s = cfg.shutdown_timeout.as_secs(),
                 "in-flight requests did not finish in time; closing them"
