@@ -15,7 +15,7 @@ LT="$ROOT/loadtest"
 COMMAND="loadtest/run.sh"
 # (The service settings at the start of the list are passed through to `shortener serve`.)
 for knob in L1_TTL_MS CLICK_COUNTING WRITE_BATCH_MAX RATE_LIMIT_REDIRECT_PER_IP_PER_MINUTE REDIS_TIMEOUT_MS \
-  PROFILE SPREAD REDIS_KEY_PREFIX LISTEN_BACKLOG QUIET_BUSY QUIET_WAIT L1_CAPACITY IDLE_STEPS CREATE_C \
+  REPEATS REPEAT_C PROFILE SPREAD REDIS_KEY_PREFIX LISTEN_BACKLOG QUIET_BUSY QUIET_WAIT L1_CAPACITY IDLE_STEPS CREATE_C \
   HOT_C SCENARIOS SWEEP COLD_REQUESTS COLD_LINKS DURATION LINKS; do
   if [[ -n "${!knob:-}" ]]; then
     if [[ "${!knob}" == *" "* ]]; then COMMAND="$knob='${!knob}' $COMMAND"; else COMMAND="$knob=${!knob} $COMMAND"; fi
@@ -29,6 +29,9 @@ DURATION=${DURATION:-10s}
 SWEEP=${SWEEP:-100 1000 5000 10000 15000}
 SCENARIOS=${SCENARIOS:-hot zipf cold redis creates sweep idle}
 HOT_C=${HOT_C:-1000}
+# Pairs measured at each of REPEAT_C (the hot targets' concurrencies, when in SWEEP).
+REPEATS=${REPEATS:-3}
+REPEAT_C=${REPEAT_C:-1000 10000}
 CREATE_C=${CREATE_C:-100 1000}
 IDLE_STEPS=${IDLE_STEPS:-1000,10000}
 # "Hot" means every code fits in L1: size it well above LINKS (a shard fills before the average).
@@ -313,6 +316,20 @@ if want hot || want zipf || want sweep || want creates || want idle; then
     for c in $SWEEP; do
       measure "sweep_c$c" baseline "$c" redirect "${TIMED[@]}" --urls-from-file "$WORK/base.hot.urls"
       measure "sweep_c$c" service "$c" redirect "${TIMED[@]}" --urls-from-file "$WORK/svc.hot.urls"
+    done
+    # The hot targets' concurrencies again, as more pairs (the report takes the median ratio);
+    # every other pair runs the service first, so neither server always gets the quieter slot.
+    for ((r = 2; r <= REPEATS; r++)); do
+      for c in $REPEAT_C; do
+        [[ " $SWEEP " == *" $c "* ]] || continue
+        order=(baseline service)
+        ((r % 2 == 0)) && order=(service baseline)
+        for target in "${order[@]}"; do
+          urls="$WORK/svc.hot.urls"
+          [[ $target == baseline ]] && urls="$WORK/base.hot.urls"
+          measure "repeat_c${c}_r$r" "$target" "$c" redirect "${TIMED[@]}" --urls-from-file "$urls"
+        done
+      done
     done
   fi
   if want creates; then
