@@ -50,6 +50,8 @@ use std::{
 };
 
 use axum::{body::Bytes, extract::ConnectInfo, Router};
+
+use crate::{http::redirect, state::AppState};
 use hyper::{
     body::{Body as HttpBody, Frame, Incoming, SizeHint},
     server::conn::{http1, http2},
@@ -66,6 +68,7 @@ use tokio::{
 /// What every connection task shares.
 pub struct Server {
     router: Router,
+    state: AppState,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     head_timeout: Duration,
@@ -81,13 +84,14 @@ impl Server {
     /// `head_timeout`: how long a connection may wait for a request head (idle keep-alive
     /// included). `tag_every_request`: attach the peer address to every request, not only to
     /// API requests (a per-address redirect limit needs it).
-    pub fn new(router: Router, head_timeout: Duration, tag_every_request: bool) -> Arc<Self> {
+    pub fn new(router: Router, state: AppState, head_timeout: Duration, tag_every_request: bool) -> Arc<Self> {
         let mut h1 = http1::Builder::new();
         h1.keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new()).max_concurrent_streams(256);
         let (shutdown, _) = watch::channel(false);
-        Arc::new(Server { router, h1, h2, head_timeout, tag_every_request, stopping: AtomicBool::new(false), shutdown })
+        let stopping = AtomicBool::new(false);
+        Arc::new(Server { router, state, h1, h2, head_timeout, tag_every_request, stopping, shutdown })
     }
 
     /// Serves an accepted connection on a task of its own.
@@ -146,6 +150,9 @@ async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shu
     let mut stream = stream;
     let mut leftover = Bytes::new();
     let mut first = true;
+    // Made once and handed back by `into_parts` at every park: no per-request clones of the
+    // shared handles it holds.
+    let mut svc = Some(service(&server, peer, &flags));
     loop {
         // Parked.
         if leftover.is_empty() {
@@ -173,7 +180,8 @@ async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shu
         // once per packet.
         let hold = (!leftover.is_empty()).then(|| flags.started.load(Relaxed));
         let io = TokioIo::new(Tracked { stream, leftover, flags: flags.clone() });
-        let mut conn = server.h1.serve_connection(io, service(&server, peer, &flags));
+        let Some(service) = svc.take() else { return };
+        let mut conn = server.h1.serve_connection(io, service);
         let outcome = poll_fn(|cx| {
             if !stopped && stop.requested(cx) {
                 stopped = true;
@@ -196,6 +204,7 @@ async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shu
             Outcome::Idle => {
                 clock.observe(&flags, Instant::now());
                 let parts = conn.into_parts();
+                svc = Some(parts.service);
                 let tracked = parts.io.into_inner();
                 stream = tracked.stream;
                 // Bytes hyper read past the last request (a pipelined or partial head), copied
@@ -260,7 +269,8 @@ fn service(
     Future: Send + 'static,
 > + Send
        + 'static {
-    let (router, flags, tag) = (server.router.clone(), flags.clone(), server.tag_every_request);
+    let (router, state, flags, tag) =
+        (server.router.clone(), server.state.clone(), flags.clone(), server.tag_every_request);
     hyper::service::service_fn(move |mut req: Request<Incoming>| {
         // The peer address is attached only where a limit needs it: inserting it into every
         // redirect would cost an allocation per request.
@@ -269,15 +279,28 @@ fn service(
         }
         flags.on_request(req.body().is_end_stream());
         let flags = flags.clone();
-        let call = tower::ServiceExt::oneshot(router.clone(), req);
+        let to = if redirect::is_direct(req.method(), req.uri().path()) {
+            To::Redirect(state.clone())
+        } else {
+            To::Router(router.clone())
+        };
         async move {
-            let resp = match call.await {
-                Ok(r) => r,
-                Err(never) => match never {},
+            let resp = match to {
+                To::Redirect(state) => redirect::follow(&state, &req.into_parts().0).await,
+                To::Router(router) => match tower::ServiceExt::oneshot(router, req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                },
             };
             Ok(resp.map(|inner| TrackedBody { inner, flags }))
         }
     })
+}
+
+/// Where a request goes: redirects straight to their handler, everything else through the router.
+enum To {
+    Redirect(AppState),
+    Router(Router),
 }
 
 /// What the connection task needs to know about the hyper connection it cannot look into.

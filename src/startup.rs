@@ -235,7 +235,12 @@ impl Application {
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> std::io::Result<()> {
         let Application { listener, router, state, shutdown_tx, background, .. } = self;
         let cfg = &state.config;
-        let server = crate::serve::Server::new(router, cfg.header_read_timeout, cfg.rate_redirect_per_ip.enabled());
+        let server = crate::serve::Server::new(
+            router,
+            state.clone(),
+            cfg.header_read_timeout,
+            cfg.rate_redirect_per_ip.enabled(),
+        );
         let mut fd_warnings = FdWarnings::default();
         tokio::pin!(signal);
         loop {
