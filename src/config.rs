@@ -287,6 +287,12 @@ impl Config {
         check(self.max_body_bytes >= 256, "MAX_BODY_BYTES", self.max_body_bytes, "must be at least 256")?;
         check(!self.click_flush_interval.is_zero(), "CLICK_FLUSH_INTERVAL_MS", 0, "must be above 0")?;
         check(!self.l1_ttl.is_zero(), "L1_TTL_MS", 0, "must be above 0 (use L1_CAPACITY=0 to disable L1)")?;
+        check(
+            self.header_read_timeout >= Duration::from_millis(100),
+            "HEADER_READ_TIMEOUT_MS",
+            self.header_read_timeout.as_millis(),
+            "must be at least 100",
+        )?;
         Ok(())
     }
 

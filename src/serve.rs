@@ -29,7 +29,10 @@
 //! `HEADER_READ_TIMEOUT_MS` bounds the wait for a request head, counted from the end of the
 //! previous request (or from the accept): it closes idle keep-alive connections and slowloris
 //! clients alike, as hyper's own header-read timer did. It is one timer per connection, re-armed
-//! only when it fires, rather than a timer registered and cancelled on every request.
+//! only when it fires, rather than a timer registered and cancelled on every request. A response
+//! still being written keeps the connection as long as the client keeps reading it; one that
+//! reads nothing for a whole timeout is closed. An HTTP/2 connection is closed when no request
+//! has come for the timeout (a stalled preface included).
 //!
 //! # Shutdown
 //! Every task holds a receiver of the connection shutdown channel. On shutdown, parked
@@ -161,13 +164,14 @@ async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shu
         // Parked.
         if leftover.is_empty() {
             let woke = poll_fn(|cx| {
-                if stop.requested(cx) {
+                // Readiness first: a request that has arrived is served, even during shutdown.
+                if let Poll::Ready(r) = stream.poll_read_ready(cx) {
+                    return Poll::Ready(if r.is_ok() { Wake::Readable } else { Wake::Stop });
+                }
+                if stop.requested(cx) || clock.expired(timer.as_mut(), &flags, cx) {
                     return Poll::Ready(Wake::Stop);
                 }
-                if clock.expired(timer.as_mut(), &flags, cx) {
-                    return Poll::Ready(Wake::Stop);
-                }
-                stream.poll_read_ready(cx).map(|r| if r.is_ok() { Wake::Readable } else { Wake::Stop })
+                Poll::Pending
             })
             .await;
             if matches!(woke, Wake::Stop) {
@@ -176,7 +180,7 @@ async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shu
         }
         if std::mem::take(&mut first) && is_h2_preface(&stream).await {
             // Boxed: the parked state of every HTTP/1 connection should not carry its size.
-            return Box::pin(serve_h2(&server, stream, peer, &mut stop)).await;
+            return Box::pin(serve_h2(&server, stream, peer, &mut stop, &mut clock, timer.as_mut())).await;
         }
 
         // Active. With a partial head left over, this hyper connection keeps the socket at least
@@ -187,12 +191,17 @@ async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shu
         let Some(service) = svc.take() else { return };
         let mut conn = server.h1.serve_connection(io, service);
         let outcome = poll_fn(|cx| {
+            if Pin::new(&mut conn).poll(cx).is_ready() {
+                return Poll::Ready(Outcome::Closed);
+            }
+            // Only after hyper has read what is there (the leftover included): a graceful
+            // shutdown of a connection that has not read yet would close it unanswered.
             if !stopped && stop.requested(cx) {
                 stopped = true;
                 Pin::new(&mut conn).graceful_shutdown();
-            }
-            if Pin::new(&mut conn).poll(cx).is_ready() {
-                return Poll::Ready(Outcome::Closed);
+                if Pin::new(&mut conn).poll(cx).is_ready() {
+                    return Poll::Ready(Outcome::Closed);
+                }
             }
             if !stopped && flags.idle() && hold.is_none_or(|h| flags.started.load(Relaxed) != h) {
                 return Poll::Ready(Outcome::Idle);
@@ -247,16 +256,33 @@ async fn is_h2_preface(stream: &TcpStream) -> bool {
     matches!(stream.peek(&mut buf).await, Ok(3) if &buf == b"PRI")
 }
 
-async fn serve_h2<F: Future>(server: &Arc<Server>, stream: TcpStream, peer: SocketAddr, stop: &mut StopSignal<'_, F>) {
+async fn serve_h2<F: Future>(
+    server: &Arc<Server>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: &mut StopSignal<'_, F>,
+    clock: &mut HeadClock,
+    mut timer: Pin<&mut Sleep>,
+) {
     let mut stopped = false;
     let flags = Arc::new(Flags::default());
     let mut conn = server.h2.serve_connection(TokioIo::new(stream), service(server, peer, &flags));
     poll_fn(|cx| {
+        if Pin::new(&mut conn).poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
         if !stopped && stop.requested(cx) {
             stopped = true;
             Pin::new(&mut conn).graceful_shutdown();
+            if Pin::new(&mut conn).poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
         }
-        Pin::new(&mut conn).poll(cx).map(|_| ())
+        // No new request for the head timeout (a stalled preface included): close.
+        if clock.expired(timer.as_mut(), &flags, cx) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     })
     .await
 }
@@ -318,6 +344,8 @@ struct Flags {
     read_blocked: AtomicBool,
     /// The last write or flush could not complete.
     write_blocked: AtomicBool,
+    /// Bytes written to the socket, ever (progress of a slow reader).
+    written: AtomicU64,
     /// A request came with a body hyper may still be reading; cleared by a later request
     /// without one (hyper parses the next head only at a message boundary).
     body_pending: AtomicBool,
@@ -344,13 +372,15 @@ impl Flags {
 struct HeadClock {
     since: Instant,
     timeout: Duration,
-    /// `Flags::started` when `since` was last set.
+    /// `Flags::started` when `since` was last set (`u64::MAX`: set it at the next look).
     seen: u64,
+    /// `Flags::written` when the timer last fired.
+    written: u64,
 }
 
 impl HeadClock {
     fn new(timeout: Duration) -> Self {
-        HeadClock { since: Instant::now(), timeout, seen: 0 }
+        HeadClock { since: Instant::now(), timeout, seen: 0, written: 0 }
     }
 
     /// If a request came since the clock last looked, the wait for the next head starts now.
@@ -375,8 +405,16 @@ impl HeadClock {
         while timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             self.observe(flags, now);
-            if flags.in_flight.load(Relaxed) > 0 {
-                // No head is awaited while a request is served.
+            // Busy: a response not yet handed to hyper, or one still being written to a client
+            // that keeps reading. (A client that stopped reading for a whole timeout is not
+            // busy: it is closed like an idle one.)
+            let written = flags.written.load(Relaxed);
+            let writing = flags.write_blocked.load(Relaxed) && written != self.written;
+            self.written = written;
+            if flags.in_flight.load(Relaxed) > 0 || writing {
+                // No head is awaited while a request is served; the wait for the next one
+                // starts when the task next looks (at its park, or at the next firing).
+                self.seen = u64::MAX;
                 timer.as_mut().reset(now + self.timeout);
             } else if self.deadline() <= now {
                 return true;
@@ -424,12 +462,19 @@ impl Tracked {
         self.flags.write_blocked.store(p.is_pending(), Relaxed);
         p
     }
+
+    fn note_written(&self, p: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = p {
+            self.flags.written.fetch_add(n as u64, Relaxed);
+        }
+        self.note(p)
+    }
 }
 
 impl AsyncWrite for Tracked {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let p = Pin::new(&mut self.stream).poll_write(cx, buf);
-        self.note(p)
+        self.note_written(p)
     }
 
     fn poll_write_vectored(
@@ -438,7 +483,7 @@ impl AsyncWrite for Tracked {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let p = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        self.note(p)
+        self.note_written(p)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -202,6 +202,67 @@ async fn http2_with_prior_knowledge_is_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_a_large_response_whole_even_past_the_timeout() {
+    let timeout = Duration::from_millis(300);
+    let app = spawn_app(None, |c| c.header_read_timeout = timeout).await;
+    // About 8 MB of JSON: more than the server's socket can buffer, so hyper's writes block
+    // while the client reads.
+    let long = format!("https://example.com/{}?n=", "x".repeat(8000));
+    seed_links(&app.db_url, "big", &long, 1000).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut conn = socket.connect(app.addr).await.unwrap();
+    let req = format!("GET /api/v1/links?limit=1000 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n", app.key);
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let (body_start, body_end) = loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "closed after {} bytes, {:?} in", got.len(), started.elapsed());
+        got.extend_from_slice(&chunk[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("content-length");
+            if got.len() >= end + 4 + len {
+                break (end + 4, end + 4 + len);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(body_end - body_start > 8_000_000, "{} bytes", body_end - body_start);
+    assert!(started.elapsed() > timeout * 2, "the read took {:?}: too fast to test the timer", started.elapsed());
+    let body: Value = serde_json::from_slice(&got[body_start..body_end]).unwrap();
+    assert_eq!(body["links"].as_array().map(Vec::len), Some(1000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_without_requests_is_closed_after_the_timeout() {
+    let app = spawn_app(None, |c| c.header_read_timeout = Duration::from_millis(400)).await;
+    for preface in [&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"[..], b"PRI * HT"] {
+        let mut conn = TcpStream::connect(app.addr).await.unwrap();
+        conn.write_all(preface).await.unwrap();
+        let started = Instant::now();
+        let mut buf = vec![0u8; 4096];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return started.elapsed(),
+                    Ok(_) => continue, // the server's SETTINGS, then a GOAWAY
+                }
+            }
+        })
+        .await
+        .expect("closed within 5 s");
+        assert!(closed >= Duration::from_millis(200), "closed too early: {closed:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_idle_connections_at_once() {
     let mut app = spawn_app(None, |c| c.header_read_timeout = Duration::from_secs(30)).await;
     app.create_code("shut", "https://example.com/sd").await;
