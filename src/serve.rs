@@ -36,8 +36,9 @@
 //!
 //! # Shutdown
 //! Every task holds a receiver of the connection shutdown channel. On shutdown, parked
-//! connections close at once and active ones finish their request (hyper's graceful shutdown);
-//! the server waits until every receiver is gone.
+//! connections close at once (unless a request is already waiting in the socket: that one is
+//! served) and active ones finish their request (hyper's graceful shutdown); the server waits
+//! until every receiver is gone.
 
 use std::{
     convert::Infallible,
