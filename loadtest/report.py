@@ -19,8 +19,8 @@ Each manifest line names one oha run and the snapshots taken right before and af
 
 import argparse
 import json
-import statistics
 import os
+import statistics
 import sys
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -462,7 +462,7 @@ def full(manifest, out_dir):
     )
     md.append(
         "Baseline: `examples/static_redirect.rs`, a bare axum server answering 302 from a HashMap, measured in the "
-        "same invocation right before each service run. Ratios are service / baseline: for rps higher is better, "
+        "same invocation right beside each service run (before it; after it in every other repeated pair). Ratios are service / baseline: for rps higher is better, "
         "for latency and CPU lower is better. CPU per request is the server process's user+system time "
         "(/proc/PID/stat) over the run divided by the answered requests; the load generator runs on the same 2 "
         "cores, so CPU per request is the steadier figure.\n"

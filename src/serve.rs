@@ -58,8 +58,6 @@ use std::{
 };
 
 use axum::{body::Bytes, extract::ConnectInfo, Router};
-
-use crate::{http::redirect, state::AppState};
 use hyper::{
     body::{Body as HttpBody, Frame, Incoming, SizeHint},
     server::conn::{http1, http2},
@@ -72,6 +70,8 @@ use tokio::{
     sync::watch,
     time::{Instant, Sleep},
 };
+
+use crate::{http::redirect, state::AppState};
 
 /// What every connection task shares.
 pub struct Server {

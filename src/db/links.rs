@@ -36,6 +36,15 @@ pub struct Target {
     pub expires_at: Option<i64>,
 }
 
+/// Most values one `IN (…)` list or multi-row `VALUES` carries (SQLite allows 32,766 parameters a
+/// statement).
+const MAX_LIST: usize = 10_000;
+
+/// `n` copies of a placeholder group, comma-separated: `?, ?, ?` or `(?, ?), (?, ?)`.
+fn placeholders(n: usize, group: &str) -> String {
+    vec![group; n].join(", ")
+}
+
 const COLUMNS: &str =
     "short_code, original_url, redirect_status, created_at, updated_at, expires_at, clicks, last_clicked_at";
 
@@ -43,10 +52,10 @@ const COLUMNS: &str =
 /// misses): one statement, a primary-key probe per code. Codes without a link are absent.
 pub async fn find_targets_by_codes(pool: &SqlitePool, codes: &[String]) -> Result<Vec<(String, Target)>, DbError> {
     let mut found = Vec::with_capacity(codes.len());
-    for chunk in codes.chunks(10_000) {
-        let placeholders = vec!["?"; chunk.len()].join(", ");
+    for chunk in codes.chunks(MAX_LIST) {
+        let list = placeholders(chunk.len(), "?");
         let sql = format!(
-            "SELECT short_code, original_url, redirect_status, expires_at FROM link_mappings WHERE short_code IN ({placeholders})"
+            "SELECT short_code, original_url, redirect_status, expires_at FROM link_mappings WHERE short_code IN ({list})"
         );
         // Not cached: the text varies with the batch size.
         let mut q = sqlx::query_as::<_, (String, String, i64, Option<i64>)>(&sql).persistent(false);
@@ -215,9 +224,9 @@ pub async fn insert_links(
     now: i64,
 ) -> Result<Vec<LinkRow>, sqlx::Error> {
     let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
-    for chunk in rows.chunks(10_000) {
-        let placeholders = vec!["?"; chunk.len()].join(", ");
-        let sql = format!("SELECT short_code FROM link_mappings WHERE short_code IN ({placeholders})");
+    for chunk in rows.chunks(MAX_LIST) {
+        let list = placeholders(chunk.len(), "?");
+        let sql = format!("SELECT short_code FROM link_mappings WHERE short_code IN ({list})");
         let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(false);
         for r in chunk {
             q = q.bind(r.code);
@@ -249,7 +258,7 @@ pub async fn insert_links_skipping_taken(
     if rows.is_empty() {
         return Ok(0);
     }
-    let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
+    let values = placeholders(rows.len(), "(?, ?, ?, ?, ?, ?, ?)");
     let sql = format!(
         "INSERT INTO link_mappings (short_code, original_url, redirect_status, created_at, updated_at, expires_at, created_by)
          VALUES {values} ON CONFLICT (short_code) DO NOTHING"
@@ -271,11 +280,11 @@ pub async fn find_taken_by_others(
     now: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
     let mut stored = std::collections::HashMap::new();
-    for chunk in rows.chunks(10_000) {
-        let placeholders = vec!["?"; chunk.len()].join(", ");
+    for chunk in rows.chunks(MAX_LIST) {
+        let list = placeholders(chunk.len(), "?");
         let sql = format!(
             "SELECT short_code, original_url, redirect_status, created_at, expires_at, created_by
-             FROM link_mappings WHERE short_code IN ({placeholders})"
+             FROM link_mappings WHERE short_code IN ({list})"
         );
         let mut q = sqlx::query_as::<_, (String, String, i64, i64, Option<i64>, Option<i64>)>(&sql).persistent(false);
         for r in chunk {
@@ -311,8 +320,8 @@ pub async fn insert_invalidations(
     now: i64,
 ) -> Result<Vec<i64>, sqlx::Error> {
     let mut ids = Vec::with_capacity(codes.len());
-    for chunk in codes.chunks(10_000) {
-        let values = vec!["(?, ?)"; chunk.len()].join(", ");
+    for chunk in codes.chunks(MAX_LIST) {
+        let values = placeholders(chunk.len(), "(?, ?)");
         let sql = format!("INSERT INTO cache_invalidations (short_code, queued_at) VALUES {values}");
         let mut q = sqlx::query(&sql).persistent(false);
         for c in chunk {
@@ -327,8 +336,8 @@ pub async fn insert_invalidations(
 /// Removes invalidations that Redis acknowledged.
 pub async fn delete_invalidations(conn: &mut SqliteConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
     for chunk in ids.chunks(500) {
-        let placeholders = vec!["?"; chunk.len()].join(",");
-        let sql = format!("DELETE FROM cache_invalidations WHERE id IN ({placeholders})");
+        let list = placeholders(chunk.len(), "?");
+        let sql = format!("DELETE FROM cache_invalidations WHERE id IN ({list})");
         let mut q = sqlx::query(&sql);
         for id in chunk {
             q = q.bind(id);

@@ -28,6 +28,12 @@ impl Resp {
 
 /// Reads `n` complete responses (each with a `content-length`) from `conn`.
 async fn read_responses(conn: &mut TcpStream, n: usize) -> Vec<Resp> {
+    read_responses_paced(conn, n, Duration::ZERO).await
+}
+
+/// [`read_responses`], pausing `pause` after every read that leaves a response incomplete (a
+/// slow reader).
+async fn read_responses_paced(conn: &mut TcpStream, n: usize, pause: Duration) -> Vec<Resp> {
     let mut buf = Vec::new();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -50,11 +56,14 @@ async fn read_responses(conn: &mut TcpStream, n: usize) -> Vec<Resp> {
                 continue;
             }
         }
-        let mut chunk = [0u8; 4096];
+        if !buf.is_empty() && !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        let mut chunk = vec![0u8; 64 * 1024];
         let left = deadline.saturating_duration_since(Instant::now());
         let read = tokio::time::timeout(left, conn.read(&mut chunk)).await;
         let got = read.expect("responses within 10 s").unwrap();
-        assert!(got > 0, "connection closed after {} of {n} responses", out.len());
+        assert!(got > 0, "connection closed after {} of {n} responses ({} bytes of the next)", out.len(), buf.len());
         buf.extend_from_slice(&chunk[..got]);
     }
     assert!(buf.is_empty(), "unexpected bytes after the responses: {:?}", String::from_utf8_lossy(&buf));
@@ -74,6 +83,13 @@ async fn closed_within(conn: &mut TcpStream, within: Duration) -> Option<Duratio
 
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
+}
+
+/// The head of a `POST /api/v1/links` with a JSON body of `len` bytes.
+fn post_links_head(key: &str, len: usize) -> String {
+    format!(
+        "POST /api/v1/links HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,12 +134,7 @@ async fn a_post_body_in_two_packets_then_a_redirect_on_the_same_connection() {
     let app = spawn_app(None, |_| {}).await;
     let mut conn = TcpStream::connect(app.addr).await.unwrap();
     let body = br#"{"url":"https://example.com/posted","code":"posted"}"#;
-    let head = format!(
-        "POST /api/v1/links HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        app.key,
-        body.len()
-    );
-    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(post_links_head(&app.key, body.len()).as_bytes()).await.unwrap();
     conn.write_all(&body[..10]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
     conn.write_all(&body[10..]).await.unwrap();
@@ -161,12 +172,7 @@ async fn an_idle_connection_after_a_post_is_closed_too() {
     let app = spawn_app(None, |c| c.header_read_timeout = timeout).await;
     let mut conn = TcpStream::connect(app.addr).await.unwrap();
     let body = br#"{"url":"https://example.com/p2"}"#;
-    let req = format!(
-        "POST /api/v1/links HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        app.key,
-        body.len()
-    );
-    conn.write_all(req.as_bytes()).await.unwrap();
+    conn.write_all(post_links_head(&app.key, body.len()).as_bytes()).await.unwrap();
     conn.write_all(body).await.unwrap();
     assert_eq!(read_responses(&mut conn, 1).await[0].status, 201);
     let closed = closed_within(&mut conn, Duration::from_secs(5)).await;
@@ -215,28 +221,11 @@ async fn a_slow_reader_gets_a_large_response_whole_even_past_the_timeout() {
     let req = format!("GET /api/v1/links?limit=1000 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n", app.key);
     conn.write_all(req.as_bytes()).await.unwrap();
     let started = Instant::now();
-    let mut got = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let (body_start, body_end) = loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk)).await.unwrap().unwrap();
-        assert!(n > 0, "closed after {} bytes, {:?} in", got.len(), started.elapsed());
-        got.extend_from_slice(&chunk[..n]);
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .expect("content-length");
-            if got.len() >= end + 4 + len {
-                break (end + 4, end + 4 + len);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert!(body_end - body_start > 8_000_000, "{} bytes", body_end - body_start);
+    let r = read_responses_paced(&mut conn, 1, Duration::from_millis(10)).await;
+    assert_eq!(r[0].status, 200);
+    assert!(r[0].body.len() > 8_000_000, "{} bytes", r[0].body.len());
     assert!(started.elapsed() > timeout * 2, "the read took {:?}: too fast to test the timer", started.elapsed());
-    let body: Value = serde_json::from_slice(&got[body_start..body_end]).unwrap();
+    let body: Value = serde_json::from_slice(&r[0].body).unwrap();
     assert_eq!(body["links"].as_array().map(Vec::len), Some(1000));
 }
 

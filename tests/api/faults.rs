@@ -29,7 +29,6 @@ async fn seed(app: &TestApp, n: usize) {
     seed_links(&app.db_url, "hot", "https://example.com/hot/", n).await;
 }
 
-/// `workers` loops of GETs over `codes` hot codes until `stop`; every answer is checked.
 /// Whether the Redis breaker is closed again within 5 s.
 async fn breaker_closes(app: &TestApp) -> bool {
     crate::helpers::eventually(Duration::from_secs(5), || async {
@@ -51,6 +50,7 @@ async fn invalidation_rows_drain(db_url: &str) -> bool {
     crate::helpers::eventually(Duration::from_secs(5), || async { invalidation_rows(db_url).await == 0 }).await
 }
 
+/// `workers` loops of GETs over `codes` hot codes until `stop`; every answer is checked.
 fn steady_load(app: &Arc<TestApp>, workers: usize, codes: usize, stop: &Arc<AtomicBool>) -> JoinSet<LoadReport> {
     let mut set = JoinSet::new();
     for w in 0..workers {
