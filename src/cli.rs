@@ -53,6 +53,10 @@ pub enum KeysCommand {
         /// Exempt this key from rate limits.
         #[arg(long)]
         unlimited: bool,
+        /// Let this key manage every link (list, read, change, delete, clicks), not only the
+        /// ones it creates; links with no recorded creator (imported) belong to admin keys.
+        #[arg(long)]
+        admin: bool,
     },
     /// List keys (never the keys themselves, only their first characters).
     List,
@@ -145,31 +149,41 @@ async fn connect(config: &Config) -> Result<SqliteConnection, sqlx::Error> {
 async fn run_keys(config: &Config, cmd: KeysCommand) -> CliResult {
     let mut conn = connect(config).await?;
     match cmd {
-        KeysCommand::Create { name, unlimited } => {
+        KeysCommand::Create { name, unlimited, admin } => {
             let name = name.trim();
             if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
                 return Err("key name must be 1 to 100 printable characters".into());
             }
-            let key = keys::insert_key(&mut conn, name, unlimited, now_ms()).await.map_err(|e| match e {
+            let rights = keys::KeyRights { unlimited, admin };
+            let key = keys::insert_key(&mut conn, name, rights, now_ms()).await.map_err(|e| match e {
                 sqlx::Error::Database(d) if d.is_unique_violation() => format!("a key named {name:?} already exists"),
                 other => other.to_string(),
             })?;
-            eprintln!(
-                "created API key {name:?}{}; it is shown only once:",
-                if unlimited { " (unlimited)" } else { "" }
-            );
+            let what = match (admin, unlimited) {
+                (true, true) => " (admin, unlimited)",
+                (true, false) => " (admin)",
+                (false, true) => " (unlimited)",
+                (false, false) => "",
+            };
+            eprintln!("created API key {name:?}{what}; it is shown only once:");
             println!("{key}");
         }
         KeysCommand::List => {
             let mut out = std::io::stdout().lock();
-            writeln!(out, "{:<24} {:<10} {:<9} {:<30} REVOKED", "NAME", "PREFIX", "UNLIMITED", "CREATED")?;
+            writeln!(
+                out,
+                "{:<24} {:<10} {:<5} {:<9} {:<30} REVOKED",
+                "NAME", "PREFIX", "ADMIN", "UNLIMITED", "CREATED"
+            )?;
+            let yes_no = |b: bool| if b { "yes" } else { "no" };
             for k in keys::find_keys(&mut conn).await? {
                 writeln!(
                     out,
-                    "{:<24} {:<10} {:<9} {:<30} {}",
+                    "{:<24} {:<10} {:<5} {:<9} {:<30} {}",
                     k.name,
                     format!("{}…", k.key_prefix),
-                    if k.unlimited { "yes" } else { "no" },
+                    yes_no(k.admin),
+                    yes_no(k.unlimited),
                     to_rfc3339(k.created_at),
                     k.revoked_at.map(to_rfc3339).unwrap_or_else(|| "-".into())
                 )?;

@@ -17,6 +17,8 @@ pub struct ApiKeyRow {
     pub key_prefix: String,
     /// Exempt from rate limits.
     pub unlimited: bool,
+    /// Manages every link, not only the ones it created.
+    pub admin: bool,
     /// Epoch milliseconds.
     pub created_at: i64,
     /// Epoch milliseconds; `Some` = revoked.
@@ -39,36 +41,48 @@ pub fn generate_key() -> String {
 /// Looks a key up by its hash.
 pub async fn find_key_by_hash(pool: &SqlitePool, hash: &[u8]) -> Result<Option<ApiKeyRow>, DbError> {
     Ok(sqlx::query_as::<_, ApiKeyRow>(
-        "SELECT id, name, key_prefix, unlimited, created_at, revoked_at FROM api_keys WHERE key_hash = ?",
+        "SELECT id, name, key_prefix, unlimited, admin, created_at, revoked_at FROM api_keys WHERE key_hash = ?",
     )
     .bind(hash)
     .fetch_optional(pool)
     .await?)
 }
 
+/// What a new key may do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyRights {
+    /// Exempt from rate limits.
+    pub unlimited: bool,
+    /// Manages every link.
+    pub admin: bool,
+}
+
 /// Creates a key; returns the plaintext key (shown once). Fails when the name is taken.
 pub async fn insert_key(
     conn: &mut SqliteConnection,
     name: &str,
-    unlimited: bool,
+    rights: KeyRights,
     now: i64,
 ) -> Result<String, sqlx::Error> {
     let key = generate_key();
-    sqlx::query("INSERT INTO api_keys (name, key_hash, key_prefix, unlimited, created_at) VALUES (?, ?, ?, ?, ?)")
-        .bind(name)
-        .bind(hash_key(&key))
-        .bind(&key[..7])
-        .bind(unlimited)
-        .bind(now)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO api_keys (name, key_hash, key_prefix, unlimited, admin, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(name)
+    .bind(hash_key(&key))
+    .bind(&key[..7])
+    .bind(rights.unlimited)
+    .bind(rights.admin)
+    .bind(now)
+    .execute(conn)
+    .await?;
     Ok(key)
 }
 
 /// All keys, oldest first.
 pub async fn find_keys(conn: &mut SqliteConnection) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
     sqlx::query_as::<_, ApiKeyRow>(
-        "SELECT id, name, key_prefix, unlimited, created_at, revoked_at FROM api_keys ORDER BY id",
+        "SELECT id, name, key_prefix, unlimited, admin, created_at, revoked_at FROM api_keys ORDER BY id",
     )
     .fetch_all(conn)
     .await
@@ -82,4 +96,28 @@ pub async fn revoke_key(conn: &mut SqliteConnection, name: &str, now: i64) -> Re
         .execute(conn)
         .await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// The names of the keys with these ids (ids of keys that no longer exist are absent).
+pub async fn find_key_names(pool: &SqlitePool, ids: &[i64]) -> Result<std::collections::HashMap<i64, String>, DbError> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql = format!("SELECT id, name FROM api_keys WHERE id IN ({})", vec!["?"; ids.len()].join(", "));
+    let mut q = sqlx::query_as::<_, (i64, String)>(&sql).persistent(false);
+    for id in ids {
+        q = q.bind(id);
+    }
+    Ok(q.fetch_all(pool).await?.into_iter().collect())
+}
+
+impl ApiKeyRow {
+    /// The links this key manages: every link for an admin key, its own for any other.
+    pub fn scope(&self) -> super::links::Scope {
+        if self.admin {
+            super::links::Scope::Every
+        } else {
+            super::links::Scope::CreatedBy(self.id)
+        }
+    }
 }

@@ -23,7 +23,41 @@ pub struct LinkRow {
     pub clicks: i64,
     /// Epoch milliseconds of the last flushed click.
     pub last_clicked_at: Option<i64>,
+    /// The id of the key that created the link; `None` for imported or hand-inserted rows
+    /// (those belong to admin keys).
+    pub created_by: Option<i64>,
 }
+
+/// Which links a query may see or change: an admin key's scope is every link, an ordinary key's
+/// the links it created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every link.
+    Every,
+    /// Only links created by this key id.
+    CreatedBy(i64),
+}
+
+impl Scope {
+    /// Whether a link created by `created_by` is in this scope.
+    pub fn covers(self, created_by: Option<i64>) -> bool {
+        match self {
+            Scope::Every => true,
+            Scope::CreatedBy(id) => created_by == Some(id),
+        }
+    }
+
+    /// The binds of [`SCOPED`]: (every?, key id).
+    fn binds(self) -> (bool, i64) {
+        match self {
+            Scope::Every => (true, 0),
+            Scope::CreatedBy(id) => (false, id),
+        }
+    }
+}
+
+/// The condition a [`Scope`] adds to a statement; bind [`Scope::binds`] in order.
+const SCOPED: &str = "(? OR created_by = ?)";
 
 /// What the redirect path needs of a link.
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]
@@ -46,7 +80,7 @@ fn placeholders(n: usize, group: &str) -> String {
 }
 
 const COLUMNS: &str =
-    "short_code, original_url, redirect_status, created_at, updated_at, expires_at, clicks, last_clicked_at";
+    "short_code, original_url, redirect_status, created_at, updated_at, expires_at, clicks, last_clicked_at, created_by";
 
 /// The redirect path's fallback read for many codes at once (the resolver batches concurrent
 /// misses): one statement, a primary-key probe per code. Codes without a link are absent.
@@ -77,16 +111,36 @@ pub async fn find_link_by_code(pool: &SqlitePool, code: &str) -> Result<Option<L
         .await?)
 }
 
-/// A page of links ordered by code, starting after `after` (keyset pagination: stable under
-/// concurrent inserts, one index range scan per page).
-pub async fn find_links_page(pool: &SqlitePool, after: Option<&str>, limit: u32) -> Result<Vec<LinkRow>, DbError> {
-    Ok(sqlx::query_as::<_, LinkRow>(&format!(
-        "SELECT {COLUMNS} FROM link_mappings WHERE short_code > ? ORDER BY short_code LIMIT ?"
-    ))
-    .bind(after.unwrap_or(""))
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?)
+/// A page of the links in `scope`, ordered by code, starting after `after` (keyset pagination:
+/// stable under concurrent inserts, one range scan per page: of the primary key for every link,
+/// of `link_mappings_by_creator` for one key's).
+pub async fn find_links_page(
+    pool: &SqlitePool,
+    scope: Scope,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<LinkRow>, DbError> {
+    let after = after.unwrap_or("");
+    let limit = i64::from(limit);
+    Ok(match scope {
+        Scope::Every => {
+            sqlx::query_as::<_, LinkRow>(&format!(
+                "SELECT {COLUMNS} FROM link_mappings WHERE short_code > ? ORDER BY short_code LIMIT ?"
+            ))
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }
+        Scope::CreatedBy(id) => sqlx::query_as::<_, LinkRow>(&format!(
+            "SELECT {COLUMNS} FROM link_mappings WHERE created_by = ? AND short_code > ? ORDER BY short_code LIMIT ?"
+        ))
+        .bind(id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?,
+    })
 }
 
 /// A partial update: `None` leaves a field as it is; `expires_at: Some(None)` clears expiry.
@@ -100,20 +154,22 @@ pub struct LinkPatch {
     pub redirect_status: Option<i64>,
 }
 
-/// Applies a patch; `None` when there is no such link.
+/// Applies a patch; `None` when there is no such link in `scope`.
 pub async fn update_link(
     conn: &mut SqliteConnection,
     code: &str,
+    scope: Scope,
     patch: &LinkPatch,
     now: i64,
 ) -> Result<Option<LinkRow>, sqlx::Error> {
+    let (every, id) = scope.binds();
     sqlx::query_as::<_, LinkRow>(&format!(
         "UPDATE link_mappings SET
             original_url = COALESCE(?, original_url),
             redirect_status = COALESCE(?, redirect_status),
             expires_at = CASE WHEN ? THEN ? ELSE expires_at END,
             updated_at = ?
-         WHERE short_code = ? RETURNING {COLUMNS}"
+         WHERE short_code = ? AND {SCOPED} RETURNING {COLUMNS}"
     ))
     .bind(patch.url.as_deref())
     .bind(patch.redirect_status)
@@ -121,15 +177,26 @@ pub async fn update_link(
     .bind(patch.expires_at.flatten())
     .bind(now)
     .bind(code)
+    .bind(every)
+    .bind(id)
     .fetch_optional(conn)
     .await
 }
 
-/// Deletes a link and its daily click rows; false when there was no link.
-pub async fn delete_link(conn: &mut SqliteConnection, code: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM link_mappings WHERE short_code = ?").bind(code).execute(&mut *conn).await?;
+/// Deletes a link in `scope` and its daily click rows; false when there was no such link.
+pub async fn delete_link(conn: &mut SqliteConnection, code: &str, scope: Scope) -> Result<bool, sqlx::Error> {
+    let (every, id) = scope.binds();
+    let done = sqlx::query(&format!("DELETE FROM link_mappings WHERE short_code = ? AND {SCOPED}"))
+        .bind(code)
+        .bind(every)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
     sqlx::query("DELETE FROM link_clicks_daily WHERE short_code = ?").bind(code).execute(&mut *conn).await?;
-    Ok(done.rows_affected() > 0)
+    Ok(true)
 }
 
 /// Adds buffered clicks — (code, count, last click epoch ms) — to their links and to their rows
@@ -206,6 +273,7 @@ impl NewLink<'_> {
             expires_at: self.expires_at,
             clicks: 0,
             last_clicked_at: None,
+            created_by: self.created_by,
         }
     }
 }

@@ -24,7 +24,7 @@ use sqlx::SqliteConnection;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    links::{self, LinkPatch, LinkRow},
+    links::{self, LinkPatch, LinkRow, Scope},
     DbError,
 };
 use crate::{links::code, links::resolve::Resolver, time_util::now_ms};
@@ -49,6 +49,8 @@ pub enum Change {
     Update {
         /// The link.
         code: String,
+        /// Whose links the caller may change; a link outside it is [`Outcome::NotFound`].
+        scope: Scope,
         /// What to change.
         patch: LinkPatch,
     },
@@ -56,6 +58,8 @@ pub enum Change {
     Delete {
         /// The link.
         code: String,
+        /// Whose links the caller may delete; a link outside it is [`Outcome::NotFound`].
+        scope: Scope,
     },
     /// Buffered clicks to add (see `crate::clicks`).
     Clicks {
@@ -381,12 +385,14 @@ impl WriterTask {
         for (i, job) in jobs.iter().enumerate() {
             let outcome = match &job.change {
                 Change::Create { .. } => continue,
-                Change::Update { code, patch } => match links::update_link(conn, code, patch, now).await? {
-                    Some(row) => Outcome::Updated(row),
-                    None => Outcome::NotFound,
-                },
-                Change::Delete { code } => {
-                    if links::delete_link(conn, code).await? {
+                Change::Update { code, scope, patch } => {
+                    match links::update_link(conn, code, *scope, patch, now).await? {
+                        Some(row) => Outcome::Updated(row),
+                        None => Outcome::NotFound,
+                    }
+                }
+                Change::Delete { code, scope } => {
+                    if links::delete_link(conn, code, *scope).await? {
                         Outcome::Deleted
                     } else {
                         Outcome::NotFound
@@ -413,7 +419,7 @@ impl WriterTask {
             let (code, random) = match (outcome, &job.change) {
                 (Outcome::Created(row), Change::Create { code, .. }) => (&row.short_code, code.is_none()),
                 (Outcome::Updated(row), _) => (&row.short_code, false),
-                (Outcome::Deleted, Change::Delete { code }) => (code, false),
+                (Outcome::Deleted, Change::Delete { code, .. }) => (code, false),
                 _ => continue,
             };
             if !random {

@@ -1,4 +1,10 @@
 //! `/api/v1/links …`: create, read, list, update, delete.
+//!
+//! Every handler works within the caller's scope ([`crate::db::keys::ApiKeyRow::scope`]): an
+//! ordinary key manages the links it created, an admin key every link. A link outside the scope
+//! answers exactly as one that does not exist (404), so a key cannot even learn which codes
+//! other keys use; update and delete carry the scope into the writer's statement, so the check
+//! and the change are one atomic step.
 
 use axum::{
     extract::{
@@ -15,6 +21,7 @@ use super::auth::{ApiJson, Caller};
 use crate::{
     db::{
         self,
+        keys::ApiKeyRow,
         links::{LinkPatch, LinkRow},
         writer::{Change, Outcome},
     },
@@ -85,16 +92,16 @@ pub struct LinkView {
     pub clicks: u64,
     /// RFC 3339 of the last flushed click, or null.
     pub last_clicked_at: Option<String>,
+    /// The name of the key that created the link; null for imported or hand-inserted links
+    /// (which belong to admin keys) and for links of a key that no longer exists.
+    pub created_by: Option<String>,
 }
 
 impl LinkView {
-    fn new(state: &AppState, row: LinkRow) -> Self {
+    fn new(state: &AppState, row: LinkRow, created_by: Option<String>) -> Self {
         let pending = state.clicks.pending_for(&row.short_code);
-        Self::with_pending(state, row, pending)
-    }
-
-    fn with_pending(state: &AppState, row: LinkRow, pending: u64) -> Self {
         LinkView {
+            created_by,
             clicks: u64::try_from(row.clicks).unwrap_or(0) + pending,
             last_clicked_at: row.last_clicked_at.map(to_rfc3339),
             short_url: format!("{}{}", state.config.public_base_url, row.short_code),
@@ -106,6 +113,40 @@ impl LinkView {
             expires_at: row.expires_at.map(to_rfc3339),
         }
     }
+}
+
+/// The views of `rows`, each with the name of the key that created it (the caller's own name
+/// without a query; one query for the names of every other creator among them).
+async fn views(state: &AppState, caller: &ApiKeyRow, rows: Vec<LinkRow>) -> Result<Vec<LinkView>, ApiError> {
+    let mut others: Vec<i64> = rows.iter().filter_map(|r| r.created_by).filter(|id| *id != caller.id).collect();
+    others.sort_unstable();
+    others.dedup();
+    let names = db::keys::find_key_names(&state.db, &others).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let name = match row.created_by {
+                Some(id) if id == caller.id => Some(caller.name.clone()),
+                Some(id) => names.get(&id).cloned(),
+                None => None,
+            };
+            LinkView::new(state, row, name)
+        })
+        .collect())
+}
+
+/// One link's view.
+async fn view(state: &AppState, caller: &ApiKeyRow, row: LinkRow) -> Result<LinkView, ApiError> {
+    Ok(views(state, caller, vec![row]).await?.pop().expect("one row, one view"))
+}
+
+/// The link `code` if the caller manages it; 404 for one that does not exist and for one that
+/// belongs to another key alike.
+async fn find_managed(state: &AppState, caller: &ApiKeyRow, code: &str) -> Result<LinkRow, ApiError> {
+    db::links::find_link_by_code(&state.db, code)
+        .await?
+        .filter(|row| caller.scope().covers(row.created_by))
+        .ok_or(ApiError::NotFound)
 }
 
 fn parse_status(s: Option<u16>) -> Result<Option<i64>, ApiError> {
@@ -173,7 +214,7 @@ pub async fn create_link(
     match state.writer.submit(change).await? {
         Outcome::Created(row) => {
             tracing::info!(link.code = %row.short_code, key.name = %key.name, "link created");
-            Ok((StatusCode::CREATED, Json(LinkView::new(&state, row))))
+            Ok((StatusCode::CREATED, Json(LinkView::new(&state, row, Some(key.name.clone())))))
         }
         Outcome::Taken => Err(ApiError::Conflict),
         other => Err(ApiError::Internal(format!("unexpected create outcome {other:?}"))),
@@ -183,13 +224,13 @@ pub async fn create_link(
 /// `GET /api/v1/links/{code}`.
 pub async fn get_link(
     State(state): State<AppState>,
-    _caller: Caller,
+    Caller(key): Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<LinkView>, ApiError> {
     let Path(code) = path?;
     let code = path_code(&code)?;
-    let row = db::links::find_link_by_code(&state.db, code).await?.ok_or(ApiError::NotFound)?;
-    Ok(Json(LinkView::new(&state, row)))
+    let row = find_managed(&state, &key, code).await?;
+    Ok(Json(view(&state, &key, row).await?))
 }
 
 /// Query of `GET /api/v1/links`.
@@ -204,16 +245,16 @@ pub struct ListQuery {
 /// A page of links.
 #[derive(Debug, Serialize)]
 pub struct LinkPage {
-    /// The links, ordered by code.
+    /// The caller's links (an admin key's: every link), ordered by code.
     pub links: Vec<LinkView>,
     /// Pass as `cursor` to get the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
 
-/// `GET /api/v1/links?limit=&cursor=`.
+/// `GET /api/v1/links?limit=&cursor=`: the caller's links (an admin key's: every link).
 pub async fn list_links(
     State(state): State<AppState>,
-    _caller: Caller,
+    Caller(key): Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<LinkPage>, ApiError> {
     let Query(q) = query?;
@@ -226,9 +267,9 @@ pub async fn list_links(
             return Err(ApiError::BadRequest("bad_query", "cursor is not one this API returned".into()));
         }
     }
-    let rows = db::links::find_links_page(&state.db, q.cursor.as_deref(), limit).await?;
+    let rows = db::links::find_links_page(&state.db, key.scope(), q.cursor.as_deref(), limit).await?;
     let next_cursor = (rows.len() == limit as usize).then(|| rows.last().map(|r| r.short_code.clone())).flatten();
-    Ok(Json(LinkPage { links: rows.into_iter().map(|r| LinkView::new(&state, r)).collect(), next_cursor }))
+    Ok(Json(LinkPage { links: views(&state, &key, rows).await?, next_cursor }))
 }
 
 /// `PATCH /api/v1/links/{code}` (url, expires_at, redirect_status) → the updated link.
@@ -250,13 +291,13 @@ pub async fn update_link(
         redirect_status: parse_status(body.redirect_status)?,
     };
     if patch.url.is_none() && patch.expires_at.is_none() && patch.redirect_status.is_none() {
-        let row = db::links::find_link_by_code(&state.db, &code).await?.ok_or(ApiError::NotFound)?;
-        return Ok(Json(LinkView::new(&state, row)));
+        let row = find_managed(&state, &key, &code).await?;
+        return Ok(Json(view(&state, &key, row).await?));
     }
-    match state.writer.submit(Change::Update { code, patch }).await? {
+    match state.writer.submit(Change::Update { code, scope: key.scope(), patch }).await? {
         Outcome::Updated(row) => {
             tracing::info!(link.code = %row.short_code, key.name = %key.name, "link updated");
-            Ok(Json(LinkView::new(&state, row)))
+            Ok(Json(view(&state, &key, row).await?))
         }
         Outcome::NotFound => Err(ApiError::NotFound),
         other => Err(ApiError::Internal(format!("unexpected update outcome {other:?}"))),
@@ -271,7 +312,7 @@ pub async fn delete_link(
 ) -> Result<StatusCode, ApiError> {
     let Path(code) = path?;
     let code = path_code(&code)?.to_string();
-    match state.writer.submit(Change::Delete { code: code.clone() }).await? {
+    match state.writer.submit(Change::Delete { code: code.clone(), scope: key.scope() }).await? {
         Outcome::Deleted => {
             tracing::info!(link.code = %code, key.name = %key.name, "link deleted");
             Ok(StatusCode::NO_CONTENT)
@@ -312,7 +353,7 @@ pub struct ClickSeries {
 /// counts clicks still buffered in this process).
 pub async fn get_link_clicks(
     State(state): State<AppState>,
-    _caller: Caller,
+    Caller(key): Caller,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<ClicksQuery>, QueryRejection>,
 ) -> Result<Json<ClickSeries>, ApiError> {
@@ -323,9 +364,7 @@ pub async fn get_link_clicks(
     if !(1..=366).contains(&days) {
         return Err(ApiError::BadRequest("bad_query", "days must be between 1 and 366".into()));
     }
-    if db::links::find_link_by_code(&state.db, code).await?.is_none() {
-        return Err(ApiError::NotFound);
-    }
+    find_managed(&state, &key, code).await?;
     let now = now_ms();
     let range: Vec<String> =
         (0..i64::from(days)).rev().map(|back| crate::time_util::day_of(now - back * 86_400_000)).collect();

@@ -224,7 +224,7 @@ async fn sigterm_under_load_loses_no_click() {
 
     // And the restarted service reports them through the API.
     let again = ServiceProcess::start(&db_url, &env, "", dir.path().join("2.log")).await;
-    let key = crate::helpers::create_key(&db_url, "reader", false).await;
+    let key = crate::helpers::create_admin_key(&db_url, "reader").await;
     let mut reported = 0;
     for i in 0..20 {
         let v: Value = http

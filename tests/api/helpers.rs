@@ -12,7 +12,7 @@ use std::{
 
 use reqwest::{redirect::Policy, Client, Response, StatusCode};
 use serde_json::{json, Value};
-use shortener::{config::Config, db, startup, state::AppState};
+use shortener::{config::Config, db, db::keys::KeyRights, startup, state::AppState};
 use sqlx::ConnectOptions;
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -163,7 +163,10 @@ pub async fn spawn_app(redis: Option<&RedisServer>, tweak: impl FnOnce(&mut Conf
     let handle = tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
-    let key = create_key(&db_url, &format!("test-{}", addr.port()), false).await;
+    // The harness acts as the operator: its key is an admin key, so it manages every link
+    // (seeded rows with no creator included). Ownership tests make ordinary keys of their own.
+    let key =
+        create_key_with(&db_url, &format!("test-{}", addr.port()), KeyRights { admin: true, unlimited: false }).await;
     TestApp {
         addr,
         base: format!("http://{addr}"),
@@ -177,10 +180,20 @@ pub async fn spawn_app(redis: Option<&RedisServer>, tweak: impl FnOnce(&mut Conf
     }
 }
 
-/// Creates an API key directly in the database.
+/// Creates an ordinary API key (it manages only the links it creates) directly in the database.
 pub async fn create_key(db_url: &str, name: &str, unlimited: bool) -> String {
+    create_key_with(db_url, name, KeyRights { unlimited, admin: false }).await
+}
+
+/// Creates an admin key (it manages every link) directly in the database.
+pub async fn create_admin_key(db_url: &str, name: &str) -> String {
+    create_key_with(db_url, name, KeyRights { unlimited: false, admin: true }).await
+}
+
+/// Creates an API key with these rights directly in the database.
+pub async fn create_key_with(db_url: &str, name: &str, rights: KeyRights) -> String {
     let mut conn = raw_conn(db_url).await;
-    db::keys::insert_key(&mut conn, name, unlimited, shortener::time_util::now_ms()).await.unwrap()
+    db::keys::insert_key(&mut conn, name, rights, shortener::time_util::now_ms()).await.unwrap()
 }
 
 /// Inserts `n` links `{prefix}{i}` → `{url_base}{i}` by hand, with only the two original

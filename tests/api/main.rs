@@ -8,6 +8,7 @@ mod faults;
 mod helpers;
 mod links_api;
 mod operations;
+mod ownership;
 mod ratelimit;
 mod read_through;
 mod redirect;
