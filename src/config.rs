@@ -102,7 +102,9 @@ pub struct Config {
     /// Revocations are announced through Redis and apply at once while it is up. Default 2000;
     /// 0 = look every key up.
     pub auth_cache_ttl: Duration,
-    /// `METRICS_TOKEN`: when set, `/metrics` needs `Authorization: Bearer <token>`.
+    /// `METRICS_TOKEN`: the operator endpoints (`/metrics`, `/health/db`, `/health/redis`,
+    /// `/health/cache`) answer only clients on loopback; when this is set they answer instead
+    /// any client with `Authorization: Bearer <token>`, and no other.
     pub metrics_token: Option<String>,
     /// `CACHE_WARM_TOP_N`: at startup, load the N most-clicked links into the caches (in the
     /// background; readiness does not wait). Default 0 (off).
@@ -116,6 +118,10 @@ pub struct Config {
     /// `RATE_LIMIT_REDIRECT_PER_IP_PER_MINUTE`: redirects per client IP. Default 0 (off): a load
     /// test or a large NAT must not trip it; turn it on under attack.
     pub rate_redirect_per_ip: Limit,
+    /// `RATE_LIMIT_AUTH_FAILURES_PER_IP_PER_MINUTE`: failed authentications (unknown or revoked
+    /// API keys) per client IP; past it, the address gets 429 without its keys being looked up.
+    /// Default 30; 0 = off.
+    pub rate_auth_failures_per_ip: Limit,
     /// `TRUSTED_PROXIES`: comma-separated addresses/CIDRs whose `X-Forwarded-For` is believed.
     /// Default none.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -261,6 +267,7 @@ impl Config {
             rate_create_per_ip: Limit::per_minute(parse("RATE_LIMIT_CREATE_PER_IP_PER_MINUTE", 120)?),
             rate_api_per_ip: Limit::per_minute(parse("RATE_LIMIT_API_PER_IP_PER_MINUTE", 1200)?),
             rate_redirect_per_ip: Limit::per_minute(parse("RATE_LIMIT_REDIRECT_PER_IP_PER_MINUTE", 0)?),
+            rate_auth_failures_per_ip: Limit::per_minute(parse("RATE_LIMIT_AUTH_FAILURES_PER_IP_PER_MINUTE", 30)?),
             trusted_proxies: match lookup("TRUSTED_PROXIES") {
                 None => Vec::new(),
                 Some(v) => parse_trusted(&v).map_err(|reason| ConfigError {
@@ -335,6 +342,7 @@ impl Config {
             rate_create_per_ip: Limit::per_minute(0),
             rate_api_per_ip: Limit::per_minute(0),
             rate_redirect_per_ip: Limit::per_minute(0),
+            rate_auth_failures_per_ip: Limit::per_minute(0),
             trusted_proxies: Vec::new(),
             cache_warm_top_n: 0,
             hooks: TestHooks::default(),

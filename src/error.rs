@@ -27,6 +27,10 @@ pub enum ApiError {
     /// 403: the key was revoked.
     #[error("this API key has been revoked")]
     Forbidden,
+    /// 403: an operator endpoint asked from an address other than loopback, with no
+    /// `METRICS_TOKEN` set that could let it in.
+    #[error("this endpoint answers only clients on loopback unless METRICS_TOKEN is set")]
+    OperatorOnly,
     /// 404: no such link.
     #[error("no link with this code")]
     NotFound,
@@ -57,7 +61,7 @@ impl ApiError {
             ApiError::BadRequest(..) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(..) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::OperatorOnly => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -74,6 +78,7 @@ impl ApiError {
             ApiError::BadRequest(c, _) | ApiError::Invalid(c, _) => c,
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
+            ApiError::OperatorOnly => "operator_only",
             ApiError::NotFound => "not_found",
             ApiError::Conflict => "code_taken",
             ApiError::PayloadTooLarge => "payload_too_large",
@@ -100,6 +105,9 @@ impl IntoResponse for ApiError {
         let mut resp = (status, body).into_response();
         if let ApiError::TooManyRequests(s) | ApiError::Unavailable(s) = self {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s.max(1)));
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if matches!(self, ApiError::PayloadTooLarge) {
             // The rest of the body is never read, so the connection cannot carry another

@@ -33,7 +33,7 @@ pub struct Metrics {
     route_handles: std::sync::RwLock<std::collections::HashMap<u64, (Counter, Histogram)>>,
     route_hasher: std::collections::hash_map::RandomState,
     /// Requests refused by a rate limit, by limit name (kept here so `/metrics` can show them).
-    pub rate_limited: [AtomicU64; 4],
+    pub rate_limited: [AtomicU64; RATE_LIMIT_NAMES.len()],
 }
 
 impl Default for Metrics {
@@ -145,7 +145,8 @@ fn route_labels(route: &str, method: &str, status: u16) -> Vec<Label> {
 }
 
 /// Names of the rate limits, in the order of [`Metrics::rate_limited`].
-pub const RATE_LIMIT_NAMES: [&str; 4] = ["create_per_key", "create_per_ip", "api_per_ip", "redirect_per_ip"];
+pub const RATE_LIMIT_NAMES: [&str; 5] =
+    ["create_per_key", "create_per_ip", "api_per_ip", "redirect_per_ip", "auth_failures_per_ip"];
 
 /// Fills the registry from the service's own counters; called on every scrape.
 pub fn sync_from_state(state: &crate::state::AppState) {
@@ -195,6 +196,7 @@ pub fn sync_from_state(state: &crate::state::AppState) {
     for (i, name) in RATE_LIMIT_NAMES.iter().enumerate() {
         m.set_counter("shortener_rate_limited_total", vec![Label::new("limit", *name)], get(&m.rate_limited[i]));
     }
+    m.set_counter("shortener_auth_key_lookups_total", vec![], get(&state.key_cache.lookups));
     let w = &state.writer.stats;
     m.set_counter("shortener_write_batches_total", vec![Label::new("result", "committed")], get(&w.batches));
     m.set_counter("shortener_write_batches_total", vec![Label::new("result", "rolled_back")], get(&w.failed));

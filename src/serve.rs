@@ -303,18 +303,17 @@ fn service(
     let (router, state, flags, tag) =
         (server.router.clone(), server.state.clone(), flags.clone(), server.tag_every_request);
     hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        // The peer address is attached only where a limit needs it: inserting it into every
-        // redirect would cost an allocation per request.
-        if tag || req.uri().path().starts_with("/api/") {
-            req.extensions_mut().insert(ConnectInfo(peer));
-        }
         flags.on_request(req.body().is_end_stream());
         let flags = flags.clone();
-        let to = if redirect::is_direct(req.method(), req.uri().path()) {
-            To::Redirect(state.clone())
-        } else {
-            To::Router(router.clone())
-        };
+        let direct = redirect::is_direct(req.method(), req.uri().path());
+        // The peer address is attached to every request the router sees (the API's limits and
+        // the operator endpoints' loopback rule read it), but to a direct redirect only when a
+        // per-address redirect limit needs it: inserting it would cost an allocation per
+        // redirect.
+        if tag || !direct {
+            req.extensions_mut().insert(ConnectInfo(peer));
+        }
+        let to = if direct { To::Redirect(state.clone()) } else { To::Router(router.clone()) };
         async move {
             let resp = match to {
                 To::Redirect(state) => redirect::follow(&state, &req.into_parts().0).await,

@@ -160,6 +160,7 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
         clicks,
         limiter,
         key_cache,
+        redis_info: Default::default(),
         metrics,
         db_file,
         db_inode,

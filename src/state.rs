@@ -37,6 +37,8 @@ pub struct Inner {
     pub started: Instant,
     /// `Cache-Control` of permanent redirects, built once from the configuration.
     pub permanent_cache_control: HeaderValue,
+    /// The last `INFO` fields `/health/redis` showed, and when they were asked.
+    pub redis_info: tokio::sync::Mutex<Option<(Instant, serde_json::Map<String, serde_json::Value>)>>,
 }
 
 impl AppState {

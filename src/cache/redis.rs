@@ -335,16 +335,27 @@ impl RedisTier {
         }
     }
 
-    /// Runs one call on the shared connection under the time budget, with breaker accounting
-    /// (also for other modules' scripts: the rate limiter). `None` on any trouble.
+    /// Runs one call on the shared connection under the time budget, with breaker accounting.
+    /// `None` on any trouble.
     pub async fn run<T, F, Fut>(&self, call: F) -> Option<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.run_within(Duration::ZERO, call).await
+    }
+
+    /// [`RedisTier::run`] with a budget of at least `floor`: for calls whose answer is worth
+    /// more than their latency (the rate limiter's: a check that times out may still have been
+    /// counted in Redis, and is then decided again from local memory).
+    pub async fn run_within<T, F, Fut>(&self, floor: Duration, call: F) -> Option<T>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let conn = self.conn()?;
         let started = Instant::now();
-        match tokio::time::timeout(self.budget(), call(conn)).await {
+        match tokio::time::timeout(self.budget().max(floor), call(conn)).await {
             Ok(Ok(v)) => {
                 self.on_success(started.elapsed());
                 Some(v)

@@ -1,6 +1,9 @@
 //! `/health…` (liveness, readiness, SQLite, Redis, cache) and `/metrics` (Prometheus).
 //!
 //! Health endpoints are never rate limited and never touch the redirect path's counters.
+//! `/health` and `/health/ready` are open (load balancers ask them); the others are for
+//! operators (`limits::operator_gate`), and none of them shows a file path, a URL or a secret.
+//! Redis' `INFO` is asked at most once a second, however often `/health/redis` is.
 
 use std::{
     os::unix::fs::{MetadataExt, PermissionsExt},
@@ -10,13 +13,13 @@ use std::{
 
 use axum::{
     extract::State,
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
 use serde_json::{json, Value};
 
-use crate::{db, error::ApiError, links::resolve::CacheReport, observe, state::AppState};
+use crate::{db, links::resolve::CacheReport, observe, state::AppState};
 
 /// `GET /health`: 200 while the process serves.
 pub async fn liveness() -> Json<Value> {
@@ -28,18 +31,20 @@ pub async fn liveness() -> Json<Value> {
 async fn check_db(state: &AppState) -> Result<f64, String> {
     let path = &state.db_file;
     if !path.as_os_str().is_empty() {
-        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // The messages name no path: readiness is public, and the file's place is the
+        // operator's business (it is in the log at startup).
+        let meta = std::fs::metadata(path).map_err(|e| format!("database file: {}", e.kind()))?;
         if !meta.is_file() {
-            return Err(format!("{} is not a file", path.display()));
+            return Err("database file is not a file".into());
         }
         // Root ignores permission bits, so check them: a database nobody may read is broken
         // even if this process could still read it.
         if meta.permissions().mode() & 0o444 == 0 {
-            return Err(format!("{} is not readable", path.display()));
+            return Err("database file is not readable".into());
         }
         if let Some(ino) = state.db_inode {
             if meta.ino() != ino {
-                return Err(format!("{} was replaced", path.display()));
+                return Err("database file was replaced".into());
             }
         }
     }
@@ -80,7 +85,8 @@ fn file_len(p: &Path) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.len())
 }
 
-/// `GET /health/db`: SQLite status, pool sizes, query latency, file and WAL sizes.
+/// `GET /health/db`: SQLite status, pool sizes, query latency, file and WAL sizes (not the
+/// file's path).
 pub async fn db(State(state): State<AppState>) -> Response {
     let check = check_db(&state).await;
     let path = &state.db_file;
@@ -91,7 +97,6 @@ pub async fn db(State(state): State<AppState>) -> Response {
         "status": if check.is_ok() { "ok" } else { "error" },
         "error": check.as_ref().err(),
         "query_ms": check.as_ref().ok(),
-        "path": path.display().to_string(),
         "db_bytes": file_len(path),
         "wal_bytes": wal,
         "read_pool": {
@@ -119,6 +124,41 @@ const INFO_FIELDS: &[&str] = &[
     "connected_clients",
 ];
 
+/// The `INFO` fields of [`INFO_FIELDS`], asked of Redis at most once a second: callers within
+/// a second of the last answer share it, and concurrent callers wait for one `INFO`.
+async fn redis_info(state: &AppState, tier: &crate::cache::redis::RedisTier) -> serde_json::Map<String, Value> {
+    let mut cached = state.redis_info.lock().await;
+    if let Some((at, info)) = cached.as_ref() {
+        if at.elapsed() < INFO_CACHE_TTL {
+            return info.clone();
+        }
+    }
+    let mut info = serde_json::Map::new();
+    if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_millis(500), tier.pool().get()).await {
+        let raw: Result<String, _> = tokio::time::timeout(
+            Duration::from_millis(500),
+            redis::cmd("INFO").arg("all").query_async::<String>(&mut *c),
+        )
+        .await
+        .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::IoError, "INFO timed out"))));
+        if let Ok(raw) = raw {
+            for line in raw.lines() {
+                if let Some((k, v)) = line.split_once(':') {
+                    if INFO_FIELDS.contains(&k) {
+                        let v = v.trim();
+                        info.insert(k.to_string(), v.parse::<i64>().map_or_else(|_| json!(v), |n| json!(n)));
+                    }
+                }
+            }
+        }
+    }
+    *cached = Some((Instant::now(), info.clone()));
+    info
+}
+
+/// How long one `INFO` answer serves `/health/redis`.
+const INFO_CACHE_TTL: Duration = Duration::from_secs(1);
+
 /// `GET /health/redis`: reachability, ping, pool, breaker, and memory/eviction figures from
 /// `INFO`, with warnings when Redis is not set up as an LRU cache.
 pub async fn redis(State(state): State<AppState>) -> Json<Value> {
@@ -126,27 +166,9 @@ pub async fn redis(State(state): State<AppState>) -> Json<Value> {
         return Json(json!({"status": "disabled"}));
     };
     let snap = tier.snapshot().await;
-    let mut info = serde_json::Map::new();
+    let mut info = if snap.reachable { redis_info(&state, &tier).await } else { serde_json::Map::new() };
     let mut warnings = Vec::new();
     if snap.reachable {
-        if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_millis(500), tier.pool().get()).await {
-            let raw: Result<String, _> = tokio::time::timeout(
-                Duration::from_millis(500),
-                redis::cmd("INFO").arg("all").query_async::<String>(&mut *c),
-            )
-            .await
-            .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::IoError, "INFO timed out"))));
-            if let Ok(raw) = raw {
-                for line in raw.lines() {
-                    if let Some((k, v)) = line.split_once(':') {
-                        if INFO_FIELDS.contains(&k) {
-                            let v = v.trim();
-                            info.insert(k.to_string(), v.parse::<i64>().map_or_else(|_| json!(v), |n| json!(n)));
-                        }
-                    }
-                }
-            }
-        }
         if info.get("maxmemory").and_then(Value::as_i64) == Some(0) {
             warnings.push("maxmemory is 0: Redis will grow without bound instead of evicting (set maxmemory 200mb)");
         }
@@ -185,16 +207,8 @@ pub async fn cache(State(state): State<AppState>) -> Json<CacheReport> {
     Json(state.resolver.report())
 }
 
-/// `GET /metrics`: Prometheus text format. With `METRICS_TOKEN` set, it needs
-/// `Authorization: Bearer <token>`.
-pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(token) = &state.config.metrics_token {
-        let presented =
-            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token.as_str()) {
-            return ApiError::Unauthorized.into_response();
-        }
-    }
+/// `GET /metrics`: Prometheus text format (who may ask: `limits::operator_gate`).
+pub async fn metrics(State(state): State<AppState>) -> Response {
     observe::sync_from_state(&state);
     let mut resp = state.metrics.render().into_response();
     resp.headers_mut()

@@ -19,7 +19,7 @@ use std::{
 
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::{HeaderName, HeaderValue, StatusCode},
+    http::{HeaderName, HeaderValue, Method, StatusCode},
     middleware::{self, Next},
     response::Response,
     routing::{get, post},
@@ -84,13 +84,30 @@ impl MakeRequestId for RequestIds {
     }
 }
 
-/// Counts and times every non-redirect request by matched route, method and status.
+/// The method as a metric label: one of the methods the API knows, or `other` — any token is a
+/// valid HTTP method, and a label per made-up method would let clients grow the registry.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Counts and times every non-redirect request by matched route, method and status. Every
+/// label comes from a closed set: routes from the route table (`unmatched` otherwise), methods
+/// from [`method_label`], statuses from what the handlers answer.
 async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
-    let method = req.method().clone();
+    let method = method_label(req.method());
     let resp = next.run(req).await;
-    state.metrics.record_route(&route, method.as_str(), resp.status(), started.elapsed());
+    state.metrics.record_route(&route, method, resp.status(), started.elapsed());
     resp
 }
 
@@ -105,14 +122,20 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.request_timeout));
 
-    let observed = Router::new()
-        .route("/", get(redirect::home))
-        .route("/health", get(health::liveness))
-        .route("/health/ready", get(health::readiness))
+    // Detail for operators only (see `limits::operator_gate`); `/health` and `/health/ready`
+    // stay open for load balancers.
+    let operator = Router::new()
         .route("/health/db", get(health::db))
         .route("/health/redis", get(health::redis))
         .route("/health/cache", get(health::cache))
         .route("/metrics", get(health::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limits::operator_gate));
+
+    let observed = Router::new()
+        .route("/", get(redirect::home))
+        .route("/health", get(health::liveness))
+        .route("/health/ready", get(health::readiness))
+        .merge(operator)
         .nest("/api/v1", api)
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(
@@ -137,6 +160,15 @@ pub fn router(state: AppState) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        for m in ["FOO", "GETX", "get", "PROPFIND", "TRACE", "CONNECT"] {
+            assert_eq!(method_label(&Method::from_bytes(m.as_bytes()).unwrap()), "other", "{m}");
+        }
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
+    }
 
     #[test]
     fn request_ids_are_prefix_dash_counter_in_hex_and_unique() {

@@ -7,6 +7,8 @@ use prometheus_parse::{Scrape, Value as PromValue};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use shortener::ratelimit::parse_trusted;
+
 use crate::helpers::{client, create_key, spawn_app, RedisServer, ServiceProcess, TestApp};
 
 async fn get_json(app: &TestApp, path: &str) -> (StatusCode, Value) {
@@ -196,12 +198,110 @@ async fn metrics_parse_and_move_by_exactly_the_traffic_sent() {
     assert!(sample(&after, "shortener_redis_pool_connections", &[("state", "open")]) >= 1.0);
 }
 
+/// The operator endpoints: detail that only operators should see.
+const OPERATOR_PATHS: [&str; 4] = ["/metrics", "/health/db", "/health/redis", "/health/cache"];
+
+/// Status of `GET path`, as the client `forwarded_for` when given (through the trusted proxy on
+/// loopback), with `token` as a bearer token when given.
+async fn status_as(app: &TestApp, path: &str, forwarded_for: Option<&str>, token: Option<&str>) -> StatusCode {
+    let mut req = app.client.get(app.url(path));
+    if let Some(ip) = forwarded_for {
+        req = req.header("x-forwarded-for", ip);
+    }
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap().status()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_can_require_a_token() {
-    let app = spawn_app(None, |c| c.metrics_token = Some("s3cret".into())).await;
-    assert_eq!(app.client.get(app.url("/metrics")).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
-    let r = app.client.get(app.url("/metrics")).bearer_auth("s3cret").send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+async fn operator_endpoints_answer_only_loopback_clients_without_a_token() {
+    let redis = RedisServer::start();
+    let app = spawn_app(Some(&redis), |c| c.trusted_proxies = parse_trusted("127.0.0.1/32").unwrap()).await;
+    for path in OPERATOR_PATHS {
+        assert_eq!(status_as(&app, path, None, None).await, StatusCode::OK, "{path} from loopback");
+        assert_eq!(status_as(&app, path, Some("::1"), None).await, StatusCode::OK, "{path} from ::1");
+        for outside in ["203.0.113.9", "2001:db8::7", "::ffff:198.51.100.1"] {
+            let r = app.client.get(app.url(path)).header("x-forwarded-for", outside).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path} from {outside}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "operator_only");
+        }
+    }
+    // Load balancers may ask these from anywhere.
+    for path in ["/health", "/health/ready"] {
+        assert_eq!(status_as(&app, path, Some("203.0.113.9"), None).await, StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_metrics_token_operator_endpoints_answer_that_token_from_anywhere_and_nothing_else() {
+    let app = spawn_app(None, |c| {
+        c.metrics_token = Some("s3cret".into());
+        c.trusted_proxies = parse_trusted("127.0.0.1/32").unwrap();
+    })
+    .await;
+    for path in OPERATOR_PATHS {
+        for (from, token) in
+            [(None, None), (None, Some("s3cre")), (None, Some("s3cret-and-more")), (Some("203.0.113.9"), None)]
+        {
+            assert_eq!(status_as(&app, path, from, token).await, StatusCode::UNAUTHORIZED, "{path} {from:?} {token:?}");
+        }
+        assert_eq!(status_as(&app, path, None, Some("s3cret")).await, StatusCode::OK, "{path}");
+        assert_eq!(status_as(&app, path, Some("203.0.113.9"), Some("s3cret")).await, StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_db_and_readiness_never_show_where_the_database_lives() {
+    let app = spawn_app(None, |_| {}).await;
+    let dir = std::path::Path::new(app.db_url.strip_prefix("sqlite://").unwrap()).parent().unwrap().to_owned();
+    let (_, db) = get_json(&app, "/health/db").await;
+    assert!(!db.to_string().contains(dir.to_str().unwrap()), "{db}");
+    assert!(db.get("path").is_none(), "{db}");
+    // And not when the file is broken either.
+    let file = app.db_url.strip_prefix("sqlite://").unwrap().to_string();
+    std::fs::rename(&file, format!("{file}.moved")).unwrap();
+    let (s, ready) = get_json(&app, "/health/ready").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!ready.to_string().contains(dir.to_str().unwrap()), "{ready}");
+    let (_, db) = get_json(&app, "/health/db").await;
+    assert!(!db.to_string().contains(dir.to_str().unwrap()), "{db}");
+}
+
+/// `calls` of `cmdstat_info` in Redis' own statistics.
+fn info_calls(redis: &RedisServer) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_info:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_redis_asks_redis_for_info_at_most_once_a_second() {
+    let redis = RedisServer::start();
+    let app = spawn_app(Some(&redis), |_| {}).await;
+    let before = info_calls(&redis);
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (http, url) = (app.client.clone(), app.url("/health/redis"));
+        tasks.spawn(async move {
+            for _ in 0..50 {
+                let r: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+                assert_eq!(r["info"]["maxmemory_policy"], "allkeys-lru");
+            }
+        });
+    }
+    while let Some(t) = tasks.join_next().await {
+        t.unwrap();
+    }
+    let seconds = started.elapsed().as_secs_f64().ceil() as u64;
+    // Our own `INFO commandstats` above counts once.
+    let asked = info_calls(&redis) - before - 1;
+    assert!(asked <= seconds + 1, "400 /health/redis calls in {seconds} s asked INFO {asked} times");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,4 +365,93 @@ async fn under_systemd_the_service_notifies_ready_and_stopping() {
     let status = svc.wait().await;
     assert!(status.success());
     assert!(std::fs::read_to_string(log_path).unwrap().contains("shut down gracefully"));
+}
+
+/// Resident memory of a process, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb * 1024
+}
+
+/// `n` requests with made-up methods, paths and headers, from 8 keep-alive connections.
+async fn random_requests(base: &str, n: usize, seed: u64) {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8u64 {
+        let (http, base) = (client(), base.to_string());
+        tasks.spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed * 100 + t);
+            let word = |rng: &mut StdRng, len: usize| -> String {
+                (0..len).map(|_| rng.random_range(b'A'..=b'Z') as char).collect()
+            };
+            for _ in 0..n / 8 {
+                let method = match rng.random_range(0..4) {
+                    0 => Method::GET,
+                    1 => Method::POST,
+                    _ => {
+                        let len = rng.random_range(3..12);
+                        Method::from_bytes(word(&mut rng, len).as_bytes()).unwrap()
+                    }
+                };
+                let path = match rng.random_range(0..5) {
+                    0 => format!("/{}", word(&mut rng, 7)),
+                    1 => format!("/api/v1/{}", word(&mut rng, 6)),
+                    2 => format!("/health/{}", word(&mut rng, 5)),
+                    3 => format!("/{}/{}.php", word(&mut rng, 4), word(&mut rng, 4)),
+                    _ => "/api/v1/links".to_string(),
+                };
+                let mut req = http.request(method, format!("{base}{path}"));
+                for _ in 0..rng.random_range(0..4) {
+                    req = req.header(format!("x-{}", word(&mut rng, 8).to_lowercase()), word(&mut rng, 16));
+                }
+                let r = req.send().await.unwrap();
+                assert!(r.status().is_client_error() || r.status().is_success(), "{path}: {}", r.status());
+            }
+        });
+    }
+    while let Some(t) = tasks.join_next().await {
+        t.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_paths_and_headers_leave_metrics_and_memory_flat() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("m.db").display());
+    // A small L1, so that its bound (not this test's length) decides what unknown codes cost;
+    // no per-IP limits, whose 429s would be one more (legitimate) status label mid-run.
+    let env = [
+        ("REDIS_ENABLED", "false".to_string()),
+        ("L1_CAPACITY", "1000".into()),
+        ("RATE_LIMIT_API_PER_IP_PER_MINUTE", "0".into()),
+        ("RATE_LIMIT_CREATE_PER_IP_PER_MINUTE", "0".into()),
+        ("RUST_LOG", "warn".into()),
+    ];
+    let svc = ServiceProcess::start(&db_url, &env, "", dir.path().join("m.log")).await;
+    let http = client();
+    let metrics_len = || async { http.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap().len() };
+
+    random_requests(&svc.base, 2_000, 1).await;
+    metrics_len().await; // a scrape records itself: the first one adds /metrics' own series
+    let (len_before, rss_before) = (metrics_len().await, rss_bytes(svc.child.id()));
+    random_requests(&svc.base, 10_000, 2).await;
+    let (len_after, rss_after) = (metrics_len().await, rss_bytes(svc.child.id()));
+
+    // Counter values gain digits; series do not appear.
+    assert!(len_after <= len_before + len_before / 50, "/metrics grew from {len_before} to {len_after} bytes");
+    assert!(
+        rss_after <= rss_before + 4 * 1024 * 1024,
+        "RSS grew from {} to {} KiB",
+        rss_before / 1024,
+        rss_after / 1024
+    );
 }

@@ -164,7 +164,15 @@ async fn five_hundred_simultaneous_requests_against_a_limit_of_100_accept_exactl
             other => panic!("unexpected {other}"),
         }
     }
-    assert_eq!((ok, limited), (100, 400));
+    let r = app.state.resolver.redis.as_ref().unwrap().snapshot().await;
+    assert_eq!(
+        (ok, limited),
+        (100, 400),
+        "local fallbacks: {}, timeouts {} errors {}",
+        app.state.limiter.local_fallbacks(),
+        r.timeouts,
+        r.errors
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,4 +215,85 @@ async fn the_redirect_limit_is_off_by_default_and_works_when_on() {
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(r.headers().contains_key("retry-after"));
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+}
+
+/// `shortener_auth_key_lookups_total`: keys looked up in the database.
+async fn key_lookups(app: &TestApp) -> u64 {
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("shortener_auth_key_lookups_total "))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
+async fn list_with(app: &TestApp, key: &str) -> reqwest::Response {
+    app.client.get(app.url("/api/v1/links")).bearer_auth(key).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_are_limited_per_address_with_retry_after() {
+    let redis = RedisServer::start();
+    let app = spawn_app(Some(&redis), |c| {
+        c.rate_auth_failures_per_ip = per(5, 3600);
+        c.auth_cache_ttl = Duration::from_secs(60);
+    })
+    .await;
+    // Verified before the flood: this key keeps working from memory.
+    assert_eq!(list_with(&app, &app.key).await.status(), StatusCode::OK);
+    for i in 0..5 {
+        let r = list_with(&app, &format!("sk_guess{i}")).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "failure {i} is still a plain 401");
+    }
+    let lookups = key_lookups(&app).await;
+    for i in 5..50 {
+        let r = list_with(&app, &format!("sk_guess{i}")).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(header(&r, "retry-after") >= 1);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "rate_limited");
+    }
+    assert!(key_lookups(&app).await <= lookups + 1, "a refused address's guesses must not reach the database");
+    // A key nobody verified yet is refused too from that address; one verified before is not.
+    let fresh = create_key(&app.db_url, "fresh", false).await;
+    assert_eq!(list_with(&app, &fresh).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(list_with(&app, &app.key).await.status(), StatusCode::OK);
+    // Other addresses are not affected (X-Forwarded-For from a trusted proxy is the address).
+    let elsewhere = spawn_app(Some(&redis), |c| {
+        c.rate_auth_failures_per_ip = per(5, 3600);
+        c.trusted_proxies = parse_trusted("127.0.0.1/32").unwrap();
+    })
+    .await;
+    let r = elsewhere
+        .client
+        .get(elsewhere.url("/api/v1/links"))
+        .bearer_auth("sk_guess0")
+        .header("x-forwarded-for", "198.51.100.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_one_bad_key_reaches_the_database_once() {
+    let app = spawn_app(None, |_| {}).await;
+    let before = key_lookups(&app).await;
+    for _ in 0..500 {
+        assert_eq!(list_with(&app, "sk_not_a_key").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(key_lookups(&app).await - before, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_address_limit_is_checked_before_any_key_is_looked_up() {
+    let redis = RedisServer::start();
+    let app = spawn_app(Some(&redis), |c| c.rate_api_per_ip = per(3, 3600)).await;
+    for i in 0..3 {
+        assert_eq!(list_with(&app, &format!("sk_random{i}")).await.status(), StatusCode::UNAUTHORIZED);
+    }
+    let lookups = key_lookups(&app).await;
+    for i in 3..100 {
+        let r = list_with(&app, &format!("sk_random{i}")).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(key_lookups(&app).await, lookups, "limited requests looked no key up");
 }
