@@ -23,7 +23,7 @@
 #   7. /etc/shortener/shortener.env from .env.production, ONCE (0600 root)
 #   8. /etc/systemd/system/shortener.service (+ daemon-reload if changed)
 #   9. `shortener migrate` with the new binary (as the service user, env loaded)
-#      and, the first time only, `shortener keys create admin` (key -> stdout)
+#      and, the first time only, `shortener keys create admin --admin` (key -> stdout)
 #  10. atomic switch of /opt/shortener/current (ln -sfn tmp + mv -T)
 #  11. enable redis-server + shortener; restart shortener only if the binary,
 #      unit or env file changed since the last good deploy (or it is down)
@@ -451,7 +451,7 @@ migrate_and_admin_key() {
   fi
   local out key
   log "creating the admin API key (first deploy)"
-  out=$(run_as_service "$RELEASE_BIN" keys create admin) \
+  out=$(run_as_service "$RELEASE_BIN" keys create admin --admin) \
     || die "shortener keys create admin failed (an 'admin' key may already exist; touch $ADMIN_KEY_MARKER to skip)"
   key=$(tail -n 1 <<<"$out")
   [[ -n $key ]] || die "shortener keys create admin printed no key"
