@@ -100,6 +100,16 @@ pub struct Clicks {
 }
 
 impl Clicks {
+    /// Copies the click counters into `m`.
+    pub fn export_metrics(&self, m: &crate::observe::Metrics) {
+        let c = &self.stats;
+        m.copy_counter("shortener_clicks_recorded_total", vec![], &c.recorded);
+        m.copy_counter("shortener_clicks_flushed_total", vec![], &c.flushed);
+        m.copy_counter("shortener_click_flushes_total", vec![], &c.flushes);
+        m.copy_counter("shortener_click_flush_failures_total", vec![], &c.flush_failures);
+        m.copy_counter("shortener_clicks_bots_skipped_total", vec![], &c.bots_skipped);
+    }
+
     /// A buffer; `bot_patterns: None` counts every GET.
     pub fn new(enabled: bool, bot_patterns: Option<&[String]>, interval: Duration, max_pending: usize) -> Self {
         let bots = bot_patterns.filter(|p| !p.is_empty()).and_then(|p| {

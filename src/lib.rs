@@ -19,6 +19,7 @@
 //! - [`batch`]: coalescing of concurrent Redis and SQLite calls into batches (the miss path).
 //! - [`cli`]: the command line (`serve`, `migrate`, `keys …`, `links …`).
 
+pub mod auth;
 pub mod batch;
 pub mod cache;
 pub mod cli;

@@ -1,5 +1,7 @@
 //! Metrics: one Prometheus registry per service instance (no global recorder, so several
-//! instances in one process — the tests — never mix their numbers).
+//! instances in one process — the tests — never mix their numbers). This module is the registry
+//! only: each component copies its own counters in (`export_metrics` beside the counters), so
+//! nothing here knows the components.
 //!
 //! The redirect route records into pre-registered handles (an atomic add and a histogram
 //! sample; no label lookup per request). API routes go through a middleware that labels by
@@ -127,12 +129,22 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
-    /// The exposition text.
+    /// The exposition text. Components copy their own counters in first (each has an
+    /// `export_metrics`; `AppState::export_metrics` calls them all).
     pub fn render(&self) -> String {
         for (counter, seen) in self.redirect_count.iter().zip(&self.redirect_seen) {
             counter.absolute(seen.get());
         }
+        for (i, name) in RATE_LIMIT_NAMES.iter().enumerate() {
+            let refused = self.rate_limited[i].load(Ordering::Relaxed);
+            self.set_counter("shortener_rate_limited_total", vec![Label::new("limit", *name)], refused);
+        }
         self.handle.render()
+    }
+
+    /// A counter's absolute value copied from an atomic kept elsewhere.
+    pub fn copy_counter(&self, name: &'static str, labels: Vec<Label>, value: &AtomicU64) {
+        self.set_counter(name, labels, value.load(Ordering::Relaxed));
     }
 }
 
@@ -147,60 +159,3 @@ fn route_labels(route: &str, method: &str, status: u16) -> Vec<Label> {
 /// Names of the rate limits, in the order of [`Metrics::rate_limited`].
 pub const RATE_LIMIT_NAMES: [&str; 5] =
     ["create_per_key", "create_per_ip", "api_per_ip", "redirect_per_ip", "auth_failures_per_ip"];
-
-/// Fills the registry from the service's own counters; called on every scrape.
-pub fn sync_from_state(state: &crate::state::AppState) {
-    let m = &state.metrics;
-    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let r = &state.resolver;
-    let tier = |t: &str| vec![Label::new("tier", t.to_string())];
-    m.set_counter("shortener_cache_lookups_total", tier("l1"), r.stats.l1_hits.get());
-    m.set_counter("shortener_cache_lookups_total", tier("redis"), r.stats.redis_hits.get());
-    m.set_counter("shortener_cache_lookups_total", tier("miss"), r.stats.misses.get());
-    m.set_counter("shortener_db_lookups_total", vec![], r.stats.db_lookups.get());
-    m.set_counter("shortener_cache_negative_hits_total", vec![], r.stats.negative_hits.get());
-    m.set_counter("shortener_single_flight_waits_total", vec![], r.stats.flight_waits.get());
-    m.set_counter("shortener_lookup_errors_total", vec![], r.stats.errors.get());
-    m.gauge("shortener_l1_entries", vec![]).set(r.l1.len() as f64);
-    if let Some(redis) = &r.redis {
-        let s = &redis.stats;
-        m.set_counter("shortener_redis_errors_total", vec![], get(&s.errors));
-        m.set_counter("shortener_redis_timeouts_total", vec![], get(&s.timeouts));
-        m.set_counter("shortener_redis_breaker_opened_total", vec![], get(&s.breaker_opened));
-        m.set_counter("shortener_redis_invalidations_replayed_total", vec![], get(&s.replayed));
-        m.set_counter("shortener_cache_write_backs_total", vec![Label::new("result", "landed")], get(&s.fills));
-        m.set_counter(
-            "shortener_cache_write_backs_total",
-            vec![Label::new("result", "rejected")],
-            get(&s.fills_rejected),
-        );
-        let state_value = match redis.breaker_state() {
-            "closed" => 0.0,
-            "replaying" => 1.0,
-            _ => 2.0,
-        };
-        m.gauge("shortener_redis_breaker_state", vec![]).set(state_value);
-        let status = redis.pool().status();
-        m.gauge("shortener_redis_pool_connections", vec![Label::new("state", "open")]).set(status.size as f64);
-        m.gauge("shortener_redis_pool_connections", vec![Label::new("state", "idle")]).set(status.available as f64);
-        m.gauge("shortener_redis_pool_waiting", vec![]).set(status.waiting as f64);
-    }
-    m.gauge("shortener_db_read_pool_connections", vec![Label::new("state", "open")]).set(f64::from(state.db.size()));
-    m.gauge("shortener_db_read_pool_connections", vec![Label::new("state", "idle")]).set(state.db.num_idle() as f64);
-    let c = &state.clicks.stats;
-    m.set_counter("shortener_clicks_recorded_total", vec![], get(&c.recorded));
-    m.set_counter("shortener_clicks_flushed_total", vec![], get(&c.flushed));
-    m.set_counter("shortener_click_flushes_total", vec![], get(&c.flushes));
-    m.set_counter("shortener_click_flush_failures_total", vec![], get(&c.flush_failures));
-    m.set_counter("shortener_clicks_bots_skipped_total", vec![], get(&c.bots_skipped));
-    for (i, name) in RATE_LIMIT_NAMES.iter().enumerate() {
-        m.set_counter("shortener_rate_limited_total", vec![Label::new("limit", *name)], get(&m.rate_limited[i]));
-    }
-    m.set_counter("shortener_auth_key_lookups_total", vec![], get(&state.key_cache.lookups));
-    let w = &state.writer.stats;
-    m.set_counter("shortener_write_batches_total", vec![Label::new("result", "committed")], get(&w.batches));
-    m.set_counter("shortener_write_batches_total", vec![Label::new("result", "rolled_back")], get(&w.failed));
-    m.set_counter("shortener_write_changes_total", vec![], get(&w.changes));
-    m.set_counter("shortener_write_transaction_microseconds_total", vec![], get(&w.commit_micros));
-    m.gauge("shortener_uptime_seconds", vec![]).set(state.started.elapsed().as_secs_f64());
-}

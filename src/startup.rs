@@ -86,7 +86,7 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
         !config.hooks.disable_write_back_guard,
         config.hooks.fill_pause.clone(),
     ));
-    let key_cache = Arc::new(crate::http::auth::KeyCache::new(config.auth_cache_ttl));
+    let key_cache = Arc::new(crate::auth::KeyCache::new(config.auth_cache_ttl));
     if let Some(tier) = resolver.redis.clone() {
         let (r, k, rx, url) = (resolver.clone(), key_cache.clone(), shutdown_rx.clone(), config.redis_url.clone());
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();

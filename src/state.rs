@@ -24,7 +24,7 @@ pub struct Inner {
     /// The click buffer.
     pub clicks: Arc<Clicks>,
     /// Recently verified API keys.
-    pub key_cache: Arc<crate::http::auth::KeyCache>,
+    pub key_cache: Arc<crate::auth::KeyCache>,
     /// The rate limiter.
     pub limiter: Arc<crate::ratelimit::RateLimiter>,
     /// The Prometheus registry of this instance.
@@ -45,6 +45,19 @@ impl AppState {
     /// Wraps the parts.
     pub fn new(inner: Inner) -> Self {
         AppState(Arc::new(inner))
+    }
+
+    /// Copies every component's counters into the registry (on every scrape of `/metrics`).
+    pub fn export_metrics(&self) {
+        let m = &self.metrics;
+        self.resolver.export_metrics(m);
+        self.clicks.export_metrics(m);
+        self.writer.stats.export_metrics(m);
+        self.key_cache.export_metrics(m);
+        let pool = |s: &'static str| vec![metrics::Label::new("state", s)];
+        m.gauge("shortener_db_read_pool_connections", pool("open")).set(f64::from(self.db.size()));
+        m.gauge("shortener_db_read_pool_connections", pool("idle")).set(self.db.num_idle() as f64);
+        m.gauge("shortener_uptime_seconds", vec![]).set(self.started.elapsed().as_secs_f64());
     }
 }
 

@@ -40,6 +40,7 @@ use std::{
 };
 
 use deadpool_redis::{Connection, Pool, Runtime};
+use metrics::Label;
 use redis::{aio::MultiplexedConnection, RedisResult, Script};
 use serde::Serialize;
 use sqlx::SqlitePool;
@@ -736,6 +737,27 @@ impl RedisTier {
         }
         self.stats.replayed.fetch_add(total, Ordering::Relaxed);
         Ok(total)
+    }
+
+    /// Copies the tier's counters and gauges into `m`.
+    pub fn export_metrics(&self, m: &crate::observe::Metrics) {
+        let s = &self.stats;
+        m.copy_counter("shortener_redis_errors_total", vec![], &s.errors);
+        m.copy_counter("shortener_redis_timeouts_total", vec![], &s.timeouts);
+        m.copy_counter("shortener_redis_breaker_opened_total", vec![], &s.breaker_opened);
+        m.copy_counter("shortener_redis_invalidations_replayed_total", vec![], &s.replayed);
+        m.copy_counter("shortener_cache_write_backs_total", vec![Label::new("result", "landed")], &s.fills);
+        m.copy_counter("shortener_cache_write_backs_total", vec![Label::new("result", "rejected")], &s.fills_rejected);
+        let state_value = match self.breaker_state() {
+            "closed" => 0.0,
+            "replaying" => 1.0,
+            _ => 2.0,
+        };
+        m.gauge("shortener_redis_breaker_state", vec![]).set(state_value);
+        let status = self.pool().status();
+        m.gauge("shortener_redis_pool_connections", vec![Label::new("state", "open")]).set(status.size as f64);
+        m.gauge("shortener_redis_pool_connections", vec![Label::new("state", "idle")]).set(status.available as f64);
+        m.gauge("shortener_redis_pool_waiting", vec![]).set(status.waiting as f64);
     }
 
     /// A point-in-time view for `/health/redis`.

@@ -132,14 +132,16 @@ pub async fn find_links_page(
             .fetch_all(pool)
             .await?
         }
-        Scope::CreatedBy(id) => sqlx::query_as::<_, LinkRow>(&format!(
+        Scope::CreatedBy(id) => {
+            sqlx::query_as::<_, LinkRow>(&format!(
             "SELECT {COLUMNS} FROM link_mappings WHERE created_by = ? AND short_code > ? ORDER BY short_code LIMIT ?"
         ))
-        .bind(id)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?,
+            .bind(id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }
     })
 }
 

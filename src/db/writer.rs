@@ -128,6 +128,17 @@ pub struct WriterStats {
     pub failed: AtomicU64,
 }
 
+impl WriterStats {
+    /// Copies the writer's counters into `m`.
+    pub fn export_metrics(&self, m: &crate::observe::Metrics) {
+        let result = |r: &'static str| vec![metrics::Label::new("result", r)];
+        m.copy_counter("shortener_write_batches_total", result("committed"), &self.batches);
+        m.copy_counter("shortener_write_batches_total", result("rolled_back"), &self.failed);
+        m.copy_counter("shortener_write_changes_total", vec![], &self.changes);
+        m.copy_counter("shortener_write_transaction_microseconds_total", vec![], &self.commit_micros);
+    }
+}
+
 /// Tries a random code this many times before giving up (at 7 base62 characters a collision is
 /// a one-in-billions event; eight in a row means something else is wrong).
 const RANDOM_CODE_ATTEMPTS: usize = 8;

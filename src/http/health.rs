@@ -19,7 +19,7 @@ use axum::{
 };
 use serde_json::{json, Value};
 
-use crate::{db, links::resolve::CacheReport, observe, state::AppState};
+use crate::{db, links::resolve::CacheReport, state::AppState};
 
 /// `GET /health`: 200 while the process serves.
 pub async fn liveness() -> Json<Value> {
@@ -209,7 +209,7 @@ pub async fn cache(State(state): State<AppState>) -> Json<CacheReport> {
 
 /// `GET /metrics`: Prometheus text format (who may ask: `limits::operator_gate`).
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    observe::sync_from_state(&state);
+    state.export_metrics();
     let mut resp = state.metrics.render().into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

@@ -32,8 +32,10 @@ use crate::{
     },
     db::{self, DbError},
     links::Resolved,
+    observe::Metrics,
     striped::Striped,
 };
+use metrics::Label;
 
 /// Why a code could not be resolved: the database is saturated or failing (the redirect path
 /// answers 503 with `Retry-After`).
@@ -191,6 +193,22 @@ impl Resolver {
             guard,
             fill_pause,
             stats: CacheStats::default(),
+        }
+    }
+
+    /// Copies the redirect path's counters (and the Redis tier's) into `m`.
+    pub fn export_metrics(&self, m: &Metrics) {
+        let tier = |t: &str| vec![Label::new("tier", t.to_string())];
+        m.set_counter("shortener_cache_lookups_total", tier("l1"), self.stats.l1_hits.get());
+        m.set_counter("shortener_cache_lookups_total", tier("redis"), self.stats.redis_hits.get());
+        m.set_counter("shortener_cache_lookups_total", tier("miss"), self.stats.misses.get());
+        m.set_counter("shortener_db_lookups_total", vec![], self.stats.db_lookups.get());
+        m.set_counter("shortener_cache_negative_hits_total", vec![], self.stats.negative_hits.get());
+        m.set_counter("shortener_single_flight_waits_total", vec![], self.stats.flight_waits.get());
+        m.set_counter("shortener_lookup_errors_total", vec![], self.stats.errors.get());
+        m.gauge("shortener_l1_entries", vec![]).set(self.l1.len() as f64);
+        if let Some(redis) = &self.redis {
+            redis.export_metrics(m);
         }
     }
 
