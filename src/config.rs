@@ -1,13 +1,14 @@
-//! Configuration: every setting the service reads, typed, from the environment only.
+//! Configuration: every setting the service reads, typed, from the environment only. A leaf:
+//! it imports nothing of the crate, so every module may depend on it.
 //!
 //! `.env` is loaded by `main` before this runs (when present). A wrong value stops startup with
 //! a message that names the variable; secrets never appear in `Debug` output.
 
-use std::{fmt, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use url::Url;
 
-use crate::ratelimit::{parse_trusted, Limit};
+use ipnet::IpNet;
 
 /// A configuration error: always names the variable and what was wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -124,18 +125,7 @@ pub struct Config {
     pub rate_auth_failures_per_ip: Limit,
     /// `TRUSTED_PROXIES`: comma-separated addresses/CIDRs whose `X-Forwarded-For` is believed.
     /// Default none.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Test-only hooks. Never set from the environment.
-    pub hooks: TestHooks,
-}
-
-/// Knobs that let tests widen races the service must survive. Default: all off.
-#[derive(Clone, Default)]
-pub struct TestHooks {
-    /// Pauses a cache fill between its SQLite read and its write-back.
-    pub fill_pause: Option<Arc<crate::links::resolve::FillPause>>,
-    /// Turns the stale-set guard off, so a test can show that it sees the race without it.
-    pub disable_write_back_guard: bool,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl fmt::Debug for Config {
@@ -277,7 +267,6 @@ impl Config {
                 })?,
             },
             cache_warm_top_n: parse("CACHE_WARM_TOP_N", 0)?,
-            hooks: TestHooks::default(),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -345,9 +334,42 @@ impl Config {
             rate_auth_failures_per_ip: Limit::per_minute(0),
             trusted_proxies: Vec::new(),
             cache_warm_top_n: 0,
-            hooks: TestHooks::default(),
         }
     }
+}
+
+/// One limit: `limit` requests per `period`. A limit of 0 is off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Requests allowed per period (and the largest burst).
+    pub limit: u32,
+    /// The period.
+    pub period: Duration,
+}
+
+impl Limit {
+    /// `n` per minute.
+    pub fn per_minute(n: u32) -> Self {
+        Limit { limit: n, period: Duration::from_secs(60) }
+    }
+
+    /// Whether the limit is on.
+    pub fn enabled(&self) -> bool {
+        self.limit > 0
+    }
+}
+
+/// Parses `TRUSTED_PROXIES`: comma-separated addresses or CIDR ranges.
+pub fn parse_trusted(raw: &str) -> Result<Vec<IpNet>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("{s:?} is not an address or CIDR range"))
+        })
+        .collect()
 }
 
 fn default_bot_patterns() -> Vec<String> {

@@ -46,34 +46,16 @@ return {1, ahead, 0}
 /// breaker is open and checks go to memory at once.
 const LIMIT_BUDGET: Duration = Duration::from_secs(1);
 
-/// One limit: `limit` requests per `period`. A limit of 0 is off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
-    /// Requests allowed per period (and the largest burst).
-    pub limit: u32,
-    /// The period.
-    pub period: Duration,
+pub use crate::config::{parse_trusted, Limit};
+
+/// GCRA's two numbers of a limit, in microseconds: a millisecond clock could not express more
+/// than 1,000 requests a second.
+fn interval_us(limit: &Limit) -> i64 {
+    (limit.period.as_micros() as i64 / i64::from(limit.limit.max(1))).max(1)
 }
 
-impl Limit {
-    /// `n` per minute.
-    pub fn per_minute(n: u32) -> Self {
-        Limit { limit: n, period: Duration::from_secs(60) }
-    }
-
-    /// Whether the limit is on.
-    pub fn enabled(&self) -> bool {
-        self.limit > 0
-    }
-
-    // Microseconds: a millisecond clock could not express more than 1,000 requests a second.
-    fn interval_us(&self) -> i64 {
-        (self.period.as_micros() as i64 / i64::from(self.limit.max(1))).max(1)
-    }
-
-    fn period_us(&self) -> i64 {
-        self.period.as_micros() as i64
-    }
+fn period_us(limit: &Limit) -> i64 {
+    limit.period.as_micros() as i64
 }
 
 /// Which limit (names match the metrics labels).
@@ -114,8 +96,8 @@ pub struct Decision {
 
 impl Decision {
     fn from_gcra(limit: Limit, allowed: bool, ahead_us: i64, wait_us: i64) -> Self {
-        let interval = limit.interval_us();
-        let room = (limit.period_us() - ahead_us).max(0);
+        let interval = interval_us(&limit);
+        let room = (period_us(&limit) - ahead_us).max(0);
         Decision {
             allowed,
             limit: limit.limit,
@@ -181,7 +163,7 @@ impl RateLimiter {
     pub async fn check(&self, kind: Kind, subject: &str, limit: Limit) -> Decision {
         let key = format!("{}{}:{subject}", self.prefix, kind.key_part());
         if let Some(redis) = self.redis.as_ref().filter(|r| r.is_up()) {
-            let (interval, period) = (limit.interval_us(), limit.period_us());
+            let (interval, period) = (interval_us(&limit), period_us(&limit));
             let script = &self.script;
             let got: Option<(i64, i64, i64)> = redis
                 .run_within(LIMIT_BUDGET, |mut c| {
@@ -219,10 +201,10 @@ impl RateLimiter {
             map.retain(|_, tat| *tat > now);
         }
         let tat = map.get(key).copied().unwrap_or(now).max(now);
-        let new_tat = tat + limit.interval_us();
+        let new_tat = tat + interval_us(&limit);
         let ahead = new_tat - now;
-        if ahead > limit.period_us() {
-            return Decision::from_gcra(limit, false, tat - now, ahead - limit.period_us());
+        if ahead > period_us(&limit) {
+            return Decision::from_gcra(limit, false, tat - now, ahead - period_us(&limit));
         }
         map.insert(key.to_string(), new_tat);
         Decision::from_gcra(limit, true, ahead, 0)
@@ -261,19 +243,6 @@ impl RateLimiter {
         };
         self.trusted.iter().any(|n| n.contains(&ip))
     }
-}
-
-/// Parses `TRUSTED_PROXIES`: comma-separated addresses or CIDR ranges.
-pub fn parse_trusted(raw: &str) -> Result<Vec<IpNet>, String> {
-    raw.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<IpNet>()
-                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| format!("{s:?} is not an address or CIDR range"))
-        })
-        .collect()
 }
 
 #[cfg(test)]

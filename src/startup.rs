@@ -22,7 +22,7 @@ use crate::{
     config::Config,
     db::{self, writer::Writer},
     http,
-    links::resolve::Resolver,
+    links::resolve::{Hooks, Resolver},
     observe::Metrics,
     ratelimit::RateLimiter,
     state::{AppState, Inner},
@@ -44,6 +44,11 @@ pub struct Application {
 /// Opens the database (running migrations), the caches and the writer, and binds the listener.
 /// Redis being unreachable is not an error: the service starts on L1 + SQLite and keeps trying.
 pub async fn build(config: Config) -> Result<Application, StartupError> {
+    build_with(config, Hooks::default()).await
+}
+
+/// [`build`] with test hooks in place (tests only: production builds take none).
+pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, StartupError> {
     let writer_conn = db::open_writer(&config.database_url, config.db_busy_timeout)
         .await
         .map_err(|e| format!("opening database {}: {e}", config.database_url))?;
@@ -78,14 +83,15 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
         None
     };
 
-    let resolver = Arc::new(Resolver::new(
-        L1::new(config.l1_capacity, config.l1_ttl, config.negative_ttl),
-        redis,
-        read_pool.clone(),
-        config.negative_ttl,
-        !config.hooks.disable_write_back_guard,
-        config.hooks.fill_pause.clone(),
-    ));
+    let resolver = Arc::new(
+        Resolver::new(
+            L1::new(config.l1_capacity, config.l1_ttl, config.negative_ttl),
+            redis,
+            read_pool.clone(),
+            config.negative_ttl,
+        )
+        .with_hooks(hooks),
+    );
     let key_cache = Arc::new(crate::auth::KeyCache::new(config.auth_cache_ttl));
     if let Some(tier) = resolver.redis.clone() {
         let (r, k, rx, url) = (resolver.clone(), key_cache.clone(), shutdown_rx.clone(), config.redis_url.clone());

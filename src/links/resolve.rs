@@ -97,6 +97,16 @@ pub struct CacheReport {
     pub redis_breaker: &'static str,
 }
 
+/// Knobs that let tests widen races the service must survive; the default (all off) is
+/// production. Set through `startup::build_with`, never from the configuration.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Pauses a cache fill between its SQLite read and its write-back.
+    pub fill_pause: Option<Arc<FillPause>>,
+    /// Turns the stale-set guard off, so a test can show that it sees the race without it.
+    pub disable_write_back_guard: bool,
+}
+
 /// A test hook that holds a fill between its SQLite read and its write-back.
 pub struct FillPause {
     armed: AtomicBool,
@@ -175,14 +185,7 @@ pub struct Resolver {
 
 impl Resolver {
     /// Wires the tiers together.
-    pub fn new(
-        l1: L1,
-        redis: Option<Arc<RedisTier>>,
-        db: SqlitePool,
-        negative_ttl: Duration,
-        guard: bool,
-        fill_pause: Option<Arc<FillPause>>,
-    ) -> Self {
+    pub fn new(l1: L1, redis: Option<Arc<RedisTier>>, db: SqlitePool, negative_ttl: Duration) -> Self {
         Resolver {
             l1,
             redis,
@@ -190,10 +193,17 @@ impl Resolver {
             reads: OnceLock::new(),
             flights: Mutex::new(FlightTable { map: HashMap::new(), sweep_at: FLIGHT_SWEEP_MIN }),
             negative_ttl,
-            guard,
-            fill_pause,
+            guard: true,
+            fill_pause: None,
             stats: CacheStats::default(),
         }
+    }
+
+    /// The same resolver with test hooks in place.
+    pub fn with_hooks(mut self, hooks: Hooks) -> Self {
+        self.guard = !hooks.disable_write_back_guard;
+        self.fill_pause = hooks.fill_pause;
+        self
     }
 
     /// Copies the redirect path's counters (and the Redis tier's) into `m`.

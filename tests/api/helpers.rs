@@ -12,7 +12,7 @@ use std::{
 
 use reqwest::{redirect::Policy, Client, Response, StatusCode};
 use serde_json::{json, Value};
-use shortener::{config::Config, db, db::keys::KeyRights, startup, state::AppState};
+use shortener::{config::Config, db, db::keys::KeyRights, links::resolve::Hooks, startup, state::AppState};
 use sqlx::ConnectOptions;
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -149,6 +149,11 @@ pub fn client() -> Client {
 
 /// Starts the service against `redis` (or without Redis), after `tweak` adjusted the config.
 pub async fn spawn_app(redis: Option<&RedisServer>, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_with(redis, tweak, Hooks::default()).await
+}
+
+/// [`spawn_app`] with test hooks in the service (a paused fill, the guard off).
+pub async fn spawn_app_with(redis: Option<&RedisServer>, tweak: impl FnOnce(&mut Config), hooks: Hooks) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let db_path: PathBuf = dir.path().join("data").join("links.db");
     let db_url = format!("sqlite://{}", db_path.display());
@@ -156,7 +161,7 @@ pub async fn spawn_app(redis: Option<&RedisServer>, tweak: impl FnOnce(&mut Conf
     let mut config = Config::for_tests(&db_url, redis_url.as_deref());
     tweak(&mut config);
     let db_url = config.database_url.clone();
-    let app = startup::build(config).await.expect("service builds");
+    let app = startup::build_with(config, hooks).await.expect("service builds");
     let addr = app.addr();
     let state = app.state().clone();
     let (tx, rx) = oneshot::channel::<()>();

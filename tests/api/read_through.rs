@@ -11,10 +11,10 @@ use std::{
 
 use reqwest::StatusCode;
 use serde_json::json;
-use shortener::links::resolve::FillPause;
+use shortener::links::resolve::{FillPause, Hooks};
 use tokio::task::JoinSet;
 
-use crate::helpers::{spawn_app, RedisServer, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, RedisServer, TestApp};
 
 async fn storm(app: &Arc<TestApp>, code: &str, n: usize) -> Vec<Result<String, StatusCode>> {
     let mut set = JoinSet::new();
@@ -97,11 +97,11 @@ async fn race_a_fill_against(change: Change, l1_capacity: u64, guard: bool) -> R
     let redis = RedisServer::start();
     let pause = Arc::new(FillPause::default());
     let app = Arc::new(
-        spawn_app(Some(&redis), |c| {
-            c.l1_capacity = l1_capacity;
-            c.hooks.fill_pause = Some(pause.clone());
-            c.hooks.disable_write_back_guard = !guard;
-        })
+        spawn_app_with(
+            Some(&redis),
+            |c| c.l1_capacity = l1_capacity,
+            Hooks { fill_pause: Some(pause.clone()), disable_write_back_guard: !guard },
+        )
         .await,
     );
     app.create_code("raced", "https://example.com/old").await;
