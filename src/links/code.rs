@@ -129,4 +129,45 @@ mod tests {
 
         assert_eq!(code, "7x9");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            #[test]
+            fn the_shape_check_and_the_custom_code_parser_agree_on_any_string(s in any::<String>()) {
+                let parsed = parse_custom(&s);
+                prop_assert_eq!(parsed == Err(CodeError::Shape), !is_code_shaped(&s));
+                prop_assert_eq!(parsed == Err(CodeError::Reserved), is_code_shaped(&s) && is_reserved(&s));
+                if let Ok(code) = parsed {
+                    prop_assert_eq!(code, s.as_str());
+                    prop_assert_eq!(parse_custom(code), Ok(code));
+                }
+            }
+
+            #[test]
+            fn the_shape_check_and_the_custom_code_parser_agree_on_code_like_strings(
+                s in "[A-Za-z0-9_.~ -]{0,66}|(?i:api|health|metrics|well-known|favicon)",
+            ) {
+                let documented_shape = (MIN_LEN..=MAX_LEN).contains(&s.chars().count())
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                let parsed = parse_custom(&s);
+                prop_assert_eq!(is_code_shaped(&s), documented_shape);
+                prop_assert_eq!(parsed == Err(CodeError::Shape), !is_code_shaped(&s));
+                prop_assert_eq!(parsed == Err(CodeError::Reserved), is_code_shaped(&s) && is_reserved(&s));
+                prop_assert_eq!(parsed.is_ok(), is_code_shaped(&s) && !is_reserved(&s));
+            }
+
+            #[test]
+            fn generated_codes_are_always_accepted(len in MIN_LEN..=MAX_LEN) {
+                let code = generate(len);
+                prop_assert_eq!(code.len(), len);
+                prop_assert_eq!(parse_custom(&code), Ok(code.as_str()));
+            }
+        }
+    }
 }
