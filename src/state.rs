@@ -37,6 +37,8 @@ pub struct Inner {
     pub started: Instant,
     /// `Cache-Control` of permanent redirects, built once from the configuration.
     pub permanent_cache_control: HeaderValue,
+    /// What a target URL must not point at: the public base and the bound address.
+    pub own_origin: crate::links::target::OwnOrigin,
 }
 
 impl AppState {

@@ -11,3 +11,4 @@ mod operations;
 mod ratelimit;
 mod read_through;
 mod redirect;
+mod urls;
