@@ -1,11 +1,38 @@
-//! Target URLs: only `http`/`https` with a host, at most 2,048 bytes, no control characters (a
-//! `Location` header must never be able to carry a second header), no user:password part (a
-//! classic way to disguise where a link goes), and never pointing back at this service.
+//! Target URLs: what may be shortened, and the one form in which it is stored and sent.
 //!
-//! A URL that is already plain printable ASCII is stored exactly as given, so `Location` equals
-//! what the client sent byte for byte. One with spaces or non-ASCII characters is stored in its
-//! normalised form (percent-encoded, punycode host), which is what browsers send anyway; the API
-//! returns the stored form.
+//! A target is `http`/`https` with a host, at most 2,048 bytes, without control characters (a
+//! `Location` header must never be able to carry a second header), without a user:password part
+//! (a classic way to disguise where a link goes), and not pointing back at this service.
+//!
+//! **One form.** The input is parsed as browsers parse it (WHATWG, the `url` crate), and what is
+//! stored, returned by the API and sent in `Location` is the serialization of that parse:
+//! `HTTPS://Example.com:443` is stored as `https://example.com/`, `https://bücher.de/a b` as
+//! `https://xn--bcher-kva.de/a%20b`.
+//!
+//! **One host.** Many other readers of URLs (crawlers, proxies, link scanners) follow RFC 3986,
+//! which splits the same text differently: WHATWG takes `\` for `/` and percent-decodes the host,
+//! RFC 3986 does neither, so `https://evil.example\@good.example/` is evil.example to a browser
+//! and good.example (with a user name) to such a reader. Every input is therefore also read by a
+//! small RFC 3986 authority reader ([`Authority`]: scheme, `://`, then the authority up to the
+//! first `/`, `?` or `#`; userinfo before its last `@`; port after its last `:` outside brackets)
+//! and refused (`invalid_url`) unless both readings agree: the same scheme, no userinfo at all
+//! (not even an empty `@`), the same port, and the same host. "The same host" allows only the
+//! differences every reader resolves alike: ASCII case, the spelling of an IPv6 address, and
+//! IDNA of a host written with non-ASCII characters and no `%` (RFC 3986 readers cannot read
+//! those at all; IRI-aware ones apply the same IDNA). Anything else is refused rather than
+//! rewritten, because the rewrite would send the link somewhere a reader of the input did not
+//! expect:
+//! - a backslash or `@` before the path, or whitespace in the authority;
+//! - a percent-encoded host (`ex%61mple.com`), or one mixing `%` with non-ASCII characters;
+//! - an IPv4 address in a short, octal or hexadecimal spelling (`127.1`, `0x7f.0.0.1`) or with a
+//!   trailing dot;
+//! - a missing or extra `/` after the scheme (`https:example.com`, `https:///example.com`);
+//! - a host name with a character RFC 3986 does not allow in one (`"`, `{`, …), which WHATWG
+//!   keeps and strict readers refuse.
+//!
+//! The serialization itself reads the same host and port in both (checked by property tests over
+//! generated inputs, and again on every input), so every reader finds the same host in
+//! `Location`.
 //!
 //! **Not us.** A target that reaches this service would make a redirect loop. [`OwnOrigin`],
 //! built once from `PUBLIC_BASE_URL` and the listening address, decides it on normalized hosts:
@@ -118,7 +145,113 @@ impl OwnOrigin {
     }
 }
 
-/// Validates a target URL; returns the string to store.
+/// The authority of a URL as RFC 3986 reads it, nothing decoded: `scheme://[userinfo@]host[:port]`
+/// up to the first `/`, `?` or `#`.
+#[derive(Debug, PartialEq, Eq)]
+struct Authority<'a> {
+    scheme: &'a str,
+    userinfo: Option<&'a str>,
+    host: &'a str,
+    port: Option<&'a str>,
+}
+
+impl<'a> Authority<'a> {
+    /// `None` when `s` has no `scheme://` start, i.e. no authority to RFC 3986.
+    fn read(s: &'a str) -> Option<Self> {
+        let (scheme, rest) = s.split_once(':')?;
+        let mut chars = scheme.chars();
+        if !chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+            || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        {
+            return None;
+        }
+        let rest = rest.strip_prefix("//")?;
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        let (userinfo, host_port) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((h, p)) if !p.contains(']') => (h, Some(p)),
+            _ => (host_port, None),
+        };
+        Some(Authority { scheme, userinfo, host, port })
+    }
+
+    /// The port number, the scheme's default when absent or empty; `None` when not a number.
+    fn port_number(&self, default: Option<u16>) -> Option<u16> {
+        match self.port {
+            None | Some("") => default,
+            Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => match p.trim_start_matches('0') {
+                "" => Some(0),
+                n => n.parse().ok(),
+            },
+            Some(_) => None,
+        }
+    }
+}
+
+/// Whether an RFC 3986 reader would name the same host as WHATWG's `parsed` (see the module doc
+/// for which differences are reconciled).
+fn same_host(rfc_host: &str, parsed: &Url) -> bool {
+    let Some(whatwg) = parsed.host_str() else { return false };
+    if rfc_host.eq_ignore_ascii_case(whatwg) {
+        return true;
+    }
+    match parsed.host() {
+        Some(Host::Ipv6(addr)) => rfc_host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .and_then(|h| h.parse::<Ipv6Addr>().ok())
+            .is_some_and(|a| a == addr),
+        Some(Host::Domain(d)) => {
+            !rfc_host.is_ascii() && !rfc_host.contains('%') && Host::parse(rfc_host).is_ok_and(|h| h == Host::Domain(d))
+        }
+        _ => false,
+    }
+}
+
+/// Whether RFC 3986 allows `c` in a host name (`reg-name`, nothing percent-encoded): unreserved or
+/// sub-delims. WHATWG also lets `"`, `` ` ``, `{` and `}` through, which strict readers refuse.
+fn is_reg_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=".contains(c)
+}
+
+/// Refuses an input that an RFC 3986 reader would take to another scheme, user, host or port
+/// than WHATWG's parse of it did.
+fn check_one_reading(raw: &str, parsed: &Url) -> Result<(), UrlError> {
+    // WHATWG drops leading and trailing spaces (control characters were refused already).
+    let Some(rfc) = Authority::read(raw.trim_matches(' ')).filter(|a| a.scheme.eq_ignore_ascii_case(parsed.scheme()))
+    else {
+        return Err(err("invalid_url", "url must start with http:// or https:// followed by the host"));
+    };
+    if rfc.userinfo.is_some() {
+        return Err(err("invalid_url", "url must not contain a user name or password (an @ before the path)"));
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    if !same_host(rfc.host, parsed) {
+        return Err(err(
+            "invalid_url",
+            format!(
+                "url names host {:?} to some URL parsers and {host:?} to others (a backslash, @, space or \
+                 percent-encoding before the path, or an unusual IP address spelling); write the host plainly",
+                rfc.host
+            ),
+        ));
+    }
+    if let Some(Host::Domain(d)) = parsed.host() {
+        if let Some(c) = d.chars().find(|&c| !is_reg_name_char(c)) {
+            return Err(err("invalid_url", format!("url's host contains {c:?}, which URL parsers disagree on")));
+        }
+    }
+    if rfc.port_number(parsed.port_or_known_default()) != parsed.port_or_known_default() {
+        return Err(err("invalid_url", "url names a different port to different URL parsers; write the port plainly"));
+    }
+    Ok(())
+}
+
+/// Validates a target URL; returns the string to store and send: the serialization of the
+/// parsed input (see the module doc).
 pub fn parse_target(raw: &str, own: &OwnOrigin) -> Result<String, UrlError> {
     if raw.is_empty() {
         return Err(err("invalid_url", "url must not be empty"));
@@ -142,7 +275,11 @@ pub fn parse_target(raw: &str, own: &OwnOrigin) -> Result<String, UrlError> {
     if own.is_us(&parsed) {
         return Err(err("self_referencing_url", "url points back at this shortener"));
     }
-    let stored = if raw.bytes().all(|b| b.is_ascii_graphic()) { raw.to_string() } else { parsed.to_string() };
+    check_one_reading(raw, &parsed)?;
+    // Holds for every serialization (property-tested); checked anyway, so that no change in how
+    // `url` serializes can ever store an ambiguous URL.
+    check_one_reading(parsed.as_str(), &parsed)?;
+    let stored: String = parsed.into();
     if stored.len() > MAX_URL_BYTES {
         return Err(err("url_too_long", format!("url is longer than {MAX_URL_BYTES} bytes once encoded")));
     }
@@ -175,9 +312,10 @@ mod tests {
     }
 
     #[test]
-    fn plain_urls_are_kept_byte_for_byte() {
-        assert_eq!(parse("https://Example.com").unwrap(), "https://Example.com");
+    fn plain_urls_are_stored_as_their_serialization() {
+        assert_eq!(parse("https://Example.com").unwrap(), "https://example.com/");
         assert_eq!(parse("http://a.io/x?y=1#z").unwrap(), "http://a.io/x?y=1#z");
+        assert_eq!(parse("HTTPS://a.io:443/b/./c/../d\\e?q=\\").unwrap(), "https://a.io/b/d/e?q=\\");
     }
 
     #[test]
@@ -284,7 +422,65 @@ mod tests {
         assert!(parse_target("http://[2001:db8::2]/", &v6).is_ok());
     }
 
-    /// Strategies for the property tests: spellings of one host.
+    #[test]
+    fn urls_that_parsers_split_differently_are_refused() {
+        for raw in [
+            "https://evil.example\\@good.example/",
+            "https://evil.example\\\\@good.example",
+            "https://@good.example/",
+            "https:good.example/",
+            "https:/good.example/",
+            "https:\\\\good.example/",
+            "https:///good.example/",
+            "https://good.example\\x",
+            "https://ex%61mple.com/",
+            "https://example%2Ecom/",
+            "https://bü%63her.de/",
+            "https://127.1/",
+            "https://0x7f.0.0.1/",
+            "https://2130706433/",
+            "https://1.2.3.4./",
+        ] {
+            assert_eq!(refusal(raw, &own()), "invalid_url", "{raw}");
+        }
+    }
+
+    #[test]
+    fn differences_every_parser_resolves_alike_are_accepted_and_normalized() {
+        for (raw, stored) in [
+            ("HTTPS://EXAMPLE.com:443", "https://example.com/"),
+            ("https://example.com:/", "https://example.com/"),
+            ("  https://example.com/a  ", "https://example.com/a"),
+            ("https://[2001:DB8:0::1]:8443/", "https://[2001:db8::1]:8443/"),
+            ("https://[::ffff:1.2.3.4]/", "https://[::ffff:102:304]/"),
+            ("https://Bücher.de/", "https://xn--bcher-kva.de/"),
+            ("https://ｅｘａｍｐｌｅ.com/", "https://example.com/"),
+            ("https://a.io/x\\y?q=@\\#@", "https://a.io/x/y?q=@\\#@"),
+        ] {
+            assert_eq!(parse(raw).as_deref(), Ok(stored), "{raw}");
+        }
+    }
+
+    #[test]
+    fn the_authority_reader_splits_as_rfc_3986_does() {
+        assert_eq!(
+            Authority::read("https://u:p@[::1]:80/x"),
+            Some(Authority { scheme: "https", userinfo: Some("u:p"), host: "[::1]", port: Some("80") })
+        );
+        assert_eq!(
+            Authority::read("http://a\\b@c@d:1?x@y/z"),
+            Some(Authority { scheme: "http", userinfo: Some("a\\b@c"), host: "d", port: Some("1") })
+        );
+        assert_eq!(
+            Authority::read("http://[::1]#:9"),
+            Some(Authority { scheme: "http", userinfo: None, host: "[::1]", port: None })
+        );
+        assert_eq!(Authority::read("https:x"), None);
+        assert_eq!(Authority::read("https:/x"), None);
+        assert_eq!(Authority::read("1http://a"), None);
+    }
+
+    /// Strategies for the property tests: spellings of one host, and URL-like strings.
     mod arb {
         use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -420,6 +616,44 @@ mod tests {
             let path = prop::sample::select(vec!["", "/", "/x", "/a/b?c=d", "?q", "#f", "/x?y#z"]);
             (scheme, host, port, path).prop_map(|(s, h, p, path)| format!("{s}://{h}{p}{path}")).boxed()
         }
+
+        fn pick(options: &'static [&'static str]) -> BoxedStrategy<String> {
+            prop::sample::select(options).prop_map(String::from).boxed()
+        }
+
+        /// Mostly one of `good`, sometimes one of `bad`.
+        fn mostly(good: &'static [&'static str], bad: &'static [&'static str]) -> BoxedStrategy<String> {
+            prop_oneof![6 => pick(good), 1 => pick(bad)].boxed()
+        }
+
+        /// Strings shaped like URLs, about a third of them valid targets, with the pieces that make
+        /// parsers disagree.
+        pub fn url_like() -> BoxedStrategy<String> {
+            let scheme = mostly(&["https", "http", "HTTP"], &["ftp", "", "h t", "1a"]);
+            let sep = mostly(&["://"], &[":", ":/", ":\\", ":///", ":/\\"]);
+            let userinfo = mostly(&[""], &["@", "u@", "u:p@", "a\\@", "%40@"]);
+            let host = prop_oneof![
+                6 => pick(&[
+                    "example.com", "sho.rt", "Bücher.de", "127.0.0.1", "[::1]", "[0:0::FFFF:1.2.3.4]",
+                    "xn--bcher-kva.de", "ｅｘａｍｐｌｅ.com", "a..b", "e\u{ad}x.com", "a.b.c.d.e", "a_b.io",
+                ]),
+                1 => pick(&["ex%61mple.com", "0x7f.1", "", "a b", "1.2.3.4.", "[::1", "a]b", "%zz", "a{b"]),
+                1 => "[a-z0-9.%\\[\\]:-]{0,12}",
+            ];
+            let port = mostly(&["", "", ":", ":80", ":443", ":0443", ":8443"], &[":65536", ":x", "::"]);
+            let lead = mostly(&["/", "/", "/", "?", "#"], &["", "\\", "@", " "]);
+            let piece = prop_oneof![
+                20 => pick(&[
+                    "/", "/", "\\", "?", "#", "@", "%", "%2e", "..", ".", "a", " ", "é", "%zz", "[", "]", ":",
+                    "|", "\"", "<", "'", "{", "^", "\u{3002}", "%00",
+                ]),
+                1 => any::<char>().prop_map(String::from),
+            ];
+            let rest = prop::collection::vec(piece, 0..10).prop_map(|p| p.concat());
+            (scheme, sep, userinfo, host, port, lead, rest)
+                .prop_map(|(a, b, c, d, e, f, g)| format!("{a}{b}{c}{d}{e}{f}{g}"))
+                .boxed()
+        }
     }
 
     mod properties {
@@ -427,7 +661,7 @@ mod tests {
 
         use proptest::prelude::*;
 
-        use super::{arb, origin, own, parse, parse_target, OwnOrigin};
+        use super::{arb, origin, own, parse, parse_target, Authority, OwnOrigin, Url};
 
         fn is_self_referencing(raw: &str, own: &OwnOrigin) -> bool {
             parse_target(raw, own).is_err_and(|e| e.code == "self_referencing_url")
@@ -495,6 +729,37 @@ mod tests {
                 prop_assert!(!is_self_referencing(&raw, &own()), "{raw:?} taken for ours");
             }
 
+            #[test]
+            fn parse_target_never_panics_on_any_string(raw in any::<String>()) {
+                let _ = parse(&raw);
+            }
+
+            #[test]
+            fn parse_target_never_panics_on_url_like_strings(raw in arb::url_like()) {
+                let _ = parse(&raw);
+            }
+
+            #[test]
+            fn parsing_our_own_output_gives_it_back(raw in arb::url_like()) {
+                if let Ok(stored) = parse(&raw) {
+                    prop_assert_eq!(parse(&stored), Ok(stored.clone()), "from {:?}", raw);
+                }
+            }
+
+            #[test]
+            fn every_serialization_names_the_same_host_and_port_to_rfc_3986(raw in arb::url_like()) {
+                let Ok(url) = Url::parse(&raw) else { return Ok(()) };
+                if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() || url.password().is_some() {
+                    return Ok(());
+                }
+                let rfc = Authority::read(url.as_str());
+                prop_assert!(rfc.is_some(), "no authority in {:?}", url.as_str());
+                let rfc = rfc.unwrap();
+                prop_assert_eq!(rfc.scheme, url.scheme());
+                prop_assert_eq!(rfc.userinfo, None);
+                prop_assert_eq!(Some(rfc.host), url.host_str());
+                prop_assert_eq!(rfc.port_number(url.port_or_known_default()), url.port_or_known_default());
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Target URLs through the API and the importer: no spelling of our own address is accepted.
+//! Target URLs through the API and the importer: no spelling of our own address is accepted, and
+//! what is stored and sent in `Location` names one host to every URL parser.
 
 use std::process::Command;
 
@@ -98,11 +99,61 @@ async fn a_loopback_base_refuses_every_loopback_spelling_on_its_ports() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn import_refuses_our_own_address() {
+async fn urls_that_parsers_read_as_two_hosts_are_refused_and_not_stored() {
+    let app = spawn_app(None, |_| {}).await;
+
+    for url in [
+        "https://evil.example\\@good.example/",
+        "https://evil.example\\\\@good.example/",
+        "https://@good.example/",
+        "https:\\\\evil.example\\x",
+        "https:evil.example/",
+        "https:///evil.example/",
+        "https://ex%61mple.com/",
+        "https://0x7f.1/",
+        "https://a{b.example/",
+    ] {
+        let result = create_status(&app, url).await;
+
+        assert_eq!(result, refused("invalid_url"), "{url}");
+    }
+    let list: Value = app.api(Method::GET, "/links").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["links"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn location_is_the_serialization_of_the_parsed_url_and_names_one_host_to_every_parser() {
+    let app = spawn_app(None, |_| {}).await;
+
+    for (input, stored, host) in [
+        ("HTTPS://Example.COM:443/a/./b/../c\\d?q=1#f", "https://example.com/a/c/d?q=1#f", "example.com"),
+        ("https://Bücher.de/ä b", "https://xn--bcher-kva.de/%C3%A4%20b", "xn--bcher-kva.de"),
+        ("http://[2001:DB8:0:0::1]:8080", "http://[2001:db8::1]:8080/", "[2001:db8::1]"),
+    ] {
+        let link = app.create(json!({ "url": input })).await;
+        let location = app.location(link["code"].as_str().unwrap()).await.unwrap();
+
+        assert_eq!(link["url"], stored, "{input}");
+        assert_eq!(location, stored, "{input}");
+        let whatwg = url::Url::parse(&location).unwrap();
+        let rfc3986: axum::http::Uri = location.parse().unwrap();
+        assert_eq!(whatwg.host_str(), Some(host), "{location}");
+        assert_eq!(rfc3986.host(), Some(host), "{location}");
+        assert_eq!(rfc3986.port_u16(), whatwg.port(), "{location}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_refuses_our_own_address_and_split_urls_and_stores_the_serialization() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("i.db").display());
     let csv = dir.path().join("links.csv");
-    let lines = ["own1,https://sho.rt./x", "own2,http://[::ffff:127.0.0.1]:8080/", "fine,https://example.com/a"];
+    let lines = [
+        "own1,https://sho.rt./x",
+        "own2,http://[::ffff:127.0.0.1]:8080/",
+        "split,https://evil.example\\@good.example/",
+        "fine,HTTPS://Example.com:443/a",
+    ];
     std::fs::write(&csv, lines.join("\n")).unwrap();
 
     let out = Command::new(env!("CARGO_BIN_EXE_shortener"))
@@ -117,7 +168,7 @@ async fn import_refuses_our_own_address() {
 
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains("imported 1 links") && stdout.contains("2 rejected"), "{stdout}");
+    assert!(stdout.contains("imported 1 links") && stdout.contains("3 rejected"), "{stdout}");
     let rows: Vec<(String, String)> = sqlx::query_as("SELECT short_code, original_url FROM link_mappings")
         .fetch_all(&mut raw_conn(&db).await)
         .await
