@@ -267,7 +267,8 @@ fn parse_import_line(line: &str, format: ImportFormat, config: &Config) -> Resul
     if !code::is_code_shaped(&c) {
         return Err(format!("invalid code {c:?}"));
     }
-    let url = target::parse_target(&u, &config.public_base_url).map_err(|e| e.message)?;
+    let url = target::parse_target(&u, &target::OwnOrigin::new(&config.public_base_url, config.listen_addr))
+        .map_err(|e| e.message)?;
     Ok(Some((c, url)))
 }
 

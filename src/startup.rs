@@ -158,6 +158,7 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
         Arc::new(RateLimiter::new(resolver.redis.clone(), &config.redis_key_prefix, config.trusted_proxies.clone()));
     let permanent_cache_control =
         HeaderValue::from_str(&format!("private, max-age={}", config.permanent_redirect_max_age))?;
+    let own_origin = crate::links::target::OwnOrigin::new(&config.public_base_url, addr);
     let state = AppState::new(Inner {
         config,
         db: read_pool,
@@ -172,6 +173,7 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
         db_inode,
         started: std::time::Instant::now(),
         permanent_cache_control,
+        own_origin,
     });
     let router = http::router(state.clone());
     if warm_top_n > 0 {

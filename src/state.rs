@@ -39,6 +39,8 @@ pub struct Inner {
     pub permanent_cache_control: HeaderValue,
     /// The last `INFO` fields `/health/redis` showed, and when they were asked.
     pub redis_info: tokio::sync::Mutex<Option<(Instant, serde_json::Map<String, serde_json::Value>)>>,
+    /// What a target URL must not point at: the public base and the bound address.
+    pub own_origin: crate::links::target::OwnOrigin,
 }
 
 impl AppState {

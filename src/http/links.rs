@@ -167,7 +167,7 @@ fn parse_expiry(raw: &str) -> Result<i64, ApiError> {
 }
 
 fn parse_url(state: &AppState, raw: &str) -> Result<String, ApiError> {
-    target::parse_target(raw, &state.config.public_base_url).map_err(|e| ApiError::Invalid(e.code, e.message))
+    target::parse_target(raw, &state.own_origin).map_err(|e| ApiError::Invalid(e.code, e.message))
 }
 
 fn path_code(code: &str) -> Result<&str, ApiError> {

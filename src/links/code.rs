@@ -1,8 +1,9 @@
 //! Short codes: what may be one, and how random ones are made.
 //!
 //! Custom codes are `[A-Za-z0-9_-]{3,64}` and not a reserved word; random codes are base62 of
-//! `CODE_LENGTH` characters. The redirect path checks only the shape ([`is_code_shaped`]), so
-//! anything that cannot be a code is answered 404 before any I/O.
+//! `CODE_LENGTH` characters and not a reserved word either. The redirect path checks only the
+//! shape ([`is_code_shaped`]) and [`is_reserved`], so anything that cannot be a code is answered
+//! 404 before any I/O.
 
 use rand::Rng;
 
@@ -74,10 +75,21 @@ pub fn parse_custom(s: &str) -> Result<&str, CodeError> {
     }
 }
 
-/// A random base62 code of `len` characters.
+/// A random base62 code of `len` characters that is not a reserved word (the redirect path
+/// answers those 404, so such a link could never be followed).
 pub fn generate(len: usize) -> String {
     let mut rng = rand::rng();
-    (0..len).map(|_| BASE62[rng.random_range(0..BASE62.len())] as char).collect()
+    generate_from(len, || BASE62[rng.random_range(0..BASE62.len())])
+}
+
+/// [`generate`] with the characters drawn by `next`: draws again while the code is reserved.
+fn generate_from(len: usize, mut next: impl FnMut() -> u8) -> String {
+    loop {
+        let code: String = (0..len).map(|_| next() as char).collect();
+        if !is_reserved(&code) {
+            return code;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -107,5 +119,55 @@ mod tests {
         let c = generate(7);
         assert_eq!(c.len(), 7);
         assert!(c.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn a_random_draw_that_spells_a_reserved_word_is_drawn_again() {
+        let mut draws = b"APIwww7x9".iter().copied();
+
+        let code = generate_from(3, || draws.next().expect("drew too often"));
+
+        assert_eq!(code, "7x9");
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            #[test]
+            fn the_shape_check_and_the_custom_code_parser_agree_on_any_string(s in any::<String>()) {
+                let parsed = parse_custom(&s);
+                prop_assert_eq!(parsed == Err(CodeError::Shape), !is_code_shaped(&s));
+                prop_assert_eq!(parsed == Err(CodeError::Reserved), is_code_shaped(&s) && is_reserved(&s));
+                if let Ok(code) = parsed {
+                    prop_assert_eq!(code, s.as_str());
+                    prop_assert_eq!(parse_custom(code), Ok(code));
+                }
+            }
+
+            #[test]
+            fn the_shape_check_and_the_custom_code_parser_agree_on_code_like_strings(
+                s in "[A-Za-z0-9_.~ -]{0,66}|(?i:api|health|metrics|well-known|favicon)",
+            ) {
+                let documented_shape = (MIN_LEN..=MAX_LEN).contains(&s.chars().count())
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                let parsed = parse_custom(&s);
+                prop_assert_eq!(is_code_shaped(&s), documented_shape);
+                prop_assert_eq!(parsed == Err(CodeError::Shape), !is_code_shaped(&s));
+                prop_assert_eq!(parsed == Err(CodeError::Reserved), is_code_shaped(&s) && is_reserved(&s));
+                prop_assert_eq!(parsed.is_ok(), is_code_shaped(&s) && !is_reserved(&s));
+            }
+
+            #[test]
+            fn generated_codes_are_always_accepted(len in MIN_LEN..=MAX_LEN) {
+                let code = generate(len);
+                prop_assert_eq!(code.len(), len);
+                prop_assert_eq!(parse_custom(&code), Ok(code.as_str()));
+            }
+        }
     }
 }

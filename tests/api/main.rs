@@ -12,3 +12,4 @@ mod ownership;
 mod ratelimit;
 mod read_through;
 mod redirect;
+mod urls;
