@@ -1,7 +1,7 @@
 //! Click counting without a database write per redirect.
 //!
 //! The hot path adds one to an atomic counter that lives in the cached link itself
-//! ([`crate::links::CachedLink::pending_clicks`]): no lock, no allocation. The first click on a
+//! ([`crate::cache::CachedLink::pending_clicks`]): no lock, no allocation. The first click on a
 //! cached link since it was last drained also registers the link in a list (a short mutex, once
 //! per link per flush interval, not per click). The flusher drains that list every
 //! `CLICK_FLUSH_INTERVAL_MS`, or sooner when `CLICK_FLUSH_MAX_PENDING` links are waiting, and
@@ -24,8 +24,8 @@ use aho_corasick::AhoCorasick;
 use tokio::sync::{watch, Notify};
 
 use crate::{
+    cache::CachedLink,
     db::writer::{Change, ClickBatch, Outcome, Writer},
-    links::CachedLink,
     time_util::now_ms,
 };
 

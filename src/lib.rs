@@ -1,23 +1,28 @@
 //! `shortener` — a self-hosted URL shortener built for one small VM and real traffic.
 //!
-//! Module map, in reading order:
+//! Module map. Dependencies point one way, down this list (`.ci/module_cycles.py` fails CI on an
+//! import cycle between these modules):
 //!
-//! - [`config`]: every setting, read from the environment ([`config::Config::from_env`]).
-//! - [`telemetry`]: tracing setup (`LOG_FORMAT=json|pretty`), logs to stderr.
-//! - [`startup`]: builds pools and state, runs migrations, binds, serves, shuts down gracefully.
+//! - [`cli`]: the command line (`serve`, `migrate`, `keys …`, `links …`).
+//! - [`startup`]: builds pools and state, runs migrations, binds, serves, shuts down gracefully;
+//!   the one place that wires components to each other (the writer's announcements to the
+//!   caches, the Redis tier's view of the outbox, test hooks).
 //! - [`serve`]: one task per connection; hyper is held only while a connection is busy.
+//! - [`http`]: routers and handlers only — the redirect hot path, the link API, health — and the
+//!   gates in front of them (limits, authentication, operator endpoints).
 //! - [`state`]: [`state::AppState`], the handles every handler may use.
 //! - [`error`]: [`error::ApiError`], the one JSON error envelope of the API.
-//! - [`http`]: routers and handlers only — the redirect hot path, the link API, health.
-//! - [`links`]: the domain — short codes, target URLs, and the read-through resolver.
-//! - [`cache`]: the in-process L1 and the Redis tier (pool, budgets, breaker, Lua scripts).
-//! - [`db`]: all SQL — pools, the group-committing writer, link and key queries.
-//! - [`clicks`]: click counting without a database write per redirect, and its flusher.
-//! - [`observe`]: the Prometheus registry and what `/metrics` shows.
-//! - [`ratelimit`]: GCRA limits shared through Redis, with a per-process fallback.
-//! - [`striped`]: per-thread counters for the hot path.
-//! - [`batch`]: coalescing of concurrent Redis and SQLite calls into batches (the miss path).
-//! - [`cli`]: the command line (`serve`, `migrate`, `keys …`, `links …`).
+//! - The domain: [`links`] (short codes, target URLs, the read-through resolver), [`auth`] (key
+//!   verification and what is remembered about presented keys), [`clicks`] (counting without a
+//!   database write per redirect, and its flusher), [`ratelimit`] (GCRA limits shared through
+//!   Redis, with a per-process fallback).
+//! - [`cache`]: what the caches hold ([`cache::Resolved`]), the in-process L1 and the Redis tier
+//!   (pool, budgets, breaker, Lua scripts, invalidations and their replay).
+//! - [`db`]: all SQL — pools, the group-committing writer, link and key queries. It knows no
+//!   cache: the writer announces committed changes through [`db::writer::Announce`].
+//! - Leaves: [`config`] (every setting, from the environment), [`observe`] (the Prometheus
+//!   registry; each component exports its own metrics into it), [`batch`] (coalescing concurrent
+//!   calls), [`striped`] (per-thread counters), [`time_util`], [`telemetry`] (logs to stderr).
 
 pub mod auth;
 pub mod batch;

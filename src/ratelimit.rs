@@ -44,7 +44,7 @@ return {1, ahead, 0}
 /// process' memory, so under a burst (hundreds of API calls at once on two cores) a short budget
 /// lets more through than the limit. An API call can afford the wait; while Redis is down the
 /// breaker is open and checks go to memory at once.
-const LIMIT_BUDGET: Duration = Duration::from_secs(1);
+const LIMIT_BUDGET: Duration = Duration::from_secs(2);
 
 pub use crate::config::{parse_trusted, Limit};
 

@@ -10,6 +10,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{http::HeaderValue, Router};
+use futures_util::future::BoxFuture;
 use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
@@ -17,7 +18,10 @@ use tokio::{
 };
 
 use crate::{
-    cache::{local::L1, redis::RedisTier},
+    cache::{
+        local::L1,
+        redis::{Outbox, RedisTier},
+    },
     clicks::Clicks,
     config::Config,
     db::{self, writer::Writer},
@@ -39,6 +43,17 @@ pub struct Application {
     state: AppState,
     shutdown_tx: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
+}
+
+/// The Redis tier's view of the database's invalidation outbox.
+struct DbOutbox(sqlx::SqlitePool);
+
+impl Outbox for DbOutbox {
+    fn queued_after(&self, after: i64, limit: i64) -> BoxFuture<'_, Result<Vec<(i64, String)>, String>> {
+        Box::pin(
+            async move { db::links::find_invalidations_after(&self.0, after, limit).await.map_err(|e| e.to_string()) },
+        )
+    }
 }
 
 /// Opens the database (running migrations), the caches and the writer, and binds the listener.
@@ -66,7 +81,8 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
 
     let redis = if config.redis_enabled {
         let tier = RedisTier::new(&config)?;
-        tier.tick(&read_pool).await;
+        let outbox: Arc<dyn Outbox> = Arc::new(DbOutbox(read_pool.clone()));
+        tier.tick(&*outbox).await;
         if tier.readable() {
             tracing::info!(redis.url = %crate::config::redact_url(&config.redis_url), "redis connected");
         } else {
@@ -75,8 +91,8 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
                 "redis not reachable at startup: serving from L1 and SQLite, retrying in the background"
             );
         }
-        let (t, db, rx) = (tier.clone(), read_pool.clone(), shutdown_rx.clone());
-        background.push(tokio::spawn(async move { t.supervise(db, rx).await }));
+        let (t, rx) = (tier.clone(), shutdown_rx.clone());
+        background.push(tokio::spawn(async move { t.supervise(outbox, rx).await }));
         Some(tier)
     } else {
         tracing::info!("redis disabled (REDIS_ENABLED=false): serving from L1 and SQLite");
@@ -117,8 +133,10 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
         // unreachable Redis does not hold startup back.
         let _ = tokio::time::timeout(connect_timeout, subscribed).await;
     }
+    let code_length = config.code_length;
+    let new_code: crate::db::writer::NewCode = Arc::new(move || crate::links::code::generate(code_length));
     let (writer, writer_task) =
-        Writer::spawn(writer_conn, resolver.clone(), config.code_length, config.write_batch_max, shutdown_rx.clone());
+        Writer::spawn(writer_conn, resolver.clone(), new_code, config.write_batch_max, shutdown_rx.clone());
     background.push(writer_task);
     let db_file = db::connect_options(&config.database_url, config.db_busy_timeout)?.get_filename().to_path_buf();
     if !db_file.as_os_str().is_empty() && !db_file.to_string_lossy().starts_with(':') {

@@ -28,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::links::Resolved;
+use super::Resolved;
 
 const EPOCH_SLOTS: usize = 4096;
 const SHARDS: usize = 64;

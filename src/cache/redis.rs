@@ -40,13 +40,22 @@ use std::{
 };
 
 use deadpool_redis::{Connection, Pool, Runtime};
+use futures_util::future::BoxFuture;
 use metrics::Label;
 use redis::{aio::MultiplexedConnection, RedisResult, Script};
 use serde::Serialize;
-use sqlx::SqlitePool;
 use tokio::sync::{watch, Notify};
 
-use crate::{batch::Batcher, config::Config, db, links::Resolved};
+use super::Resolved;
+use crate::{batch::Batcher, config::Config};
+
+/// Where the invalidations that may be missing from Redis are queued: the database's outbox
+/// (`cache_invalidations`). The tier reads it to replay them before Redis is trusted again; the
+/// database behind it is wired in by `startup`, so the tier knows no SQL.
+pub trait Outbox: Send + Sync {
+    /// Up to `limit` queued invalidations after row `after`, as (row id, code), in id order.
+    fn queued_after(&self, after: i64, limit: i64) -> BoxFuture<'_, Result<Vec<(i64, String)>, String>>;
+}
 
 /// How long a fill's lease lives: a fill slower than this simply does not write back.
 const LEASE_MS: u64 = 10_000;
@@ -648,9 +657,9 @@ impl RedisTier {
 
     /// Keeps a connection checked out, probes while unhealthy, replays invalidations, and closes
     /// the breaker. Runs until `shutdown` changes.
-    pub async fn supervise(&self, db: SqlitePool, mut shutdown: watch::Receiver<bool>) {
+    pub async fn supervise(&self, outbox: Arc<dyn Outbox>, mut shutdown: watch::Receiver<bool>) {
         loop {
-            self.tick(&db).await;
+            self.tick(&*outbox).await;
             tokio::select! {
                 _ = self.wake.notified() => {
                     // A burst of failures wakes us many times; pace the reconnects.
@@ -663,7 +672,7 @@ impl RedisTier {
     }
 
     /// One supervisor step; also run once at startup so a healthy Redis is trusted at once.
-    pub async fn tick(&self, db: &SqlitePool) {
+    pub async fn tick(&self, outbox: &dyn Outbox) {
         if self.conn().is_none() {
             match tokio::time::timeout(self.connect_timeout, self.pool.get()).await {
                 Ok(Ok(c)) => {
@@ -688,7 +697,7 @@ impl RedisTier {
             return;
         }
         let target = self.dirty_seq.load(Ordering::SeqCst);
-        match self.replay(db).await {
+        match self.replay(outbox).await {
             Ok(n) => {
                 self.clean_seq.store(target, Ordering::SeqCst);
                 self.failures.store(0, Ordering::Relaxed);
@@ -720,11 +729,11 @@ impl RedisTier {
 
     /// Re-applies every queued invalidation. Rows stay until the writer deletes them (it takes
     /// the acknowledged ids), so this walks them by id.
-    async fn replay(&self, db: &SqlitePool) -> Result<u64, String> {
+    async fn replay(&self, outbox: &dyn Outbox) -> Result<u64, String> {
         let mut after = 0i64;
         let mut total = 0u64;
         loop {
-            let rows = db::links::find_invalidations_after(db, after, 500).await.map_err(|e| e.to_string())?;
+            let rows = outbox.queued_after(after, 500).await?;
             let Some(last) = rows.last() else { break };
             after = last.0;
             let codes: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();

@@ -27,7 +27,24 @@ use super::{
     links::{self, LinkPatch, LinkRow, Scope},
     DbError,
 };
-use crate::{links::code, links::resolve::Resolver, time_util::now_ms};
+use crate::time_util::now_ms;
+use futures_util::future::BoxFuture;
+
+/// What the writer tells the rest of the service about committed changes. `startup` wires it to
+/// the caches and the invalidation bus, so this layer knows nothing of them.
+pub trait Announce: Send + Sync + 'static {
+    /// The links with these codes changed (`ids`: their rows in `cache_invalidations`); resolves
+    /// once no cache can serve their old state. Each change is answered only after this.
+    fn committed<'a>(&'a self, codes: &'a [String], ids: &'a [i64]) -> BoxFuture<'a, ()>;
+    /// Rows of `cache_invalidations` whose invalidation is known to have landed: the writer
+    /// deletes them.
+    fn take_applied(&self) -> Vec<i64>;
+    /// Puts back rows whose delete failed.
+    fn requeue_applied(&self, ids: Vec<i64>);
+}
+
+/// Makes a random code (of the configured length and alphabet: the domain's rule).
+pub type NewCode = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// A change to the links table.
 #[derive(Debug, Clone)]
@@ -147,8 +164,8 @@ impl Writer {
     /// Starts the writer task on `conn`. It stops when `shutdown` fires and the queue is drained.
     pub fn spawn(
         conn: SqliteConnection,
-        resolver: Arc<Resolver>,
-        code_length: usize,
+        announce: Arc<dyn Announce>,
+        new_code: NewCode,
         batch_max: usize,
         shutdown: watch::Receiver<bool>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
@@ -156,8 +173,8 @@ impl Writer {
         let stats = Arc::new(WriterStats::default());
         let task = WriterTask {
             conn,
-            resolver,
-            code_length,
+            announce,
+            new_code,
             batch_max,
             stats: stats.clone(),
             finishing: Arc::new(tokio::sync::Semaphore::new(FINISHING_MAX)),
@@ -194,8 +211,8 @@ impl Writer {
 
 struct WriterTask {
     conn: SqliteConnection,
-    resolver: Arc<Resolver>,
-    code_length: usize,
+    announce: Arc<dyn Announce>,
+    new_code: NewCode,
     batch_max: usize,
     stats: Arc<WriterStats>,
     /// Committed batches whose invalidation and answers are still under way.
@@ -233,7 +250,7 @@ impl WriterTask {
     }
 
     async fn apply(&mut self, jobs: Vec<Job>) {
-        let acked = self.resolver.redis.as_ref().map(|r| r.take_acked()).unwrap_or_default();
+        let acked = self.announce.take_applied();
         let started = Instant::now();
         let only_random_creates = jobs.iter().all(|j| matches!(j.change, Change::Create { code: None, .. }));
         let result = if only_random_creates && acked.is_empty() && jobs.len() <= links::MAX_ROWS_PER_INSERT {
@@ -250,14 +267,9 @@ impl WriterTask {
                 // need not wait for that, so it runs beside the next commit (a few at most).
                 // Each change is still answered only after its own invalidation.
                 let permit = self.finishing.clone().acquire_owned().await.expect("the semaphore is never closed");
-                let resolver = self.resolver.clone();
+                let announce = self.announce.clone();
                 tokio::spawn(async move {
-                    if let Some(redis) = &resolver.redis {
-                        redis.invalidate(&codes, &ids).await;
-                    }
-                    for code in &codes {
-                        resolver.forget_locally(code);
-                    }
+                    announce.committed(&codes, &ids).await;
                     for (job, outcome) in jobs.into_iter().zip(outcomes) {
                         let _ = job.reply.send(Ok(outcome));
                     }
@@ -267,9 +279,7 @@ impl WriterTask {
             Err(e) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, batch.size = jobs.len(), "write batch failed and was rolled back");
-                if let Some(redis) = &self.resolver.redis {
-                    redis.requeue_acked(acked);
-                }
+                self.announce.requeue_applied(acked);
                 let busy = matches!(DbError::from(e), DbError::Busy);
                 for job in jobs {
                     let err = if busy { DbError::Busy } else { DbError::Sql(sqlx::Error::WorkerCrashed) };
@@ -309,7 +319,7 @@ impl WriterTask {
     /// invalidation rows: see the end of [`Self::apply_in_tx`].
     async fn create_random(&mut self, jobs: &[Job]) -> Result<(Vec<Outcome>, Vec<String>, Vec<i64>), sqlx::Error> {
         let now = now_ms();
-        let mut codes: Vec<String> = jobs.iter().map(|_| code::generate(self.code_length)).collect();
+        let mut codes: Vec<String> = jobs.iter().map(|_| (self.new_code)()).collect();
         let mut pending: Vec<usize> = (0..jobs.len()).collect();
         for _ in 0..RANDOM_CODE_ATTEMPTS {
             let rows: Vec<links::NewLink<'_>> = pending
@@ -330,15 +340,11 @@ impl WriterTask {
             }
             let taken: std::collections::HashSet<String> =
                 links::find_taken_by_others(&mut self.conn, &refs, now).await?.into_iter().collect();
-            tracing::warn!(
-                link.code_length = self.code_length,
-                collided = taken.len(),
-                "random codes collided; trying others"
-            );
+            tracing::warn!(collided = taken.len(), "random codes collided; trying others");
             drop(rows);
             pending.retain(|&i| taken.contains(&codes[i]));
             for &i in &pending {
-                codes[i] = code::generate(self.code_length);
+                codes[i] = (self.new_code)();
             }
         }
         Err(sqlx::Error::Protocol("no free random code found".into()))
@@ -361,9 +367,7 @@ impl WriterTask {
             .iter()
             .enumerate()
             .filter_map(|(i, j)| match &j.change {
-                Change::Create { code, .. } => {
-                    Some((i, code.clone().unwrap_or_else(|| code::generate(self.code_length))))
-                }
+                Change::Create { code, .. } => Some((i, code.clone().unwrap_or_else(|| (self.new_code)()))),
                 _ => None,
             })
             .collect();
@@ -382,8 +386,8 @@ impl WriterTask {
                     Some(row) => outcomes[i] = Some(Outcome::Created(row)),
                     None if custom => outcomes[i] = Some(Outcome::Taken),
                     None => {
-                        tracing::warn!(link.code_length = self.code_length, "random code collided; trying another");
-                        retry.push((i, code::generate(self.code_length)));
+                        tracing::warn!("random code collided; trying another");
+                        retry.push((i, (self.new_code)()));
                     }
                 }
             }
@@ -443,8 +447,7 @@ impl WriterTask {
     }
 
     async fn clean_acked(&mut self) {
-        let Some(redis) = self.resolver.redis.clone() else { return };
-        let acked = redis.take_acked();
+        let acked = self.announce.take_applied();
         if acked.is_empty() {
             return;
         }
@@ -459,7 +462,7 @@ impl WriterTask {
         .await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "could not clean applied invalidations; will retry");
-            redis.requeue_acked(acked);
+            self.announce.requeue_applied(acked);
         }
     }
 }

@@ -11,11 +11,7 @@ use axum::{
 use std::time::Instant;
 
 use super::{next_request_id, X_REQUEST_ID};
-use crate::{
-    links::{code, Resolved},
-    state::AppState,
-    time_util::now_ms,
-};
+use crate::{cache::Resolved, links::code, state::AppState, time_util::now_ms};
 
 const NOT_FOUND_PAGE: &str =
     "<!doctype html><title>Not found</title><h1>Not found</h1><p>This short link does not exist.</p>\n";

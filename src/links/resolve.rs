@@ -29,12 +29,13 @@ use crate::{
     cache::{
         local::L1,
         redis::{Lease, Lookup, RedisTier},
+        Resolved,
     },
-    db::{self, DbError},
-    links::Resolved,
+    db::{self, writer::Announce, DbError},
     observe::Metrics,
     striped::Striped,
 };
+use futures_util::future::BoxFuture;
 use metrics::Label;
 
 /// Why a code could not be resolved: the database is saturated or failing (the redirect path
@@ -95,6 +96,31 @@ pub struct CacheReport {
     pub redis_enabled: bool,
     /// Redis breaker: `closed`, `open`, `replaying`, or `disabled`.
     pub redis_breaker: &'static str,
+}
+
+/// The writer's announcements of committed changes land here: Redis forgets the codes (and the
+/// other instances hear of it through pub/sub), then this process' L1 does.
+impl Announce for Resolver {
+    fn committed<'a>(&'a self, codes: &'a [String], ids: &'a [i64]) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(redis) = &self.redis {
+                redis.invalidate(codes, ids).await;
+            }
+            for code in codes {
+                self.forget_locally(code);
+            }
+        })
+    }
+
+    fn take_applied(&self) -> Vec<i64> {
+        self.redis.as_ref().map(|r| r.take_acked()).unwrap_or_default()
+    }
+
+    fn requeue_applied(&self, ids: Vec<i64>) {
+        if let Some(redis) = &self.redis {
+            redis.requeue_acked(ids);
+        }
+    }
 }
 
 /// Knobs that let tests widen races the service must survive; the default (all off) is

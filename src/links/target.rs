@@ -13,7 +13,7 @@
 //! which splits the same text differently: WHATWG takes `\` for `/` and percent-decodes the host,
 //! RFC 3986 does neither, so `https://evil.example\@good.example/` is evil.example to a browser
 //! and good.example (with a user name) to such a reader. Every input is therefore also read by a
-//! small RFC 3986 authority reader ([`Authority`]: scheme, `://`, then the authority up to the
+//! small RFC 3986 authority reader (`Authority`: scheme, `://`, then the authority up to the
 //! first `/`, `?` or `#`; userinfo before its last `@`; port after its last `:` outside brackets)
 //! and refused (`invalid_url`) unless both readings agree: the same scheme, no userinfo at all
 //! (not even an empty `@`), the same port, and the same host. "The same host" allows only the
