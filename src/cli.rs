@@ -208,9 +208,10 @@ async fn announce_revocation(config: &Config, name: &str) {
     if !config.redis_enabled {
         return;
     }
-    let channel = format!("{}keys", config.redis_key_prefix);
+    let names = crate::redis_client::Names::new(&config.redis_key_prefix);
+    let channel = names.keys_channel();
     let nonce = format!("{:016x}", rand::random::<u64>());
-    let acks_key = crate::cache::redis::revocation_acks_key(&config.redis_key_prefix, &nonce);
+    let acks_key = names.revocation_acks(&nonce);
     let announce = async {
         let client = redis::Client::open(config.redis_url.as_str())?;
         let mut conn = client.get_multiplexed_async_connection().await?;

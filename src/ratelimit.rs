@@ -21,7 +21,10 @@ use axum::http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use redis::Script;
 
-use crate::{cache::redis::RedisTier, time_util::now_us};
+use crate::{
+    redis_client::{Names, RedisClient},
+    time_util::now_us,
+};
 
 const GCRA_SCRIPT: &str = r"
 local t = redis.call('TIME')
@@ -135,8 +138,8 @@ fn ceil_secs(us: i64) -> u64 {
 
 /// The limiter. One per process.
 pub struct RateLimiter {
-    redis: Option<Arc<RedisTier>>,
-    prefix: String,
+    redis: Option<Arc<RedisClient>>,
+    names: Names,
     script: Script,
     local: Mutex<HashMap<String, i64>>,
     local_fallbacks: AtomicU64,
@@ -147,10 +150,10 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// A limiter that uses `redis` when it is up.
-    pub fn new(redis: Option<Arc<RedisTier>>, prefix: &str, trusted: Vec<IpNet>) -> Self {
+    pub fn new(redis: Option<Arc<RedisClient>>, prefix: &str, trusted: Vec<IpNet>) -> Self {
         RateLimiter {
             redis,
-            prefix: format!("{prefix}rl:"),
+            names: Names::new(prefix),
             script: Script::new(GCRA_SCRIPT),
             local: Mutex::new(HashMap::new()),
             local_fallbacks: AtomicU64::new(0),
@@ -161,7 +164,7 @@ impl RateLimiter {
 
     /// Checks (and, if allowed, counts) one request against `limit` for `subject`.
     pub async fn check(&self, kind: Kind, subject: &str, limit: Limit) -> Decision {
-        let key = format!("{}{}:{subject}", self.prefix, kind.key_part());
+        let key = self.names.rate_limit(kind.key_part(), subject);
         if let Some(redis) = self.redis.as_ref().filter(|r| r.is_up()) {
             let (interval, period) = (interval_us(&limit), period_us(&limit));
             let script = &self.script;

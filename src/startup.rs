@@ -18,17 +18,16 @@ use tokio::{
 };
 
 use crate::{
-    cache::{
-        local::L1,
-        redis::{Outbox, RedisTier},
-    },
+    cache::{local::L1, redis::LinkCache},
     clicks::Clicks,
     config::Config,
     db::{self, writer::Writer},
     http,
+    invalidation::{Bus, Listeners, Outbox},
     links::resolve::{Hooks, Resolver},
     observe::Metrics,
     ratelimit::RateLimiter,
+    redis_client::{self, RedisClient},
     state::{AppState, Inner},
 };
 
@@ -45,7 +44,20 @@ pub struct Application {
     background: Vec<JoinHandle<()>>,
 }
 
-/// The Redis tier's view of the database's invalidation outbox.
+/// The Redis client's settings, from the configuration.
+fn redis_settings(c: &Config) -> redis_client::Settings {
+    redis_client::Settings {
+        url: c.redis_url.clone(),
+        key_prefix: c.redis_key_prefix.clone(),
+        pool_size: c.redis_pool_size,
+        timeout: c.redis_timeout,
+        connect_timeout: c.redis_connect_timeout,
+        breaker_threshold: c.redis_breaker_threshold,
+        probe_interval: c.redis_probe_interval,
+    }
+}
+
+/// The invalidation bus's view of the database's outbox.
 struct DbOutbox(sqlx::SqlitePool);
 
 impl Outbox for DbOutbox {
@@ -80,10 +92,10 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
     let mut background = Vec::new();
 
     let redis = if config.redis_enabled {
-        let tier = RedisTier::new(&config)?;
-        let outbox: Arc<dyn Outbox> = Arc::new(DbOutbox(read_pool.clone()));
-        tier.tick(&*outbox).await;
-        if tier.readable() {
+        let client = RedisClient::new(&redis_settings(&config))?;
+        let bus = Bus::new(client.clone(), Arc::new(DbOutbox(read_pool.clone())));
+        client.tick(&*bus).await;
+        if client.readable() {
             tracing::info!(redis.url = %crate::config::redact_url(&config.redis_url), "redis connected");
         } else {
             tracing::warn!(
@@ -91,9 +103,9 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
                 "redis not reachable at startup: serving from L1 and SQLite, retrying in the background"
             );
         }
-        let (t, rx) = (tier.clone(), shutdown_rx.clone());
-        background.push(tokio::spawn(async move { t.supervise(outbox, rx).await }));
-        Some(tier)
+        let (c, restore, rx) = (client.clone(), bus.clone(), shutdown_rx.clone());
+        background.push(tokio::spawn(async move { c.supervise(restore, rx).await }));
+        Some((LinkCache::new(client), bus))
     } else {
         tracing::info!("redis disabled (REDIS_ENABLED=false): serving from L1 and SQLite");
         None
@@ -109,24 +121,20 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
         .with_hooks(hooks),
     );
     let key_cache = Arc::new(crate::auth::KeyCache::new(config.auth_cache_ttl));
-    if let Some(tier) = resolver.redis.clone() {
+    if let (Some(cache), Some(bus)) = (resolver.redis.clone(), resolver.bus.clone()) {
         let (r, k, rx, url) = (resolver.clone(), key_cache.clone(), shutdown_rx.clone(), config.redis_url.clone());
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-        let connect_timeout = tier.connect_timeout();
+        let connect_timeout = cache.client().connect_timeout();
         background.push(tokio::spawn(async move {
-            let forget_all = || {
-                r.l1.clear();
-                k.clear();
+            let listeners = Listeners {
+                forget: |code: &str| r.forget_locally(code),
+                forget_keys: || k.clear(),
+                forget_all: || {
+                    r.l1.clear();
+                    k.clear();
+                },
             };
-            tier.listen_for_invalidations(
-                &url,
-                |code| r.forget_locally(code),
-                || k.clear(),
-                forget_all,
-                subscribed_tx,
-                rx,
-            )
-            .await
+            bus.listen(&url, listeners, subscribed_tx, rx).await
         }));
         // Subscribe before serving: the first subscription clears L1 (bumping every epoch), and
         // doing that under traffic would split in-progress single-flights in two. Bounded: an
@@ -172,8 +180,11 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
         }));
     }
     let warm_top_n = config.cache_warm_top_n;
-    let limiter =
-        Arc::new(RateLimiter::new(resolver.redis.clone(), &config.redis_key_prefix, config.trusted_proxies.clone()));
+    let limiter = Arc::new(RateLimiter::new(
+        resolver.redis.as_ref().map(|c| c.client().clone()),
+        &config.redis_key_prefix,
+        config.trusted_proxies.clone(),
+    ));
     let permanent_cache_control =
         HeaderValue::from_str(&format!("private, max-age={}", config.permanent_redirect_max_age))?;
     let own_origin = crate::links::target::OwnOrigin::new(&config.public_base_url, addr);

@@ -19,7 +19,12 @@ use axum::{
 };
 use serde_json::{json, Value};
 
-use crate::{db, links::resolve::CacheReport, state::AppState};
+use crate::{
+    db,
+    links::resolve::CacheReport,
+    redis_client::{Breaker, RedisClient},
+    state::AppState,
+};
 
 /// `GET /health`: 200 while the process serves.
 pub async fn liveness() -> Json<Value> {
@@ -59,7 +64,7 @@ async fn check_db(state: &AppState) -> Result<f64, String> {
 fn redis_status(state: &AppState) -> &'static str {
     match &state.resolver.redis {
         None => "disabled",
-        Some(r) if r.breaker_state() == "closed" => "ok",
+        Some(r) if r.client().breaker() == Breaker::Closed => "ok",
         Some(_) => "degraded",
     }
 }
@@ -126,7 +131,7 @@ const INFO_FIELDS: &[&str] = &[
 
 /// The `INFO` fields of [`INFO_FIELDS`], asked of Redis at most once a second: callers within
 /// a second of the last answer share it, and concurrent callers wait for one `INFO`.
-async fn redis_info(state: &AppState, tier: &crate::cache::redis::RedisTier) -> serde_json::Map<String, Value> {
+async fn redis_info(state: &AppState, client: &RedisClient) -> serde_json::Map<String, Value> {
     let mut cached = state.redis_info.lock().await;
     if let Some((at, info)) = cached.as_ref() {
         if at.elapsed() < INFO_CACHE_TTL {
@@ -134,7 +139,7 @@ async fn redis_info(state: &AppState, tier: &crate::cache::redis::RedisTier) -> 
         }
     }
     let mut info = serde_json::Map::new();
-    if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_millis(500), tier.pool().get()).await {
+    if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_millis(500), client.pool().get()).await {
         let raw: Result<String, _> = tokio::time::timeout(
             Duration::from_millis(500),
             redis::cmd("INFO").arg("all").query_async::<String>(&mut *c),
@@ -162,11 +167,12 @@ const INFO_CACHE_TTL: Duration = Duration::from_secs(1);
 /// `GET /health/redis`: reachability, ping, pool, breaker, and memory/eviction figures from
 /// `INFO`, with warnings when Redis is not set up as an LRU cache.
 pub async fn redis(State(state): State<AppState>) -> Json<Value> {
-    let Some(tier) = state.resolver.redis.clone() else {
+    let Some(client) = state.resolver.redis.as_ref().map(|c| c.client().clone()) else {
         return Json(json!({"status": "disabled"}));
     };
-    let snap = tier.snapshot().await;
-    let mut info = if snap.reachable { redis_info(&state, &tier).await } else { serde_json::Map::new() };
+    let snap = client.snapshot().await;
+    let replayed = state.resolver.bus.as_ref().map_or(0, |b| b.replayed.load(std::sync::atomic::Ordering::Relaxed));
+    let mut info = if snap.reachable { redis_info(&state, &client).await } else { serde_json::Map::new() };
     let mut warnings = Vec::new();
     if snap.reachable {
         if info.get("maxmemory").and_then(Value::as_i64) == Some(0) {
@@ -195,7 +201,7 @@ pub async fn redis(State(state): State<AppState>) -> Json<Value> {
         "breaker_opened": snap.breaker_opened,
         "errors": snap.errors,
         "timeouts": snap.timeouts,
-        "invalidations_replayed": snap.replayed,
+        "invalidations_replayed": replayed,
         "pool": {"max": state.config.redis_pool_size, "size": snap.pool_size, "available": snap.pool_available, "waiting": snap.pool_waiting},
         "info": info,
         "warnings": warnings,

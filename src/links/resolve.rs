@@ -28,10 +28,11 @@ use crate::{
     batch::Batcher,
     cache::{
         local::L1,
-        redis::{Lease, Lookup, RedisTier},
+        redis::{Lease, LinkCache, Lookup},
         Resolved,
     },
     db::{self, writer::Announce, DbError},
+    invalidation::Bus,
     observe::Metrics,
     striped::Striped,
 };
@@ -103,8 +104,8 @@ pub struct CacheReport {
 impl Announce for Resolver {
     fn committed<'a>(&'a self, codes: &'a [String], ids: &'a [i64]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if let Some(redis) = &self.redis {
-                redis.invalidate(codes, ids).await;
+            if let Some(bus) = &self.bus {
+                bus.invalidate(codes, ids).await;
             }
             for code in codes {
                 self.forget_locally(code);
@@ -113,12 +114,12 @@ impl Announce for Resolver {
     }
 
     fn take_applied(&self) -> Vec<i64> {
-        self.redis.as_ref().map(|r| r.take_acked()).unwrap_or_default()
+        self.bus.as_ref().map(|b| b.take_acked()).unwrap_or_default()
     }
 
     fn requeue_applied(&self, ids: Vec<i64>) {
-        if let Some(redis) = &self.redis {
-            redis.requeue_acked(ids);
+        if let Some(bus) = &self.bus {
+            bus.requeue_acked(ids);
         }
     }
 }
@@ -196,8 +197,10 @@ const FLIGHT_GRACE: Duration = Duration::from_secs(1);
 pub struct Resolver {
     /// The in-process tier.
     pub l1: L1,
-    /// The Redis tier, when enabled.
-    pub redis: Option<Arc<RedisTier>>,
+    /// The link cache in Redis, when Redis is enabled.
+    pub redis: Option<Arc<LinkCache>>,
+    /// The invalidation bus, when Redis is enabled.
+    pub bus: Option<Arc<Bus>>,
     db: SqlitePool,
     /// Coalesces concurrent SQLite reads of flights into one query; started on first use.
     reads: OnceLock<Batcher<String, Result<Option<db::links::Target>, DbError>>>,
@@ -211,10 +214,12 @@ pub struct Resolver {
 
 impl Resolver {
     /// Wires the tiers together.
-    pub fn new(l1: L1, redis: Option<Arc<RedisTier>>, db: SqlitePool, negative_ttl: Duration) -> Self {
+    pub fn new(l1: L1, redis: Option<(Arc<LinkCache>, Arc<Bus>)>, db: SqlitePool, negative_ttl: Duration) -> Self {
+        let (redis, bus) = redis.unzip();
         Resolver {
             l1,
             redis,
+            bus,
             db,
             reads: OnceLock::new(),
             flights: Mutex::new(FlightTable { map: HashMap::new(), sweep_at: FLIGHT_SWEEP_MIN }),
@@ -245,6 +250,10 @@ impl Resolver {
         m.gauge("shortener_l1_entries", vec![]).set(self.l1.len() as f64);
         if let Some(redis) = &self.redis {
             redis.export_metrics(m);
+            redis.client().export_metrics(m);
+        }
+        if let Some(bus) = &self.bus {
+            bus.export_metrics(m);
         }
     }
 
@@ -426,7 +435,7 @@ impl Resolver {
             l1_entries: self.l1.len(),
             l1_enabled: self.l1.enabled(),
             redis_enabled: self.redis.is_some(),
-            redis_breaker: self.redis.as_ref().map_or("disabled", |r| r.breaker_state()),
+            redis_breaker: self.redis.as_ref().map_or("disabled", |r| r.client().breaker().as_str()),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::{
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use shortener::links::Resolved;
+use shortener::cache::Resolved;
 use tokio::{sync::Semaphore, task::JoinSet};
 
 use crate::helpers::{client, eventually, raw_conn, seed_links, spawn_app, RedisServer, ServiceProcess, TestApp};

@@ -164,7 +164,7 @@ async fn five_hundred_simultaneous_requests_against_a_limit_of_100_accept_exactl
             other => panic!("unexpected {other}"),
         }
     }
-    let r = app.state.resolver.redis.as_ref().unwrap().snapshot().await;
+    let r = app.state.resolver.redis.as_ref().unwrap().client().snapshot().await;
     assert_eq!(
         (ok, limited),
         (100, 400),
