@@ -22,7 +22,10 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A real redis-server of our own.
+/// The Redis configuration that deploy.sh installs in production.
+const REDIS_CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/redis-shortener.conf");
+
+/// A real redis-server of our own, configured as in production.
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
@@ -30,7 +33,7 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts redis-server on a free port (as an LRU cache, like production) and waits for it.
+    /// Starts redis-server from `deploy/redis-shortener.conf` on a free port and waits for it.
     pub fn start() -> Self {
         for _ in 0..20 {
             let mut r = RedisServer { port: free_port(), child: None, dir: tempfile::tempdir().unwrap() };
@@ -42,9 +45,15 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> bool {
+        // The production settings (memory cap, eviction policy, no persistence, backlog, …),
+        // with only what must differ for a test overridden after the file: the port and working
+        // directory; `bind 127.0.0.1` because the file's `-::1` would also take the port on ::1
+        // where IPv6 is up, and `free_port` only knows it is free on 127.0.0.1; `daemonize no`
+        // and `logfile ""` because the file leaves those to the distribution's redis.conf in
+        // production, and this child must stay in the foreground with its log on (ignored) stdout.
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--maxmemory", "200mb", "--maxmemory-policy", "allkeys-lru"])
+            .arg(REDIS_CONF)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--daemonize", "no", "--logfile", ""])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
