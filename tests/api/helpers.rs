@@ -69,7 +69,10 @@ impl RedisServer {
                 self.child = None;
                 return false; // exited: port taken
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.cli(&["PING"]).trim() == "PONG" {
+            // Ours answers, not another test's server that took the port meanwhile.
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self.cli(&["INFO", "server"]).lines().any(|l| l.trim() == format!("process_id:{}", self.pid()))
+            {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(10));
