@@ -47,3 +47,27 @@ raise_fd_limit() {
   if [[ "$hard" == unlimited ]]; then hard=1048576; fi
   ulimit -Sn "$hard"
 }
+
+# The Redis configuration that deploy.sh installs in production.
+REDIS_CONF="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/deploy/redis-shortener.conf"
+
+# start_redis PORT DIR LOGFILE: starts redis-server in the background with the production
+# settings (REDIS_CONF: memory cap, eviction policy, no persistence, backlog, ...) and only these
+# overridden: the port, working directory and log file; bind 127.0.0.1 (the file's `-::1` would
+# also take the port on ::1 where IPv6 is up, and the port was only found free on 127.0.0.1);
+# daemonize no (the file leaves it to the distribution's redis.conf; this shell must keep the
+# process as its child). Sets REDIS_PID; returns 1 unless it answers within 10 s (it, not some
+# other server that holds the port: the answer must carry its process id).
+start_redis() {
+  local port=$1 dir=$2 logfile=$3 i
+  redis-server "$REDIS_CONF" --port "$port" --bind 127.0.0.1 --daemonize no --dir "$dir" --logfile "$logfile" &
+  REDIS_PID=$!
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$REDIS_PID" 2>/dev/null || return 1
+    if redis-cli -p "$port" info server 2>/dev/null | tr -d '\r' | grep -qx "process_id:$REDIS_PID"; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  return 1
+}

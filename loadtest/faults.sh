@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Fault tolerance under load: oha against the release build while Redis is killed, then paused.
 #
-# Builds release, starts its own redis-server (200 MB, allkeys-lru, no persistence) on a free
-# port and a fresh SQLite database, imports LINKS links, and for each run starts the service
-# afresh (L1 off by default, so Redis really matters), warms Redis with every code once, and
-# drives oha at c=CONC over random codes for DURATION seconds in three phases:
+# Builds release, starts its own redis-server (deploy/redis-shortener.conf: 200 MB, allkeys-lru,
+# no persistence) on a free port and a fresh SQLite database, imports LINKS links, and for each
+# run starts the service afresh (L1 off by default, so Redis really matters), warms Redis with
+# every code once, and drives oha at c=CONC over random codes for DURATION seconds in three
+# phases:
 #
 #   before  Redis healthy
 #   during  FAULT_DELAY s in: run "kill" sends SIGKILL to Redis, run "stop" sends SIGSTOP
@@ -128,16 +129,8 @@ export L1_CAPACITY="$L1" REDIS_TIMEOUT_MS
 
 # --- redis ------------------------------------------------------------------------------------
 RUN=""
-start_redis() {
-  redis-server --port "$RPORT" --bind 127.0.0.1 --maxmemory 200mb --maxmemory-policy allkeys-lru \
-    --save '' --appendonly no --dir "$WORK" --logfile "$RAW/redis.log" &
-  REDIS_PID=$!
-  local i
-  for ((i = 0; i < 100; i++)); do
-    redis-cli -p "$RPORT" ping >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  die "redis did not start (see $RAW/redis.log)"
+redis_up() { # the same port and settings every time (start_redis, common.sh)
+  start_redis "$RPORT" "$WORK" "$RAW/redis.log" || die "redis did not start (see $RAW/redis.log)"
 }
 redis_kill() {
   log "$RUN: kill -9 redis (pid $REDIS_PID)"
@@ -147,7 +140,7 @@ redis_kill() {
 }
 redis_restart() {
   log "$RUN: restarting redis on port $RPORT"
-  start_redis
+  redis_up
 }
 redis_stop() {
   log "$RUN: SIGSTOP redis (pid $REDIS_PID)"
@@ -237,7 +230,7 @@ EOF
 
 for RUN in $RUNS; do
   log "=== run $RUN ==="
-  [[ -n "$REDIS_PID" ]] || start_redis
+  [[ -n "$REDIS_PID" ]] || redis_up
   redis-cli -p "$RPORT" FLUSHALL >/dev/null
   start_service
   log "$RUN: warming Redis (every code once)"

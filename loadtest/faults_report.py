@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Helpers for loadtest/faults.sh (stdlib only).
+"""Helpers for loadtest/faults.sh (stdlib only; the ones shared with loadtest/run.sh come from
+loadtest/lt.py).
 
 Subcommands:
-  freeport   print a free TCP port on 127.0.0.1
+  freeport   print a free TCP port on 127.0.0.1 below the ephemeral range (lt.py)
   gen        write links.csv ("code,url") and an oha URL file for N codes f000000, f000001, ...
   warm       request every URL of a file once (pipelined keep-alive), check every answer is 3xx
+             (lt.py)
   snap       snapshot /health/cache and /health/redis of the service as JSON
   timeline   per-second figures of one phase from oha's --db-url records
   table      turn the run manifest into a Markdown table (stdout and --out); exit 1 when any
@@ -12,38 +14,14 @@ Subcommands:
 """
 
 import argparse
-import asyncio
 import json
-import socket
 import sys
 import time
 from datetime import datetime
 import urllib.error
 import urllib.request
-from urllib.parse import urlsplit
 
-
-def cmd_freeport(_args):
-    """A free port below the ephemeral range: Redis is killed and restarted on the same port, and
-    an ephemeral port can be taken meanwhile by any outgoing connection (the load generator's)."""
-    import random
-
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    lo, hi = (10000, low - 1) if low > 11000 else (low, 65535)
-    for _ in range(1000):
-        port = random.randint(lo, hi)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            print(port)
-            return
-    sys.exit("no free port found")
+import lt
 
 
 def cmd_gen(args):
@@ -53,53 +31,6 @@ def cmd_gen(args):
             code = f"f{i:0{width}d}"
             csv.write(f"{code},https://example.com/fault/{i}?src=faults\n")
             urls.write(f"{args.base.rstrip('/')}/{code}\n")
-
-
-async def _warm_conn(host, port, paths, batch, counts):
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        for i in range(0, len(paths), batch):
-            chunk = paths[i : i + batch]
-            writer.write(
-                b"".join(f"GET {p} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode() for p in chunk)
-            )
-            await writer.drain()
-            for _ in chunk:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                status = int(lines[0].split(" ", 2)[1])
-                length = 0
-                for line in lines[1:]:
-                    k, _, v = line.partition(":")
-                    if k.strip().lower() == "content-length":
-                        length = int(v.strip())
-                if length:
-                    await reader.readexactly(length)
-                counts[status] = counts.get(status, 0) + 1
-    finally:
-        writer.close()
-
-
-async def _warm(urls, conns, batch):
-    parts = urlsplit(urls[0])
-    host, port = parts.hostname, parts.port or 80
-    paths = [urlsplit(u).path for u in urls]
-    counts = {}
-    slices = [paths[i::conns] for i in range(conns)]
-    await asyncio.gather(*(_warm_conn(host, port, s, batch, counts) for s in slices if s))
-    return counts
-
-
-def cmd_warm(args):
-    with open(args.urls) as f:
-        urls = [line.strip() for line in f if line.strip()]
-    started = time.monotonic()
-    counts = asyncio.run(_warm(urls, args.conns, args.batch))
-    secs = time.monotonic() - started
-    bad = {s: n for s, n in counts.items() if not 300 <= s < 400}
-    print(json.dumps({"requests": sum(counts.values()), "seconds": round(secs, 2), "statuses": counts}))
-    if bad:
-        sys.exit(f"warm: non-3xx answers: {bad}")
 
 
 def _get_json(url, timeout):
@@ -410,7 +341,7 @@ def cmd_table(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("freeport").set_defaults(fn=cmd_freeport)
+    sub.add_parser("freeport").set_defaults(fn=lt.cmd_freeport, below_ephemeral=True)
     g = sub.add_parser("gen")
     g.add_argument("--links", type=int, required=True)
     g.add_argument("--base", required=True)
@@ -420,8 +351,8 @@ def main():
     wm = sub.add_parser("warm")
     wm.add_argument("--urls", required=True)
     wm.add_argument("--conns", type=int, default=8)
-    wm.add_argument("--batch", type=int, default=200)
-    wm.set_defaults(fn=cmd_warm)
+    wm.add_argument("--pipeline", type=int, default=200)
+    wm.set_defaults(fn=lt.cmd_warm)
     s = sub.add_parser("snap")
     s.add_argument("--base", required=True)
     s.add_argument("--out", required=True)

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Helpers for loadtest/run.sh (stdlib only).
+"""Helpers for loadtest/run.sh, and the module loadtest/faults_report.py takes its shared ones
+from (stdlib only).
 
 Subcommands:
-  freeport                 print a free TCP port on 127.0.0.1
+  freeport                 print a free TCP port on 127.0.0.1 (--below-ephemeral: one that no
+                           outgoing connection can take)
   gen                      write the links CSV and the code lists the scenarios draw from
   urls                     turn a code list into an oha URL file for one server
   bodies                   write POST bodies (one distinct URL per line) for oha -Z
@@ -35,10 +37,33 @@ def raise_nofile():
     return hard
 
 
-def cmd_freeport(_args):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        print(s.getsockname()[1])
+def free_port(below_ephemeral=False):
+    """A free TCP port on 127.0.0.1. With below_ephemeral, one below the ephemeral range: a server
+    that is killed and restarted on the same port (Redis in faults.sh) would otherwise find it
+    taken meanwhile by an outgoing connection (the load generator's)."""
+    if not below_ephemeral:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    lo, hi = (10000, low - 1) if low > 11000 else (low, 65535)
+    for _ in range(1000):
+        port = random.randint(lo, hi)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    sys.exit("no free port found")
+
+
+def cmd_freeport(args):
+    print(free_port(getattr(args, "below_ephemeral", False)))
 
 
 def cmd_gen(args):
@@ -307,7 +332,8 @@ def cmd_idle(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("freeport")
+    fp = sub.add_parser("freeport")
+    fp.add_argument("--below-ephemeral", action="store_true")
     g = sub.add_parser("gen")
     g.add_argument("--links", type=int, required=True)
     g.add_argument("--cold", type=int, required=True)

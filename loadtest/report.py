@@ -314,7 +314,9 @@ PROFILE_CATEGORIES = [
     ("malloc/free", lambda c, d, s: d.startswith("libc") and ("alloc" in s or "free" in s or "unlink_chunk" in s
         or "consolidate" in s or "tcache" in s)),
     ("memcpy/memcmp", lambda c, d, s: d.startswith("libc") and "mem" in s),
-    ("L1 cache (moka)", lambda c, d, s: "moka::" in s or "cache::local" in s or "crossbeam" in s or "quanta" in s),
+    # L1 is the service's own sharded map (src/cache/local.rs); crossbeam and quanta, which came
+    # with the cache crate it replaced, are now only other crates' dependencies.
+    ("L1 cache (shortener::cache::local)", lambda c, d, s: "cache::local" in s),
     ("Redis client (redis, deadpool)", lambda c, d, s: "redis::" in s or "deadpool" in s or "combine::" in s
         or "cache::redis" in s),
     ("tracing", lambda c, d, s: "tracing" in s),

@@ -138,15 +138,8 @@ SVC_URL="http://127.0.0.1:$SVC_PORT"
 BASE_URL="http://127.0.0.1:$BASE_PORT"
 
 # --- redis ------------------------------------------------------------------------------------
-log "starting redis-server on 127.0.0.1:$REDIS_PORT (200 MB, allkeys-lru, no persistence)"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --maxmemory 200mb --maxmemory-policy allkeys-lru \
-  --save '' --appendonly no --dir "$WORK" --logfile "$WORK/redis.log" &
-REDIS_PID=$!
-for ((i = 0; i < 100; i++)); do
-  redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
-  sleep 0.1
-done
-redis-cli -p "$REDIS_PORT" ping >/dev/null || die "redis did not start (see $WORK/redis.log)"
+log "starting redis-server on 127.0.0.1:$REDIS_PORT (deploy/redis-shortener.conf)"
+start_redis "$REDIS_PORT" "$WORK" "$WORK/redis.log" || die "redis did not start (see $WORK/redis.log)"
 
 export DATABASE_URL="sqlite://$WORK/db.sqlite"
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"

@@ -1,15 +1,10 @@
 //! The command line, run as a real process.
 
-use std::process::Command;
+use crate::helpers::run_cli;
 
+/// `shortener ARGS…` on `db_url`, without Redis.
 fn shortener(db_url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_shortener"))
-        .args(args)
-        .env("DATABASE_URL", db_url)
-        .env("REDIS_ENABLED", "false")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
+    run_cli(db_url, args, &[("REDIS_ENABLED", "false")])
 }
 
 #[test]
@@ -47,12 +42,8 @@ fn migrate_creates_the_database_and_its_folder() {
 #[test]
 fn a_wrong_setting_stops_startup_naming_the_variable() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_shortener"))
-        .arg("serve")
-        .env("DATABASE_URL", format!("sqlite://{}", dir.path().join("x.db").display()))
-        .env("L1_CAPACITY", "lots")
-        .output()
-        .unwrap();
+    let db = format!("sqlite://{}", dir.path().join("x.db").display());
+    let out = run_cli(&db, &["serve"], &[("L1_CAPACITY", "lots")]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("L1_CAPACITY"));
 }

@@ -77,7 +77,10 @@ async fn ten_thousand_concurrent_gets_are_counted_exactly_and_heads_and_bots_not
     })
     .await;
     assert!(flushed, "flushed counts {:?} != {want:?}", db_clicks(&app.db_url).await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A flush commits, then forgets what it committed: until then the API could count a click
+    // in the database and in the buffer. Once nothing is buffered, the API reads the database.
+    let settled = eventually(Duration::from_secs(5), || async { app.state.clicks.pending_snapshot().is_empty() }).await;
+    assert!(settled, "clicks still buffered after the flush: {:?}", app.state.clicks.pending_snapshot());
     for c in &codes {
         assert_eq!(api_clicks(&app, c).await, want[c], "{c} counted twice after the flush?");
     }
@@ -209,7 +212,10 @@ async fn sigterm_under_load_loses_no_click() {
             }
         });
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // SIGTERM lands under load: once plenty of redirects were answered (every one of them still
+    // buffered: the flush interval is a minute), with the 50 clients still sending.
+    let loaded = eventually(Duration::from_secs(20), || async { received.load(Ordering::SeqCst) >= 1000 }).await;
+    assert!(loaded, "only {} redirects in 20 s", received.load(Ordering::SeqCst));
     svc.signal("TERM");
     let status = svc.wait().await;
     stop.store(true, Ordering::Relaxed);

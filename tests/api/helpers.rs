@@ -1,5 +1,7 @@
-//! Test harness: [`RedisServer`] (a real redis-server that can be killed, paused, restarted)
-//! and [`TestApp`] (the service on a free port with its own SQLite file and an API key).
+//! Test harness: [`RedisServer`] (a real redis-server, configured as in production, that can be
+//! killed, paused, restarted), [`TestApp`] (the service in this process on a free port with its
+//! own SQLite file and an API key), the real binary ([`ServiceProcess`] for `serve`, [`run_cli`]
+//! for one-shot commands) and [`eventually`], the one way a test waits for something.
 
 #![allow(dead_code)]
 
@@ -22,7 +24,10 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A real redis-server of our own.
+/// The Redis configuration that deploy.sh installs in production.
+const REDIS_CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/redis-shortener.conf");
+
+/// A real redis-server of our own, configured as in production.
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
@@ -30,7 +35,7 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts redis-server on a free port (as an LRU cache, like production) and waits for it.
+    /// Starts redis-server from `deploy/redis-shortener.conf` on a free port and waits for it.
     pub fn start() -> Self {
         for _ in 0..20 {
             let mut r = RedisServer { port: free_port(), child: None, dir: tempfile::tempdir().unwrap() };
@@ -42,9 +47,15 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> bool {
+        // The production settings (memory cap, eviction policy, no persistence, backlog, …),
+        // with only what must differ for a test overridden after the file: the port and working
+        // directory; `bind 127.0.0.1` because the file's `-::1` would also take the port on ::1
+        // where IPv6 is up, and `free_port` only knows it is free on 127.0.0.1; `daemonize no`
+        // and `logfile ""` because the file leaves those to the distribution's redis.conf in
+        // production, and this child must stay in the foreground with its log on (ignored) stdout.
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--maxmemory", "200mb", "--maxmemory-policy", "allkeys-lru"])
+            .arg(REDIS_CONF)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--daemonize", "no", "--logfile", ""])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -58,7 +69,10 @@ impl RedisServer {
                 self.child = None;
                 return false; // exited: port taken
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.cli(&["PING"]).trim() == "PONG" {
+            // Ours answers, not another test's server that took the port meanwhile.
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self.cli(&["INFO", "server"]).lines().any(|l| l.trim() == format!("process_id:{}", self.pid()))
+            {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -314,6 +328,32 @@ where
     }
 }
 
+/// The real binary, as a command with `DATABASE_URL` and then `env` set; `shell_prefix` (e.g.
+/// `ulimit -n 64;`) runs in a shell that then execs it. Every test that runs the binary,
+/// [`ServiceProcess`] and [`run_cli`], starts it here.
+fn binary(db_url: &str, args: &[&str], env: &[(&str, &str)], shell_prefix: &str) -> Command {
+    let bin = env!("CARGO_BIN_EXE_shortener");
+    let mut cmd = if shell_prefix.is_empty() {
+        Command::new(bin)
+    } else {
+        let mut sh = Command::new("sh");
+        sh.arg("-c").arg(format!("{shell_prefix} exec \"$0\" \"$@\"")).arg(bin);
+        sh
+    };
+    cmd.args(args).env("DATABASE_URL", db_url);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs a one-shot command of the binary (`keys create NAME`, `migrate`, …) against `db_url`,
+/// with `RUST_LOG=warn` unless `env` says otherwise, and returns what it printed and its status.
+pub fn run_cli(db_url: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let env: Vec<(&str, &str)> = [("RUST_LOG", "warn")].into_iter().chain(env.iter().copied()).collect();
+    binary(db_url, args, &env, "").output().unwrap()
+}
+
 /// The real binary as a child process (for signals: SIGTERM, SIGKILL, fd limits).
 pub struct ServiceProcess {
     pub child: Child,
@@ -323,26 +363,18 @@ pub struct ServiceProcess {
 }
 
 impl ServiceProcess {
-    /// Starts `shortener serve` with `DATABASE_URL`, a free port, and `env`; `shell_prefix` (e.g.
-    /// `ulimit -n 64;`) runs in a shell before it. Waits until `/health` answers.
+    /// Starts `shortener serve` with `DATABASE_URL`, a free port, JSON logs at info, and `env`
+    /// over those; `shell_prefix` (e.g. `ulimit -n 64;`) runs in a shell before it. Waits until
+    /// `/health` answers.
     pub async fn start(db_url: &str, env: &[(&str, String)], shell_prefix: &str, stderr_path: PathBuf) -> Self {
         let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let defaults = [("LISTEN_ADDR", listen.as_str()), ("LOG_FORMAT", "json"), ("RUST_LOG", "info")];
+        let env: Vec<(&str, &str)> = defaults.into_iter().chain(env.iter().map(|(k, v)| (*k, v.as_str()))).collect();
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(format!("{shell_prefix} exec \"$0\" serve",))
-            .arg(env!("CARGO_BIN_EXE_shortener"))
-            .env("DATABASE_URL", db_url)
-            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap();
-        let me = ServiceProcess { child, port, base: format!("http://127.0.0.1:{port}"), stderr_path };
+        let child =
+            binary(db_url, &["serve"], &env, shell_prefix).stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
+        let me = ServiceProcess { child, port, base: format!("http://{listen}"), stderr_path };
         let http = client();
         let url = me.url("/health");
         let up = eventually(Duration::from_secs(30), || {

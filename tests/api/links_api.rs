@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{create_key, raw_conn, spawn_app, RedisServer, TestApp};
+use crate::helpers::{create_key, raw_conn, run_cli, spawn_app, RedisServer, TestApp};
 
 async fn error_of(r: reqwest::Response) -> (StatusCode, String) {
     let status = r.status();
@@ -241,13 +241,7 @@ async fn a_key_revoked_from_the_command_line_is_refused_at_once_even_when_cached
         let r = app.client.get(app.url("/api/v1/links")).bearer_auth(&key).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shortener"))
-        .args(["keys", "revoke", "soon-revoked"])
-        .env("DATABASE_URL", &app.db_url)
-        .env("REDIS_URL", redis.url())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = run_cli(&app.db_url, &["keys", "revoke", "soon-revoked"], &[("REDIS_URL", &redis.url())]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("announced to 1 running instance"));
     let r = app.client.get(app.url("/api/v1/links")).bearer_auth(&key).send().await.unwrap();

@@ -47,6 +47,7 @@ async fn exceeding_the_create_limit_gives_429_with_headers_and_retry_after_is_ho
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limited");
 
+    // The scenario: a client that honours Retry-After, waiting exactly that long, must be let in.
     tokio::time::sleep(Duration::from_secs(retry)).await;
     assert_eq!(create(&app, &app.key).await.status(), StatusCode::CREATED, "allowed again after Retry-After");
     // Other keys have their own budget; reads are not creates.

@@ -186,6 +186,7 @@ async fn history_check(l1_capacity: u64) {
                 let s = app.patch(&format!("hist{i}"), json!({"url": format!("https://example.com/hist/{v}")})).await;
                 assert_eq!(s, StatusCode::OK);
                 acked[i].store(v, Ordering::SeqCst);
+                // Pacing: a steady stream of changes, not a SQLite-bound spin.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             (0u64, 0u64)
@@ -199,6 +200,7 @@ async fn history_check(l1_capacity: u64) {
             while !stop.load(Ordering::Relaxed) {
                 let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
                 flushes += 1;
+                // Pacing: Redis emptied every few milliseconds, between fills and reads.
                 tokio::time::sleep(Duration::from_millis(3)).await;
             }
             (0, flushes)
@@ -223,6 +225,8 @@ async fn history_check(l1_capacity: u64) {
             (reads, stale)
         });
     }
+    // The scenario's length: three seconds of changes, flushes and reads racing, every read
+    // checked against what was acknowledged before it started.
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
     let (mut reads, mut stale) = (0, 0);

@@ -1,9 +1,11 @@
 //! The redirect path as a browser sees it.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{raw_conn, spawn_app, RedisServer};
+use crate::helpers::{eventually, raw_conn, spawn_app, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn created_link_redirects_with_its_status_and_the_exact_location() {
@@ -63,11 +65,14 @@ async fn unknown_code_is_a_plain_404_page_and_expired_link_is_410() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_with_a_future_expiry_expires_on_time() {
     let app = spawn_app(None, |_| {}).await;
-    let at = shortener::time_util::to_rfc3339(shortener::time_util::now_ms() + 1200);
+    let expires_ms = shortener::time_util::now_ms() + 1200;
+    let at = shortener::time_util::to_rfc3339(expires_ms);
     app.create(json!({"code": "brief", "url": "https://example.org/b", "expires_at": at})).await;
     assert!(app.location("brief").await.is_ok());
-    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
-    assert_eq!(app.location("brief").await, Err(StatusCode::GONE));
+    let gone =
+        eventually(Duration::from_secs(3), || async { app.location("brief").await == Err(StatusCode::GONE) }).await;
+    assert!(gone, "still {:?} 3 s after it was created to expire in 1.2 s", app.location("brief").await);
+    assert!(shortener::time_util::now_ms() >= expires_ms, "gone before its expiry");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

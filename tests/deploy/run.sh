@@ -330,7 +330,8 @@ listeners_ok() {
 
 svc_fingerprint() { ct systemctl show -p MainPID -p ActiveEnterTimestamp --value "$1" | paste -sd' '; }
 
-# create_and_follow KEY: POST a link, then GET it; 0 if 201 + 302 to the URL.
+# create_link KEY: POST a link to https://example.com/x with KEY; 0 if 201, its code in
+# LINK_CODE (follows CODE then checks the redirect).
 LINK_CODE=""
 create_link() {
   local key=$1 resp body code
