@@ -1,12 +1,10 @@
 //! Key ownership: a key manages the links it created; an admin key manages every link; another
 //! key's link answers exactly like one that does not exist.
 
-use std::process::Command;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{create_admin_key, create_key, raw_conn, seed_links, spawn_app, ServiceProcess, TestApp};
+use crate::helpers::{create_admin_key, create_key, raw_conn, run_cli, seed_links, spawn_app, ServiceProcess, TestApp};
 
 /// Status and body of an API call made with `key`.
 async fn call(app: &TestApp, key: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, String) {
@@ -194,22 +192,12 @@ async fn keys_create_admin_on_the_command_line_makes_a_key_that_manages_every_li
         if admin {
             args.push("--admin");
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_shortener"))
-            .args(&args)
-            .env("DATABASE_URL", &db_url)
-            .env("REDIS_ENABLED", "false")
-            .output()
-            .unwrap();
+        let out = run_cli(&db_url, &args, &[("REDIS_ENABLED", "false")]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string()
     };
     let (plain, admin) = (make("plain", false), make("ops", true));
-    let listed = Command::new(env!("CARGO_BIN_EXE_shortener"))
-        .args(["keys", "list"])
-        .env("DATABASE_URL", &db_url)
-        .output()
-        .unwrap();
-    let listed = String::from_utf8(listed.stdout).unwrap();
+    let listed = String::from_utf8(run_cli(&db_url, &["keys", "list"], &[]).stdout).unwrap();
     let row = |name: &str| listed.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().nth(2).unwrap();
     assert_eq!((row("plain"), row("ops")), ("no", "yes"), "{listed}");
 
