@@ -25,11 +25,44 @@ def top_module(path: Path) -> str | None:
 
 
 def strip(text: str) -> str:
-    """Drops comments and string literals, keeping line breaks (for line numbers)."""
-    text = re.sub(r"/\*.*?\*/", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
-    text = re.sub(r"//[^\n]*", "", text)
-    text = re.sub(r'r#*"(?:.|\n)*?"#*', lambda m: "\n" * m.group(0).count("\n"), text)
-    return re.sub(r'"(?:\\.|[^"\\])*"', lambda m: "\n" * m.group(0).count("\n"), text)
+    """Blanks out comments, string and char literals in one pass (keeping line breaks, for line
+    numbers), so that `crate::x` inside them is not taken for a path."""
+    out, i, n = [], 0, len(text)
+    raw = re.compile(r'r(#*)"')
+    while i < n:
+        c = text[i]
+        if text.startswith("//", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif text.startswith("/*", i):
+            depth, j = 1, i + 2
+            while j < n and depth:
+                if text.startswith("/*", j):
+                    depth, j = depth + 1, j + 2
+                elif text.startswith("*/", j):
+                    depth, j = depth - 1, j + 2
+                else:
+                    j += 1
+            out.append("\n" * text.count("\n", i, j))
+            i = j
+        elif (m := raw.match(text, i)) and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
+            close = '"' + m.group(1)
+            j = text.find(close, m.end())
+            j = n if j < 0 else j + len(close)
+            out.append("\n" * text.count("\n", i, j))
+            i = j
+        elif c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append("\n" * text.count("\n", i, j))
+            i = j + 1
+        elif c == "'" and re.match(r"'(\\.[^']*|[^'\\])'", text[i:i + 12]):
+            i = text.index("'", i + 2 if text[i + 1] != "\\" else i + 3) + 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 
 def group_heads(text: str, start: int) -> list[str]:

@@ -101,8 +101,8 @@ pub async fn run(cli: Cli) -> CliResult {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => {
-            db::migrate(&config.database_url).await?;
-            println!("migrations applied to {}", config.database_url);
+            db::migrate(&config.db.url).await?;
+            println!("migrations applied to {}", config.db.url);
             Ok(())
         }
         Command::Keys(cmd) => run_keys(&config, cmd).await,
@@ -142,8 +142,8 @@ pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()
 }
 
 async fn connect(config: &Config) -> Result<SqliteConnection, sqlx::Error> {
-    db::migrate(&config.database_url).await?;
-    db::connect_options(&config.database_url, Duration::from_secs(10))?.connect().await
+    db::migrate(&config.db.url).await?;
+    db::connect_options(&config.db.url, Duration::from_secs(10))?.connect().await
 }
 
 async fn run_keys(config: &Config, cmd: KeysCommand) -> CliResult {
@@ -205,15 +205,15 @@ async fn run_keys(config: &Config, cmd: KeysCommand) -> CliResult {
 /// applies within `AUTH_CACHE_TTL_MS`. Each instance acknowledges by incrementing a counter named
 /// after this announcement's nonce.
 async fn announce_revocation(config: &Config, name: &str) {
-    if !config.redis_enabled {
+    if !config.redis.enabled {
         return;
     }
-    let names = crate::redis_client::Names::new(&config.redis_key_prefix);
+    let names = crate::redis_client::Names::new(&config.redis.key_prefix);
     let channel = names.keys_channel();
     let nonce = format!("{:016x}", rand::random::<u64>());
     let acks_key = names.revocation_acks(&nonce);
     let announce = async {
-        let client = redis::Client::open(config.redis_url.as_str())?;
+        let client = redis::Client::open(config.redis.url.as_str())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         let listeners: i64 =
             redis::cmd("PUBLISH").arg(&channel).arg(format!("{name} {nonce}")).query_async(&mut conn).await?;
@@ -231,11 +231,11 @@ async fn announce_revocation(config: &Config, name: &str) {
         Ok(Ok((n, acks))) if acks >= n => eprintln!("revocation announced to {n} running instance(s)"),
         Ok(Ok((n, acks))) => eprintln!(
             "warning: revocation announced to {n} running instance(s), but only {acks} confirmed it; the others refuse the key within AUTH_CACHE_TTL_MS ({} ms)",
-            config.auth_cache_ttl.as_millis()
+            config.auth.cache_ttl.as_millis()
         ),
         _ => eprintln!(
             "warning: could not announce the revocation through Redis; running instances refuse the key within AUTH_CACHE_TTL_MS ({} ms)",
-            config.auth_cache_ttl.as_millis()
+            config.auth.cache_ttl.as_millis()
         ),
     }
 }
@@ -268,7 +268,7 @@ fn parse_import_line(line: &str, format: ImportFormat, config: &Config) -> Resul
     if !code::is_code_shaped(&c) {
         return Err(format!("invalid code {c:?}"));
     }
-    let url = target::parse_target(&u, &target::OwnOrigin::new(&config.public_base_url, config.listen_addr))
+    let url = target::parse_target(&u, &target::OwnOrigin::new(&config.http.public_base_url, config.http.listen_addr))
         .map_err(|e| e.message)?;
     Ok(Some((c, url)))
 }

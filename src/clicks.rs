@@ -29,33 +29,7 @@ use crate::{
     time_util::now_ms,
 };
 
-/// User-Agent fragments of crawlers and link unfurlers; their requests are not clicks.
-pub const DEFAULT_BOT_PATTERNS: &[&str] = &[
-    "bot",
-    "crawl",
-    "spider",
-    "slurp",
-    "facebookexternalhit",
-    "facebookcatalog",
-    "whatsapp",
-    "telegram",
-    "slack",
-    "discord",
-    "embedly",
-    "preview",
-    "skype",
-    "vkshare",
-    "pinterest",
-    "redditbot",
-    "quora link",
-    "outbrain",
-    "bitlybot",
-    "tumblr",
-    "nuzzel",
-    "w3c_validator",
-    "headlesschrome",
-    "lighthouse",
-];
+pub use crate::config::DEFAULT_BOT_PATTERNS;
 
 const REGISTRY_SHARDS: usize = 32;
 

@@ -1,14 +1,17 @@
-//! Configuration: every setting the service reads, typed, from the environment only. A leaf:
-//! it imports nothing of the crate, so every module may depend on it.
+//! Configuration: every setting the service reads, typed, from the environment only, in one
+//! struct per concern ([`Http`], [`Db`], [`Redis`], [`Cache`], [`Links`], [`Clicks`],
+//! [`Limits`], [`Auth`]). A leaf: it imports nothing of the crate, so every module may depend on
+//! it, and each takes only its own part.
 //!
-//! `.env` is loaded by `main` before this runs (when present). A wrong value stops startup with
-//! a message that names the variable; secrets never appear in `Debug` output.
+//! `.env` is loaded by `main` before this runs (when present). Every default is written once,
+//! in [`Config::from_source`]: tests start from the same defaults ([`Config::for_tests`]). A
+//! wrong value stops startup with a message that names the variable; secrets never appear in
+//! `Debug` output.
 
 use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
-use url::Url;
-
 use ipnet::IpNet;
+use url::Url;
 
 /// A configuration error: always names the variable and what was wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -24,59 +27,36 @@ pub struct ConfigError {
 
 /// Every setting of the service. Built by [`Config::from_env`]; tests build it with
 /// [`Config::for_tests`] and change fields directly.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Config {
+    /// The HTTP server.
+    pub http: Http,
+    /// The database.
+    pub db: Db,
+    /// Redis.
+    pub redis: Redis,
+    /// The caches in front of the database.
+    pub cache: Cache,
+    /// Links: codes and redirects.
+    pub links: Links,
+    /// Click counting.
+    pub clicks: Clicks,
+    /// Rate limits and who the client is.
+    pub limits: Limits,
+    /// API keys and operator access.
+    pub auth: Auth,
+}
+
+/// The HTTP server.
+#[derive(Clone)]
+pub struct Http {
     /// `LISTEN_ADDR`: where the HTTP server binds. Default `127.0.0.1:8080`.
     pub listen_addr: SocketAddr,
     /// `LISTEN_BACKLOG`: the listen(2) backlog. Default 4096 (the kernel caps it at `somaxconn`).
     pub listen_backlog: u32,
-    /// `DATABASE_URL`: SQLite URL or path. Default `sqlite://data/shortener.db`; the file and its
-    /// folder are created when missing.
-    pub database_url: String,
-    /// `DB_READ_POOL_SIZE`: read connections. Default: 2 per core, at least 4.
-    pub db_read_pool_size: u32,
-    /// `DB_ACQUIRE_TIMEOUT_MS`: longest wait for a read connection before the request is shed
-    /// with 503. Default 1000.
-    pub db_acquire_timeout: Duration,
-    /// `DB_BUSY_TIMEOUT_MS`: SQLite busy timeout. Default 5000.
-    pub db_busy_timeout: Duration,
-    /// `WRITE_BATCH_MAX`: most changes the writer commits in one transaction. Default 512.
-    pub write_batch_max: usize,
-    /// `REDIS_ENABLED`: false runs on L1 + SQLite only. Default true.
-    pub redis_enabled: bool,
-    /// `REDIS_URL`: default `redis://127.0.0.1:6379`. May carry a password (redacted in Debug).
-    pub redis_url: String,
-    /// `REDIS_KEY_PREFIX`: namespace of every key this service writes. Default `shortener:`.
-    pub redis_key_prefix: String,
-    /// `REDIS_POOL_SIZE`: deadpool-redis pool size. Default 8.
-    pub redis_pool_size: usize,
-    /// `REDIS_TIMEOUT_MS`: budget of one Redis call on the request path. Default 25: a loopback
-    /// round trip takes well under a millisecond, but under a full load the reply can wait
-    /// behind thousands of runnable requests on two cores, and a process must not mistake its
-    /// own queueing for a Redis failure (that would send the load to SQLite, which costs more).
-    pub redis_timeout: Duration,
-    /// `REDIS_CONNECT_TIMEOUT_MS`: budget to open (or check out) a connection. Default 250.
-    pub redis_connect_timeout: Duration,
-    /// `REDIS_BREAKER_THRESHOLD`: consecutive failures that open the breaker. Default 5.
-    pub redis_breaker_threshold: u32,
-    /// `REDIS_PROBE_INTERVAL_MS`: how often a probe checks an unhealthy Redis. Default 500.
-    pub redis_probe_interval: Duration,
     /// `PUBLIC_BASE_URL`: base of `short_url`, e.g. `https://s.example.com`. Default
     /// `http://LISTEN_ADDR`.
     pub public_base_url: Url,
-    /// `L1_CAPACITY`: entries in the in-process cache; 0 disables it. Default 100000.
-    pub l1_capacity: u64,
-    /// `L1_TTL_MS`: life of an L1 entry. Changes reach every instance's L1 at once (locally,
-    /// and through Redis pub/sub for the others); the TTL is the backstop for an announcement
-    /// lost while an instance was not subscribed. Default 60000.
-    pub l1_ttl: Duration,
-    /// `NEGATIVE_CACHE_TTL_SECS`: life of a "no such code" entry in Redis. Default 60.
-    pub negative_ttl: Duration,
-    /// `CODE_LENGTH`: length of random codes. Default 7 (62^7 ≈ 3.5e12 codes).
-    pub code_length: usize,
-    /// `PERMANENT_REDIRECT_MAX_AGE_SECS`: `Cache-Control: private, max-age=N` on 301/308 so
-    /// browsers don't pin them forever. Default 3600.
-    pub permanent_redirect_max_age: u64,
     /// `MAX_BODY_BYTES`: largest accepted request body. Default 16384.
     pub max_body_bytes: usize,
     /// `REQUEST_TIMEOUT_MS`: a request still unanswered after this gets 503. Default 10000.
@@ -86,64 +66,156 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// `SHUTDOWN_TIMEOUT_SECS`: how long in-flight requests may take after SIGTERM. Default 20.
     pub shutdown_timeout: Duration,
-    /// `CLICK_COUNTING`: count clicks on GET redirects. Default true.
-    pub click_counting: bool,
-    /// `CLICK_FLUSH_INTERVAL_MS`: how often buffered clicks are written. Default 30000.
-    pub click_flush_interval: Duration,
-    /// `CLICK_FLUSH_MAX_PENDING`: flush early when this many links have buffered clicks.
-    /// Default 1000000.
-    pub click_flush_max_pending: usize,
-    /// `CLICK_BOT_FILTER`: don't count requests whose User-Agent matches a bot pattern.
-    /// Default true.
-    pub click_bot_filter: bool,
-    /// `CLICK_BOT_PATTERNS`: comma-separated, case-insensitive User-Agent fragments. Default:
-    /// [`crate::clicks::DEFAULT_BOT_PATTERNS`].
-    pub click_bot_patterns: Vec<String>,
-    /// `AUTH_CACHE_TTL_MS`: how long a verified API key is trusted without a database read.
-    /// Revocations are announced through Redis and apply at once while it is up. Default 2000;
-    /// 0 = look every key up.
-    pub auth_cache_ttl: Duration,
-    /// `METRICS_TOKEN`: the operator endpoints (`/metrics`, `/health/db`, `/health/redis`,
-    /// `/health/cache`) answer only clients on loopback; when this is set they answer instead
-    /// any client with `Authorization: Bearer <token>`, and no other.
-    pub metrics_token: Option<String>,
+}
+
+impl fmt::Debug for Http {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Http")
+            .field("listen_addr", &self.listen_addr)
+            .field("listen_backlog", &self.listen_backlog)
+            .field("public_base_url", &self.public_base_url.as_str())
+            .field("header_read_timeout", &self.header_read_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    /// `DATABASE_URL`: SQLite URL or path. Default `sqlite://data/shortener.db`; the file and its
+    /// folder are created when missing.
+    pub url: String,
+    /// `DB_READ_POOL_SIZE`: read connections. Default: 2 per core, at least 4.
+    pub read_pool_size: u32,
+    /// `DB_ACQUIRE_TIMEOUT_MS`: longest wait for a read connection before the request is shed
+    /// with 503. Default 1000.
+    pub acquire_timeout: Duration,
+    /// `DB_BUSY_TIMEOUT_MS`: SQLite busy timeout. Default 5000.
+    pub busy_timeout: Duration,
+    /// `WRITE_BATCH_MAX`: most changes the writer commits in one transaction. Default 512.
+    pub write_batch_max: usize,
+}
+
+/// Redis.
+#[derive(Clone)]
+pub struct Redis {
+    /// `REDIS_ENABLED`: false runs on L1 + SQLite only. Default true.
+    pub enabled: bool,
+    /// `REDIS_URL`: default `redis://127.0.0.1:6379`. May carry a password (redacted in Debug).
+    pub url: String,
+    /// `REDIS_KEY_PREFIX`: namespace of every key this service writes. Default `shortener:`.
+    pub key_prefix: String,
+    /// `REDIS_POOL_SIZE`: deadpool-redis pool size. Default 8.
+    pub pool_size: usize,
+    /// `REDIS_TIMEOUT_MS`: budget of one Redis call on the request path. Default 25: a loopback
+    /// round trip takes well under a millisecond, but under a full load the reply can wait
+    /// behind thousands of runnable requests on two cores, and a process must not mistake its
+    /// own queueing for a Redis failure (that would send the load to SQLite, which costs more).
+    pub timeout: Duration,
+    /// `REDIS_CONNECT_TIMEOUT_MS`: budget to open (or check out) a connection. Default 250.
+    pub connect_timeout: Duration,
+    /// `REDIS_BREAKER_THRESHOLD`: consecutive failures that open the breaker. Default 5.
+    pub breaker_threshold: u32,
+    /// `REDIS_PROBE_INTERVAL_MS`: how often a probe checks an unhealthy Redis. Default 500.
+    pub probe_interval: Duration,
+}
+
+impl fmt::Debug for Redis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redis")
+            .field("enabled", &self.enabled)
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The caches in front of the database.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    /// `L1_CAPACITY`: entries in the in-process cache; 0 disables it. Default 100000.
+    pub l1_capacity: u64,
+    /// `L1_TTL_MS`: life of an L1 entry. Changes reach every instance's L1 at once (locally,
+    /// and through Redis pub/sub for the others); the TTL is the backstop for an announcement
+    /// lost while an instance was not subscribed. Default 60000.
+    pub l1_ttl: Duration,
+    /// `NEGATIVE_CACHE_TTL_SECS`: life of a "no such code" entry in Redis. Default 60.
+    pub negative_ttl: Duration,
     /// `CACHE_WARM_TOP_N`: at startup, load the N most-clicked links into the caches (in the
     /// background; readiness does not wait). Default 0 (off).
-    pub cache_warm_top_n: u32,
+    pub warm_top_n: u32,
+}
+
+/// Links: codes and redirects.
+#[derive(Clone, Debug)]
+pub struct Links {
+    /// `CODE_LENGTH`: length of random codes. Default 7 (62^7 ≈ 3.5e12 codes).
+    pub code_length: usize,
+    /// `PERMANENT_REDIRECT_MAX_AGE_SECS`: `Cache-Control: private, max-age=N` on 301/308 so
+    /// browsers don't pin them forever. Default 3600.
+    pub permanent_redirect_max_age: u64,
+}
+
+/// Click counting.
+#[derive(Clone, Debug)]
+pub struct Clicks {
+    /// `CLICK_COUNTING`: count clicks on GET redirects. Default true.
+    pub counting: bool,
+    /// `CLICK_FLUSH_INTERVAL_MS`: how often buffered clicks are written. Default 30000.
+    pub flush_interval: Duration,
+    /// `CLICK_FLUSH_MAX_PENDING`: flush early when this many links have buffered clicks.
+    /// Default 1000000.
+    pub flush_max_pending: usize,
+    /// `CLICK_BOT_FILTER`: don't count requests whose User-Agent matches a bot pattern.
+    /// Default true.
+    pub bot_filter: bool,
+    /// `CLICK_BOT_PATTERNS`: comma-separated, case-insensitive User-Agent fragments. Default:
+    /// [`DEFAULT_BOT_PATTERNS`].
+    pub bot_patterns: Vec<String>,
+}
+
+/// Rate limits, and who the client is.
+#[derive(Clone, Debug)]
+pub struct Limits {
     /// `RATE_LIMIT_CREATE_PER_MINUTE`: link creations per API key. Default 60; 0 = off.
-    pub rate_create_per_key: Limit,
+    pub create_per_key: Limit,
     /// `RATE_LIMIT_CREATE_PER_IP_PER_MINUTE`: link creations per client IP. Default 120; 0 = off.
-    pub rate_create_per_ip: Limit,
+    pub create_per_ip: Limit,
     /// `RATE_LIMIT_API_PER_IP_PER_MINUTE`: every `/api` call per client IP. Default 1200; 0 = off.
-    pub rate_api_per_ip: Limit,
+    pub api_per_ip: Limit,
     /// `RATE_LIMIT_REDIRECT_PER_IP_PER_MINUTE`: redirects per client IP. Default 0 (off): a load
     /// test or a large NAT must not trip it; turn it on under attack.
-    pub rate_redirect_per_ip: Limit,
+    pub redirect_per_ip: Limit,
     /// `RATE_LIMIT_AUTH_FAILURES_PER_IP_PER_MINUTE`: failed authentications (unknown or revoked
     /// API keys) per client IP; past it, the address gets 429 without its keys being looked up.
     /// Default 30; 0 = off.
-    pub rate_auth_failures_per_ip: Limit,
+    pub auth_failures_per_ip: Limit,
     /// `TRUSTED_PROXIES`: comma-separated addresses/CIDRs whose `X-Forwarded-For` is believed.
     /// Default none.
     pub trusted_proxies: Vec<IpNet>,
 }
 
-impl fmt::Debug for Config {
+/// API keys and operator access.
+#[derive(Clone)]
+pub struct Auth {
+    /// `AUTH_CACHE_TTL_MS`: how long a verified API key is trusted without a database read.
+    /// Revocations are announced through Redis and apply at once while it is up. Default 2000;
+    /// 0 = look every key up.
+    pub cache_ttl: Duration,
+    /// `METRICS_TOKEN`: the operator endpoints (`/metrics`, `/health/db`, `/health/redis`,
+    /// `/health/cache`) answer only clients on loopback; when this is set they answer instead
+    /// any client with `Authorization: Bearer <token>`, and no other.
+    pub metrics_token: Option<String>,
+}
+
+impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("listen_addr", &self.listen_addr)
-            .field("listen_backlog", &self.listen_backlog)
-            .field("database_url", &self.database_url)
-            .field("db_read_pool_size", &self.db_read_pool_size)
-            .field("redis_enabled", &self.redis_enabled)
-            .field("redis_url", &redact_url(&self.redis_url))
-            .field("redis_key_prefix", &self.redis_key_prefix)
-            .field("redis_timeout", &self.redis_timeout)
-            .field("public_base_url", &self.public_base_url.as_str())
-            .field("l1_capacity", &self.l1_capacity)
-            .field("l1_ttl", &self.l1_ttl)
+        f.debug_struct("Auth")
+            .field("cache_ttl", &self.cache_ttl)
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "REDACTED"))
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
@@ -159,32 +231,48 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
-fn lookup(var: &'static str) -> Option<String> {
-    std::env::var(var).ok().filter(|v| !v.trim().is_empty())
-}
+/// Where settings are read from: the environment, or (for tests) nothing, which gives every
+/// default. An empty or blank value counts as unset (`.env.production` lists every variable).
+struct Source<'a>(&'a dyn Fn(&str) -> Option<String>);
 
-fn parse<T: FromStr>(var: &'static str, default: T) -> Result<T, ConfigError>
-where
-    T::Err: fmt::Display,
-{
-    match lookup(var) {
-        None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError { var, value: v.clone(), reason: e.to_string() }),
+impl Source<'_> {
+    fn lookup(&self, var: &'static str) -> Option<String> {
+        (self.0)(var).filter(|v| !v.trim().is_empty())
     }
-}
 
-fn millis(var: &'static str, default: u64) -> Result<Duration, ConfigError> {
-    parse(var, default).map(Duration::from_millis)
-}
+    fn parse<T: FromStr>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.lookup(var) {
+            None => Ok(default),
+            Some(v) => {
+                v.trim().parse().map_err(|e: T::Err| ConfigError { var, value: v.clone(), reason: e.to_string() })
+            }
+        }
+    }
 
-fn boolean(var: &'static str, default: bool) -> Result<bool, ConfigError> {
-    match lookup(var) {
-        None => Ok(default),
-        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" => Ok(false),
-            _ => Err(ConfigError { var, value: v, reason: "expected true or false".into() }),
-        },
+    fn millis(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        self.parse(var, default).map(Duration::from_millis)
+    }
+
+    fn secs(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        self.parse(var, default).map(Duration::from_secs)
+    }
+
+    fn per_minute(&self, var: &'static str, default: u32) -> Result<Limit, ConfigError> {
+        self.parse(var, default).map(Limit::per_minute)
+    }
+
+    fn boolean(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.lookup(var) {
+            None => Ok(default),
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(ConfigError { var, value: v, reason: "expected true or false".into() }),
+            },
+        }
     }
 }
 
@@ -199,15 +287,22 @@ fn check(ok: bool, var: &'static str, value: impl fmt::Display, reason: &str) ->
 impl Config {
     /// Reads every setting from the environment; see the field docs for names and defaults.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let listen_addr: SocketAddr = parse("LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
+        Self::from_source(&|var| std::env::var(var).ok())
+    }
+
+    /// Reads every setting through `get` (a variable's value, if set). The one place where
+    /// defaults are written.
+    pub fn from_source(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let src = Source(get);
+        let listen_addr: SocketAddr = src.parse("LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
-        let public_base_url = match lookup("PUBLIC_BASE_URL") {
+        let public_base_url = match src.lookup("PUBLIC_BASE_URL") {
             None => default_base_url(listen_addr),
             Some(v) => {
                 parse_base_url(&v).map_err(|reason| ConfigError { var: "PUBLIC_BASE_URL", value: v.clone(), reason })?
             }
         };
-        let redis_url = lookup("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        let redis_url = src.lookup("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
         check(
             redis_url.starts_with("redis://")
                 || redis_url.starts_with("rediss://")
@@ -218,55 +313,71 @@ impl Config {
             "expected a redis:// URL",
         )?;
         let cfg = Config {
-            listen_addr,
-            listen_backlog: parse("LISTEN_BACKLOG", 4096)?,
-            database_url: lookup("DATABASE_URL").unwrap_or_else(|| "sqlite://data/shortener.db".into()),
-            db_read_pool_size: parse("DB_READ_POOL_SIZE", (cores * 2).max(4))?,
-            db_acquire_timeout: millis("DB_ACQUIRE_TIMEOUT_MS", 1000)?,
-            db_busy_timeout: millis("DB_BUSY_TIMEOUT_MS", 5000)?,
-            write_batch_max: parse("WRITE_BATCH_MAX", 512)?,
-            redis_enabled: boolean("REDIS_ENABLED", true)?,
-            redis_url,
-            redis_key_prefix: lookup("REDIS_KEY_PREFIX").unwrap_or_else(|| "shortener:".into()),
-            redis_pool_size: parse("REDIS_POOL_SIZE", 8)?,
-            redis_timeout: millis("REDIS_TIMEOUT_MS", 25)?,
-            redis_connect_timeout: millis("REDIS_CONNECT_TIMEOUT_MS", 250)?,
-            redis_breaker_threshold: parse("REDIS_BREAKER_THRESHOLD", 5)?,
-            redis_probe_interval: millis("REDIS_PROBE_INTERVAL_MS", 500)?,
-            public_base_url,
-            l1_capacity: parse("L1_CAPACITY", 100_000)?,
-            l1_ttl: millis("L1_TTL_MS", 60_000)?,
-            negative_ttl: parse("NEGATIVE_CACHE_TTL_SECS", 60).map(Duration::from_secs)?,
-            code_length: parse("CODE_LENGTH", 7)?,
-            permanent_redirect_max_age: parse("PERMANENT_REDIRECT_MAX_AGE_SECS", 3600)?,
-            max_body_bytes: parse("MAX_BODY_BYTES", 16 * 1024)?,
-            request_timeout: millis("REQUEST_TIMEOUT_MS", 10_000)?,
-            header_read_timeout: millis("HEADER_READ_TIMEOUT_MS", 10_000)?,
-            shutdown_timeout: parse("SHUTDOWN_TIMEOUT_SECS", 20).map(Duration::from_secs)?,
-            click_counting: boolean("CLICK_COUNTING", true)?,
-            click_flush_interval: millis("CLICK_FLUSH_INTERVAL_MS", 30_000)?,
-            click_flush_max_pending: parse("CLICK_FLUSH_MAX_PENDING", 1_000_000)?,
-            click_bot_filter: boolean("CLICK_BOT_FILTER", true)?,
-            click_bot_patterns: match lookup("CLICK_BOT_PATTERNS") {
-                Some(v) => v.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
-                None => default_bot_patterns(),
+            http: Http {
+                listen_addr,
+                listen_backlog: src.parse("LISTEN_BACKLOG", 4096)?,
+                public_base_url,
+                max_body_bytes: src.parse("MAX_BODY_BYTES", 16 * 1024)?,
+                request_timeout: src.millis("REQUEST_TIMEOUT_MS", 10_000)?,
+                header_read_timeout: src.millis("HEADER_READ_TIMEOUT_MS", 10_000)?,
+                shutdown_timeout: src.secs("SHUTDOWN_TIMEOUT_SECS", 20)?,
             },
-            metrics_token: lookup("METRICS_TOKEN"),
-            auth_cache_ttl: millis("AUTH_CACHE_TTL_MS", 2000)?,
-            rate_create_per_key: Limit::per_minute(parse("RATE_LIMIT_CREATE_PER_MINUTE", 60)?),
-            rate_create_per_ip: Limit::per_minute(parse("RATE_LIMIT_CREATE_PER_IP_PER_MINUTE", 120)?),
-            rate_api_per_ip: Limit::per_minute(parse("RATE_LIMIT_API_PER_IP_PER_MINUTE", 1200)?),
-            rate_redirect_per_ip: Limit::per_minute(parse("RATE_LIMIT_REDIRECT_PER_IP_PER_MINUTE", 0)?),
-            rate_auth_failures_per_ip: Limit::per_minute(parse("RATE_LIMIT_AUTH_FAILURES_PER_IP_PER_MINUTE", 30)?),
-            trusted_proxies: match lookup("TRUSTED_PROXIES") {
-                None => Vec::new(),
-                Some(v) => parse_trusted(&v).map_err(|reason| ConfigError {
-                    var: "TRUSTED_PROXIES",
-                    value: v.clone(),
-                    reason,
-                })?,
+            db: Db {
+                url: src.lookup("DATABASE_URL").unwrap_or_else(|| "sqlite://data/shortener.db".into()),
+                read_pool_size: src.parse("DB_READ_POOL_SIZE", (cores * 2).max(4))?,
+                acquire_timeout: src.millis("DB_ACQUIRE_TIMEOUT_MS", 1000)?,
+                busy_timeout: src.millis("DB_BUSY_TIMEOUT_MS", 5000)?,
+                write_batch_max: src.parse("WRITE_BATCH_MAX", 512)?,
             },
-            cache_warm_top_n: parse("CACHE_WARM_TOP_N", 0)?,
+            redis: Redis {
+                enabled: src.boolean("REDIS_ENABLED", true)?,
+                url: redis_url,
+                key_prefix: src.lookup("REDIS_KEY_PREFIX").unwrap_or_else(|| "shortener:".into()),
+                pool_size: src.parse("REDIS_POOL_SIZE", 8)?,
+                timeout: src.millis("REDIS_TIMEOUT_MS", 25)?,
+                connect_timeout: src.millis("REDIS_CONNECT_TIMEOUT_MS", 250)?,
+                breaker_threshold: src.parse("REDIS_BREAKER_THRESHOLD", 5)?,
+                probe_interval: src.millis("REDIS_PROBE_INTERVAL_MS", 500)?,
+            },
+            cache: Cache {
+                l1_capacity: src.parse("L1_CAPACITY", 100_000)?,
+                l1_ttl: src.millis("L1_TTL_MS", 60_000)?,
+                negative_ttl: src.secs("NEGATIVE_CACHE_TTL_SECS", 60)?,
+                warm_top_n: src.parse("CACHE_WARM_TOP_N", 0)?,
+            },
+            links: Links {
+                code_length: src.parse("CODE_LENGTH", 7)?,
+                permanent_redirect_max_age: src.parse("PERMANENT_REDIRECT_MAX_AGE_SECS", 3600)?,
+            },
+            clicks: Clicks {
+                counting: src.boolean("CLICK_COUNTING", true)?,
+                flush_interval: src.millis("CLICK_FLUSH_INTERVAL_MS", 30_000)?,
+                flush_max_pending: src.parse("CLICK_FLUSH_MAX_PENDING", 1_000_000)?,
+                bot_filter: src.boolean("CLICK_BOT_FILTER", true)?,
+                bot_patterns: match src.lookup("CLICK_BOT_PATTERNS") {
+                    Some(v) => v.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
+                    None => default_bot_patterns(),
+                },
+            },
+            limits: Limits {
+                create_per_key: src.per_minute("RATE_LIMIT_CREATE_PER_MINUTE", 60)?,
+                create_per_ip: src.per_minute("RATE_LIMIT_CREATE_PER_IP_PER_MINUTE", 120)?,
+                api_per_ip: src.per_minute("RATE_LIMIT_API_PER_IP_PER_MINUTE", 1200)?,
+                redirect_per_ip: src.per_minute("RATE_LIMIT_REDIRECT_PER_IP_PER_MINUTE", 0)?,
+                auth_failures_per_ip: src.per_minute("RATE_LIMIT_AUTH_FAILURES_PER_IP_PER_MINUTE", 30)?,
+                trusted_proxies: match src.lookup("TRUSTED_PROXIES") {
+                    None => Vec::new(),
+                    Some(v) => parse_trusted(&v).map_err(|reason| ConfigError {
+                        var: "TRUSTED_PROXIES",
+                        value: v.clone(),
+                        reason,
+                    })?,
+                },
+            },
+            auth: Auth {
+                cache_ttl: src.millis("AUTH_CACHE_TTL_MS", 2000)?,
+                metrics_token: src.lookup("METRICS_TOKEN"),
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -274,67 +385,59 @@ impl Config {
 
     /// Checks ranges that the types alone don't.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check((5..=64).contains(&self.code_length), "CODE_LENGTH", self.code_length, "must be 5..=64")?;
-        check(self.db_read_pool_size >= 1, "DB_READ_POOL_SIZE", self.db_read_pool_size, "must be at least 1")?;
-        check(self.redis_pool_size >= 1, "REDIS_POOL_SIZE", self.redis_pool_size, "must be at least 1")?;
-        check(!self.redis_timeout.is_zero(), "REDIS_TIMEOUT_MS", 0, "must be above 0")?;
-        check(self.redis_breaker_threshold >= 1, "REDIS_BREAKER_THRESHOLD", 0, "must be at least 1")?;
-        check(self.write_batch_max >= 1, "WRITE_BATCH_MAX", 0, "must be at least 1")?;
-        check(self.max_body_bytes >= 256, "MAX_BODY_BYTES", self.max_body_bytes, "must be at least 256")?;
-        check(!self.click_flush_interval.is_zero(), "CLICK_FLUSH_INTERVAL_MS", 0, "must be above 0")?;
-        check(!self.l1_ttl.is_zero(), "L1_TTL_MS", 0, "must be above 0 (use L1_CAPACITY=0 to disable L1)")?;
+        let code_length = self.links.code_length;
+        check((5..=64).contains(&code_length), "CODE_LENGTH", code_length, "must be 5..=64")?;
+        let pool = self.db.read_pool_size;
+        check(pool >= 1, "DB_READ_POOL_SIZE", pool, "must be at least 1")?;
+        check(self.redis.pool_size >= 1, "REDIS_POOL_SIZE", self.redis.pool_size, "must be at least 1")?;
+        check(!self.redis.timeout.is_zero(), "REDIS_TIMEOUT_MS", 0, "must be above 0")?;
+        check(self.redis.breaker_threshold >= 1, "REDIS_BREAKER_THRESHOLD", 0, "must be at least 1")?;
+        check(self.db.write_batch_max >= 1, "WRITE_BATCH_MAX", 0, "must be at least 1")?;
+        let body = self.http.max_body_bytes;
+        check(body >= 256, "MAX_BODY_BYTES", body, "must be at least 256")?;
+        check(!self.clicks.flush_interval.is_zero(), "CLICK_FLUSH_INTERVAL_MS", 0, "must be above 0")?;
+        check(!self.cache.l1_ttl.is_zero(), "L1_TTL_MS", 0, "must be above 0 (use L1_CAPACITY=0 to disable L1)")?;
         check(
-            self.header_read_timeout >= Duration::from_millis(100),
+            self.http.header_read_timeout >= Duration::from_millis(100),
             "HEADER_READ_TIMEOUT_MS",
-            self.header_read_timeout.as_millis(),
+            self.http.header_read_timeout.as_millis(),
             "must be at least 100",
         )?;
         Ok(())
     }
 
-    /// A configuration for tests: loopback port 0, the given database and Redis, small budgets.
+    /// A configuration for tests: the defaults, on loopback port 0, with the given database and
+    /// Redis, short budgets and intervals so that tests run fast, and no rate limits.
     pub fn for_tests(database_url: &str, redis_url: Option<&str>) -> Self {
-        Config {
-            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            listen_backlog: 1024,
-            database_url: database_url.to_string(),
-            db_read_pool_size: 4,
-            db_acquire_timeout: Duration::from_millis(2000),
-            db_busy_timeout: Duration::from_millis(5000),
-            write_batch_max: 512,
-            redis_enabled: redis_url.is_some(),
-            redis_url: redis_url.unwrap_or("redis://127.0.0.1:1").to_string(),
-            redis_key_prefix: "shortener:".into(),
-            redis_pool_size: 4,
-            redis_timeout: Duration::from_millis(250),
-            redis_connect_timeout: Duration::from_millis(250),
-            redis_breaker_threshold: 3,
-            redis_probe_interval: Duration::from_millis(100),
-            public_base_url: Url::parse("http://sho.rt/").expect("static url"),
-            l1_capacity: 10_000,
-            l1_ttl: Duration::from_secs(10),
-            negative_ttl: Duration::from_secs(60),
-            code_length: 7,
-            permanent_redirect_max_age: 3600,
-            max_body_bytes: 16 * 1024,
-            request_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(2),
-            shutdown_timeout: Duration::from_secs(10),
-            click_counting: true,
-            click_flush_interval: Duration::from_millis(200),
-            click_flush_max_pending: 10_000,
-            click_bot_filter: true,
-            click_bot_patterns: default_bot_patterns(),
-            metrics_token: None,
-            auth_cache_ttl: Duration::from_millis(2000),
-            rate_create_per_key: Limit::per_minute(0),
-            rate_create_per_ip: Limit::per_minute(0),
-            rate_api_per_ip: Limit::per_minute(0),
-            rate_redirect_per_ip: Limit::per_minute(0),
-            rate_auth_failures_per_ip: Limit::per_minute(0),
+        let mut c = Self::from_source(&|_| None).expect("the defaults are valid");
+        c.http.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.http.listen_backlog = 1024;
+        c.http.public_base_url = Url::parse("http://sho.rt/").expect("static url");
+        c.http.header_read_timeout = Duration::from_secs(2);
+        c.http.shutdown_timeout = Duration::from_secs(10);
+        c.db.url = database_url.to_string();
+        c.db.read_pool_size = 4;
+        c.db.acquire_timeout = Duration::from_millis(2000);
+        c.redis.enabled = redis_url.is_some();
+        c.redis.url = redis_url.unwrap_or("redis://127.0.0.1:1").to_string();
+        c.redis.pool_size = 4;
+        c.redis.timeout = Duration::from_millis(250);
+        c.redis.breaker_threshold = 3;
+        c.redis.probe_interval = Duration::from_millis(100);
+        c.cache.l1_capacity = 10_000;
+        c.cache.l1_ttl = Duration::from_secs(10);
+        c.clicks.flush_interval = Duration::from_millis(200);
+        c.clicks.flush_max_pending = 10_000;
+        let off = Limit::per_minute(0);
+        c.limits = Limits {
+            create_per_key: off,
+            create_per_ip: off,
+            api_per_ip: off,
+            redirect_per_ip: off,
+            auth_failures_per_ip: off,
             trusted_proxies: Vec::new(),
-            cache_warm_top_n: 0,
-        }
+        };
+        c
     }
 }
 
@@ -372,8 +475,36 @@ pub fn parse_trusted(raw: &str) -> Result<Vec<IpNet>, String> {
         .collect()
 }
 
+/// User-Agent fragments of crawlers and link unfurlers; their requests are not clicks.
+pub const DEFAULT_BOT_PATTERNS: &[&str] = &[
+    "bot",
+    "crawl",
+    "spider",
+    "slurp",
+    "facebookexternalhit",
+    "facebookcatalog",
+    "whatsapp",
+    "telegram",
+    "slack",
+    "discord",
+    "embedly",
+    "preview",
+    "skype",
+    "vkshare",
+    "pinterest",
+    "redditbot",
+    "quora link",
+    "outbrain",
+    "bitlybot",
+    "tumblr",
+    "nuzzel",
+    "w3c_validator",
+    "headlesschrome",
+    "lighthouse",
+];
+
 fn default_bot_patterns() -> Vec<String> {
-    crate::clicks::DEFAULT_BOT_PATTERNS.iter().map(|s| s.to_string()).collect()
+    DEFAULT_BOT_PATTERNS.iter().map(|s| s.to_string()).collect()
 }
 
 fn default_base_url(addr: SocketAddr) -> Url {
@@ -394,4 +525,51 @@ pub fn parse_base_url(raw: &str) -> Result<Url, String> {
         u.set_path(&p);
     }
     Ok(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_source(&move |var| vars.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn each_concern_reads_its_own_variables_and_blank_ones_are_unset() {
+        let c = from(&[
+            ("LISTEN_ADDR", "0.0.0.0:9000"),
+            ("REDIS_URL", "redis://cache:6380"),
+            ("L1_CAPACITY", "5"),
+            ("RATE_LIMIT_API_PER_IP_PER_MINUTE", "7"),
+            ("METRICS_TOKEN", "  "),
+            ("TRUSTED_PROXIES", ""),
+        ])
+        .unwrap();
+        assert_eq!(c.http.listen_addr, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(c.http.public_base_url.as_str(), "http://0.0.0.0:9000/");
+        assert_eq!(c.redis.url, "redis://cache:6380");
+        assert_eq!(c.cache.l1_capacity, 5);
+        assert_eq!(c.limits.api_per_ip, Limit::per_minute(7));
+        assert!(c.auth.metrics_token.is_none());
+        assert!(c.limits.trusted_proxies.is_empty());
+        assert_eq!(c.limits.auth_failures_per_ip, Limit::per_minute(30));
+    }
+
+    #[test]
+    fn a_wrong_value_names_its_variable() {
+        for (var, value) in [("L1_CAPACITY", "lots"), ("REDIS_ENABLED", "maybe"), ("HEADER_READ_TIMEOUT_MS", "5")] {
+            let e = from(&[(var, value)]).unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(e.to_string().contains(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let c = from(&[("REDIS_URL", "redis://u:hunter2@cache:6379"), ("METRICS_TOKEN", "t0ken")]).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("t0ken"), "{shown}");
+    }
 }

@@ -27,7 +27,7 @@ use crate::{
     links::resolve::{Hooks, Resolver},
     observe::Metrics,
     ratelimit::RateLimiter,
-    redis_client::{self, RedisClient},
+    redis_client::RedisClient,
     state::{AppState, Inner},
 };
 
@@ -42,19 +42,6 @@ pub struct Application {
     state: AppState,
     shutdown_tx: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
-}
-
-/// The Redis client's settings, from the configuration.
-fn redis_settings(c: &Config) -> redis_client::Settings {
-    redis_client::Settings {
-        url: c.redis_url.clone(),
-        key_prefix: c.redis_key_prefix.clone(),
-        pool_size: c.redis_pool_size,
-        timeout: c.redis_timeout,
-        connect_timeout: c.redis_connect_timeout,
-        breaker_threshold: c.redis_breaker_threshold,
-        probe_interval: c.redis_probe_interval,
-    }
 }
 
 /// The invalidation bus's view of the database's outbox.
@@ -76,30 +63,26 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
 
 /// [`build`] with test hooks in place (tests only: production builds take none).
 pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, StartupError> {
-    let writer_conn = db::open_writer(&config.database_url, config.db_busy_timeout)
+    let writer_conn = db::open_writer(&config.db.url, config.db.busy_timeout)
         .await
-        .map_err(|e| format!("opening database {}: {e}", config.database_url))?;
-    let read_pool = db::open_read_pool(
-        &config.database_url,
-        config.db_read_pool_size,
-        config.db_acquire_timeout,
-        config.db_busy_timeout,
-    )
-    .await
-    .map_err(|e| format!("opening read pool on {}: {e}", config.database_url))?;
+        .map_err(|e| format!("opening database {}: {e}", config.db.url))?;
+    let read_pool =
+        db::open_read_pool(&config.db.url, config.db.read_pool_size, config.db.acquire_timeout, config.db.busy_timeout)
+            .await
+            .map_err(|e| format!("opening read pool on {}: {e}", config.db.url))?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut background = Vec::new();
 
-    let redis = if config.redis_enabled {
-        let client = RedisClient::new(&redis_settings(&config))?;
+    let redis = if config.redis.enabled {
+        let client = RedisClient::new(&config.redis)?;
         let bus = Bus::new(client.clone(), Arc::new(DbOutbox(read_pool.clone())));
         client.tick(&*bus).await;
         if client.readable() {
-            tracing::info!(redis.url = %crate::config::redact_url(&config.redis_url), "redis connected");
+            tracing::info!(redis.url = %crate::config::redact_url(&config.redis.url), "redis connected");
         } else {
             tracing::warn!(
-                redis.url = %crate::config::redact_url(&config.redis_url),
+                redis.url = %crate::config::redact_url(&config.redis.url),
                 "redis not reachable at startup: serving from L1 and SQLite, retrying in the background"
             );
         }
@@ -113,16 +96,16 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
 
     let resolver = Arc::new(
         Resolver::new(
-            L1::new(config.l1_capacity, config.l1_ttl, config.negative_ttl),
+            L1::new(config.cache.l1_capacity, config.cache.l1_ttl, config.cache.negative_ttl),
             redis,
             read_pool.clone(),
-            config.negative_ttl,
+            config.cache.negative_ttl,
         )
         .with_hooks(hooks),
     );
-    let key_cache = Arc::new(crate::auth::KeyCache::new(config.auth_cache_ttl));
+    let key_cache = Arc::new(crate::auth::KeyCache::new(config.auth.cache_ttl));
     if let (Some(cache), Some(bus)) = (resolver.redis.clone(), resolver.bus.clone()) {
-        let (r, k, rx, url) = (resolver.clone(), key_cache.clone(), shutdown_rx.clone(), config.redis_url.clone());
+        let (r, k, rx, url) = (resolver.clone(), key_cache.clone(), shutdown_rx.clone(), config.redis.url.clone());
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
         let connect_timeout = cache.client().connect_timeout();
         background.push(tokio::spawn(async move {
@@ -141,30 +124,30 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
         // unreachable Redis does not hold startup back.
         let _ = tokio::time::timeout(connect_timeout, subscribed).await;
     }
-    let code_length = config.code_length;
+    let code_length = config.links.code_length;
     let new_code: crate::db::writer::NewCode = Arc::new(move || crate::links::code::generate(code_length));
     let (writer, writer_task) =
-        Writer::spawn(writer_conn, resolver.clone(), new_code, config.write_batch_max, shutdown_rx.clone());
+        Writer::spawn(writer_conn, resolver.clone(), new_code, config.db.write_batch_max, shutdown_rx.clone());
     background.push(writer_task);
-    let db_file = db::connect_options(&config.database_url, config.db_busy_timeout)?.get_filename().to_path_buf();
+    let db_file = db::connect_options(&config.db.url, config.db.busy_timeout)?.get_filename().to_path_buf();
     if !db_file.as_os_str().is_empty() && !db_file.to_string_lossy().starts_with(':') {
-        let (url, busy, rx) = (config.database_url.clone(), config.db_busy_timeout, shutdown_rx.clone());
+        let (url, busy, rx) = (config.db.url.clone(), config.db.busy_timeout, shutdown_rx.clone());
         background.push(tokio::spawn(db::run_checkpointer(url, busy, Duration::from_millis(500), rx)));
     }
 
     let clicks = Arc::new(Clicks::new(
-        config.click_counting,
-        config.click_bot_filter.then_some(config.click_bot_patterns.as_slice()),
-        config.click_flush_interval,
-        config.click_flush_max_pending,
+        config.clicks.counting,
+        config.clicks.bot_filter.then_some(config.clicks.bot_patterns.as_slice()),
+        config.clicks.flush_interval,
+        config.clicks.flush_max_pending,
     ));
     {
         let (c, w, rx) = (clicks.clone(), writer.clone(), shutdown_rx.clone());
         background.push(tokio::spawn(async move { c.run_flusher(w, rx).await }));
     }
 
-    let listener = bind(config.listen_addr, config.listen_backlog)
-        .map_err(|e| format!("binding LISTEN_ADDR={}: {e}", config.listen_addr))?;
+    let listener = bind(config.http.listen_addr, config.http.listen_backlog)
+        .map_err(|e| format!("binding LISTEN_ADDR={}: {e}", config.http.listen_addr))?;
     let addr = listener.local_addr()?;
     let db_inode = std::fs::metadata(&db_file).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     let metrics = Arc::new(Metrics::new());
@@ -179,15 +162,15 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
             }
         }));
     }
-    let warm_top_n = config.cache_warm_top_n;
+    let warm_top_n = config.cache.warm_top_n;
     let limiter = Arc::new(RateLimiter::new(
         resolver.redis.as_ref().map(|c| c.client().clone()),
-        &config.redis_key_prefix,
-        config.trusted_proxies.clone(),
+        &config.redis.key_prefix,
+        config.limits.trusted_proxies.clone(),
     ));
     let permanent_cache_control =
-        HeaderValue::from_str(&format!("private, max-age={}", config.permanent_redirect_max_age))?;
-    let own_origin = crate::links::target::OwnOrigin::new(&config.public_base_url, addr);
+        HeaderValue::from_str(&format!("private, max-age={}", config.links.permanent_redirect_max_age))?;
+    let own_origin = crate::links::target::OwnOrigin::new(&config.http.public_base_url, addr);
     let state = AppState::new(Inner {
         config,
         db: read_pool,
@@ -276,8 +259,8 @@ impl Application {
         let server = crate::serve::Server::new(
             router,
             state.clone(),
-            cfg.header_read_timeout,
-            cfg.rate_redirect_per_ip.enabled(),
+            cfg.http.header_read_timeout,
+            cfg.limits.redirect_per_ip.enabled(),
         );
         let mut fd_warnings = FdWarnings::default();
         tokio::pin!(signal);
@@ -295,9 +278,9 @@ impl Application {
         }
         drop(listener);
         tracing::info!("shutdown: stopped accepting, draining in-flight requests");
-        if !server.shutdown(cfg.shutdown_timeout).await {
+        if !server.shutdown(cfg.http.shutdown_timeout).await {
             tracing::warn!(
-                shutdown.timeout_s = cfg.shutdown_timeout.as_secs(),
+                shutdown.timeout_s = cfg.http.shutdown_timeout.as_secs(),
                 "in-flight requests did not finish in time; closing them"
             );
         }
@@ -311,7 +294,7 @@ impl Application {
         }
         let _ = shutdown_tx.send(true);
         for task in background {
-            if tokio::time::timeout(cfg.shutdown_timeout, task).await.is_err() {
+            if tokio::time::timeout(cfg.http.shutdown_timeout, task).await.is_err() {
                 tracing::warn!("a background task did not stop in time");
             }
         }

@@ -105,11 +105,11 @@ pub async fn db(State(state): State<AppState>) -> Response {
         "db_bytes": file_len(path),
         "wal_bytes": wal,
         "read_pool": {
-            "max": state.config.db_read_pool_size,
+            "max": state.config.db.read_pool_size,
             "size": state.db.size(),
             "idle": state.db.num_idle(),
         },
-        "writer": {"connections": 1, "batch_max": state.config.write_batch_max},
+        "writer": {"connections": 1, "batch_max": state.config.db.write_batch_max},
     });
     let status = if check.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
@@ -202,7 +202,7 @@ pub async fn redis(State(state): State<AppState>) -> Json<Value> {
         "errors": snap.errors,
         "timeouts": snap.timeouts,
         "invalidations_replayed": replayed,
-        "pool": {"max": state.config.redis_pool_size, "size": snap.pool_size, "available": snap.pool_available, "waiting": snap.pool_waiting},
+        "pool": {"max": state.config.redis.pool_size, "size": snap.pool_size, "available": snap.pool_available, "waiting": snap.pool_waiting},
         "info": info,
         "warnings": warnings,
     }))

@@ -58,7 +58,7 @@ async fn authenticate_presented(
         Err(e @ (ApiError::Unauthorized | ApiError::Forbidden)) => e,
         Err(other) => return Err(other),
     };
-    let limit = state.config.rate_auth_failures_per_ip;
+    let limit = state.config.limits.auth_failures_per_ip;
     if let (true, Some(ip)) = (limit.enabled(), ip) {
         let mut d = None;
         if !check(state, Kind::AuthFailuresPerIp, &ip.to_string(), limit, &mut d).await {
@@ -82,8 +82,8 @@ pub async fn api_gate(State(state): State<AppState>, mut req: Request, next: Nex
     let mut decision = None;
     let mut allowed = true;
     if !known.as_ref().is_some_and(|k| k.unlimited) {
-        if let (true, Some(ip)) = (cfg.rate_api_per_ip.enabled(), ip_text.as_deref()) {
-            allowed &= check(&state, Kind::ApiPerIp, ip, cfg.rate_api_per_ip, &mut decision).await;
+        if let (true, Some(ip)) = (cfg.limits.api_per_ip.enabled(), ip_text.as_deref()) {
+            allowed &= check(&state, Kind::ApiPerIp, ip, cfg.limits.api_per_ip, &mut decision).await;
         }
     }
     let caller = match (allowed, known, hash) {
@@ -101,13 +101,18 @@ pub async fn api_gate(State(state): State<AppState>, mut req: Request, next: Nex
             let is_create = req.method() == Method::POST
                 && matches!(req.uri().path().trim_end_matches('/'), "/links" | "/api/v1/links");
             if !unlimited && is_create {
-                if let (true, Some(key)) = (cfg.rate_create_per_key.enabled(), caller.as_ref()) {
-                    allowed &=
-                        check(&state, Kind::CreatePerKey, &key.id.to_string(), cfg.rate_create_per_key, &mut decision)
-                            .await;
+                if let (true, Some(key)) = (cfg.limits.create_per_key.enabled(), caller.as_ref()) {
+                    allowed &= check(
+                        &state,
+                        Kind::CreatePerKey,
+                        &key.id.to_string(),
+                        cfg.limits.create_per_key,
+                        &mut decision,
+                    )
+                    .await;
                 }
-                if let (true, true, Some(ip)) = (allowed, cfg.rate_create_per_ip.enabled(), ip_text.as_deref()) {
-                    allowed &= check(&state, Kind::CreatePerIp, ip, cfg.rate_create_per_ip, &mut decision).await;
+                if let (true, true, Some(ip)) = (allowed, cfg.limits.create_per_ip.enabled(), ip_text.as_deref()) {
+                    allowed &= check(&state, Kind::CreatePerIp, ip, cfg.limits.create_per_ip, &mut decision).await;
                 }
             }
             if let Some(key) = caller {
@@ -137,7 +142,7 @@ fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
 /// the rate limiter sees it, so a request a trusted proxy forwards counts as its origin's);
 /// with it, any client presenting it as a bearer token, and no other.
 pub async fn operator_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let allowed = match &state.config.metrics_token {
+    let allowed = match &state.config.auth.metrics_token {
         Some(token) => {
             let presented = auth::bearer_token(req.headers()).unwrap_or("");
             if !secrets_equal(presented.as_bytes(), token.as_bytes()) {
@@ -163,7 +168,7 @@ fn is_loopback(ip: IpAddr) -> bool {
 
 /// The per-IP redirect limit, when on: `Some(decision)` for a request it refuses.
 pub async fn check_redirect(state: &AppState, req: &Parts) -> Option<Decision> {
-    let limit = state.config.rate_redirect_per_ip;
+    let limit = state.config.limits.redirect_per_ip;
     if !limit.enabled() {
         return None;
     }

@@ -104,7 +104,7 @@ impl LinkView {
             created_by,
             clicks: u64::try_from(row.clicks).unwrap_or(0) + pending,
             last_clicked_at: row.last_clicked_at.map(to_rfc3339),
-            short_url: format!("{}{}", state.config.public_base_url, row.short_code),
+            short_url: format!("{}{}", state.config.http.public_base_url, row.short_code),
             code: row.short_code,
             url: row.original_url,
             redirect_status: row.redirect_status,

@@ -119,8 +119,8 @@ pub fn router(state: AppState) -> Router {
         .route("/links/{code}/clicks", get(links::get_link_clicks))
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), limits::api_gate))
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.request_timeout));
+        .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.http.request_timeout));
 
     // Detail for operators only (see `limits::operator_gate`); `/health` and `/health/ready`
     // stay open for load balancers.

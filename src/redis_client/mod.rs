@@ -38,27 +38,8 @@ use redis::{aio::MultiplexedConnection, RedisResult};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
-use crate::observe::Metrics;
+use crate::{config, observe::Metrics};
 pub use names::Names;
-
-/// How the client reaches Redis (from `REDIS_*`).
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// `REDIS_URL`.
-    pub url: String,
-    /// `REDIS_KEY_PREFIX`.
-    pub key_prefix: String,
-    /// `REDIS_POOL_SIZE`.
-    pub pool_size: usize,
-    /// `REDIS_TIMEOUT_MS`: budget of one call on the request path.
-    pub timeout: Duration,
-    /// `REDIS_CONNECT_TIMEOUT_MS`.
-    pub connect_timeout: Duration,
-    /// `REDIS_BREAKER_THRESHOLD`.
-    pub breaker_threshold: u32,
-    /// `REDIS_PROBE_INTERVAL_MS`.
-    pub probe_interval: Duration,
-}
 
 /// The breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +114,7 @@ pub struct RedisClient {
 
 impl RedisClient {
     /// Builds the pool; connects nothing yet (the supervisor does).
-    pub fn new(s: &Settings) -> Result<Arc<Self>, String> {
+    pub fn new(s: &config::Redis) -> Result<Arc<Self>, String> {
         let pool = deadpool_redis::Config::from_url(s.url.clone())
             .builder()
             .map_err(|e| format!("REDIS_URL: {e}"))?

@@ -88,7 +88,7 @@ async fn ten_thousand_concurrent_gets_are_counted_exactly_and_heads_and_bots_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_flusher_writes_100k_clicks_on_1000_codes_in_a_handful_of_transactions() {
-    let app = spawn_app(None, |c| c.click_flush_interval = Duration::from_secs(1)).await;
+    let app = spawn_app(None, |c| c.clicks.flush_interval = Duration::from_secs(1)).await;
     seed_links(&app.db_url, "bulk", "https://example.com/", 1000).await;
     let state = app.state.clone();
     let mut links = Vec::new();
@@ -118,7 +118,7 @@ async fn the_flusher_writes_100k_clicks_on_1000_codes_in_a_handful_of_transactio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_link_with_pending_clicks_does_not_fail_the_flush() {
-    let app = spawn_app(None, |c| c.click_flush_interval = Duration::from_secs(3600)).await;
+    let app = spawn_app(None, |c| c.clicks.flush_interval = Duration::from_secs(3600)).await;
     app.create_code("doomed", "https://example.com/d").await;
     app.create_code("keeper", "https://example.com/k").await;
     for _ in 0..5 {
@@ -139,8 +139,8 @@ async fn deleting_a_link_with_pending_clicks_does_not_fail_the_flush() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_flush_keeps_its_counts_and_a_later_one_writes_them() {
     let app = spawn_app(None, |c| {
-        c.click_flush_interval = Duration::from_secs(3600);
-        c.db_busy_timeout = Duration::from_millis(100);
+        c.clicks.flush_interval = Duration::from_secs(3600);
+        c.db.busy_timeout = Duration::from_millis(100);
     })
     .await;
     app.create_code("locked", "https://example.com/l").await;
@@ -252,8 +252,8 @@ async fn with_l1_off_every_redis_copy_of_a_link_counts_into_one_place() {
     let redis = RedisServer::start();
     let app = Arc::new(
         spawn_app(Some(&redis), |c| {
-            c.l1_capacity = 0;
-            c.click_flush_interval = Duration::from_secs(3600);
+            c.cache.l1_capacity = 0;
+            c.clicks.flush_interval = Duration::from_secs(3600);
         })
         .await,
     );

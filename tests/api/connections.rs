@@ -150,7 +150,7 @@ async fn a_post_body_in_two_packets_then_a_redirect_on_the_same_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_connection_lives_while_used_and_closes_after_the_idle_timeout() {
     let timeout = Duration::from_millis(600);
-    let app = spawn_app(None, |c| c.header_read_timeout = timeout).await;
+    let app = spawn_app(None, |c| c.http.header_read_timeout = timeout).await;
     app.create_code("keep", "https://example.com/ka").await;
     let mut conn = TcpStream::connect(app.addr).await.unwrap();
     let started = Instant::now();
@@ -169,7 +169,7 @@ async fn a_keep_alive_connection_lives_while_used_and_closes_after_the_idle_time
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_after_a_post_is_closed_too() {
     let timeout = Duration::from_millis(500);
-    let app = spawn_app(None, |c| c.header_read_timeout = timeout).await;
+    let app = spawn_app(None, |c| c.http.header_read_timeout = timeout).await;
     let mut conn = TcpStream::connect(app.addr).await.unwrap();
     let body = br#"{"url":"https://example.com/p2"}"#;
     conn.write_all(post_links_head(&app.key, body.len()).as_bytes()).await.unwrap();
@@ -210,7 +210,7 @@ async fn http2_with_prior_knowledge_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_gets_a_large_response_whole_even_past_the_timeout() {
     let timeout = Duration::from_millis(300);
-    let app = spawn_app(None, |c| c.header_read_timeout = timeout).await;
+    let app = spawn_app(None, |c| c.http.header_read_timeout = timeout).await;
     // About 8 MB of JSON: more than the server's socket can buffer, so hyper's writes block
     // while the client reads.
     let long = format!("https://example.com/{}?n=", "x".repeat(8000));
@@ -231,7 +231,7 @@ async fn a_slow_reader_gets_a_large_response_whole_even_past_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_without_requests_is_closed_after_the_timeout() {
-    let app = spawn_app(None, |c| c.header_read_timeout = Duration::from_millis(400)).await;
+    let app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_millis(400)).await;
     for preface in [&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"[..], b"PRI * HT"] {
         let mut conn = TcpStream::connect(app.addr).await.unwrap();
         conn.write_all(preface).await.unwrap();
@@ -253,7 +253,7 @@ async fn an_http2_connection_without_requests_is_closed_after_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_idle_connections_at_once() {
-    let mut app = spawn_app(None, |c| c.header_read_timeout = Duration::from_secs(30)).await;
+    let mut app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_secs(30)).await;
     app.create_code("shut", "https://example.com/sd").await;
     let mut idle = Vec::new();
     for _ in 0..20 {

@@ -104,7 +104,7 @@ async fn collect(mut set: JoinSet<LoadReport>) -> LoadReport {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_redis_under_load_fails_no_request_and_redis_serves_again_after_restart() {
     let mut redis = RedisServer::start();
-    let app = Arc::new(spawn_app(Some(&redis), |c| c.l1_capacity = 0).await);
+    let app = Arc::new(spawn_app(Some(&redis), |c| c.cache.l1_capacity = 0).await);
     seed(&app, 200).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = steady_load(&app, 16, 200, &stop);
@@ -131,7 +131,7 @@ async fn killing_redis_under_load_fails_no_request_and_redis_serves_again_after_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pausing_redis_under_load_fails_no_request_and_keeps_every_wait_short() {
     let redis = RedisServer::start();
-    let app = Arc::new(spawn_app(Some(&redis), |c| c.l1_capacity = 0).await);
+    let app = Arc::new(spawn_app(Some(&redis), |c| c.cache.l1_capacity = 0).await);
     seed(&app, 200).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = steady_load(&app, 16, 200, &stop);
@@ -160,7 +160,7 @@ async fn pausing_redis_under_load_fails_no_request_and_keeps_every_wait_short() 
 
 async fn changes_while_paused(l1_capacity: u64) {
     let redis = RedisServer::start();
-    let app = spawn_app(Some(&redis), |c| c.l1_capacity = l1_capacity).await;
+    let app = spawn_app(Some(&redis), |c| c.cache.l1_capacity = l1_capacity).await;
     app.create_code("moved", "https://example.com/old").await;
     app.create_code("removed", "https://example.com/bye").await;
     for _ in 0..2 {
@@ -249,7 +249,7 @@ async fn invalidations_queued_while_redis_was_down_are_replayed_after_a_service_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_connection_is_closed_after_the_header_timeout_while_others_are_served() {
-    let app = spawn_app(None, |c| c.header_read_timeout = Duration::from_millis(800)).await;
+    let app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_millis(800)).await;
     app.create_code("busy", "https://example.com/b").await;
     let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let head = b"GET /busy HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -281,8 +281,8 @@ async fn a_slowloris_connection_is_closed_after_the_header_timeout_while_others_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_outlives_the_timeout_gets_503_not_a_hang() {
     let app = spawn_app(None, |c| {
-        c.request_timeout = Duration::from_millis(300);
-        c.db_busy_timeout = Duration::from_secs(3);
+        c.http.request_timeout = Duration::from_millis(300);
+        c.db.busy_timeout = Duration::from_secs(3);
     })
     .await;
     let mut blocker = raw_conn(&app.db_url).await;

@@ -174,7 +174,7 @@ pub async fn spawn_app_with(redis: Option<&RedisServer>, tweak: impl FnOnce(&mut
     let redis_url = redis.map(|r| r.url());
     let mut config = Config::for_tests(&db_url, redis_url.as_deref());
     tweak(&mut config);
-    let db_url = config.database_url.clone();
+    let db_url = config.db.url.clone();
     let app = startup::build_with(config, hooks).await.expect("service builds");
     let addr = app.addr();
     let state = app.state().clone();

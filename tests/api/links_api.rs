@@ -115,7 +115,7 @@ async fn malformed_oversized_and_untyped_bodies_get_json_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_required_and_revoked_keys_are_refused() {
-    let app = spawn_app(None, |c| c.auth_cache_ttl = std::time::Duration::ZERO).await;
+    let app = spawn_app(None, |c| c.auth.cache_ttl = std::time::Duration::ZERO).await;
     let anon = app.client.post(app.url("/api/v1/links")).json(&json!({"url": "https://x.io/"})).send().await.unwrap();
     assert_eq!(error_of(anon).await, (StatusCode::UNAUTHORIZED, "unauthorized".into()));
     let wrong = app.client.get(app.url("/api/v1/links")).bearer_auth("sk_wrong").send().await.unwrap();
@@ -235,7 +235,7 @@ async fn concurrent_creates_of_one_custom_code_give_one_201_and_the_rest_409() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_revoked_from_the_command_line_is_refused_at_once_even_when_cached() {
     let redis = RedisServer::start();
-    let app = spawn_app(Some(&redis), |c| c.auth_cache_ttl = std::time::Duration::from_secs(3600)).await;
+    let app = spawn_app(Some(&redis), |c| c.auth.cache_ttl = std::time::Duration::from_secs(3600)).await;
     let key = create_key(&app.db_url, "soon-revoked", false).await;
     for _ in 0..3 {
         let r = app.client.get(app.url("/api/v1/links")).bearer_auth(&key).send().await.unwrap();

@@ -153,7 +153,7 @@ async fn with_the_sqlite_file_unreadable_ready_is_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_move_by_exactly_the_traffic_sent() {
     let redis = RedisServer::start();
-    let app = spawn_app(Some(&redis), |c| c.click_flush_interval = Duration::from_secs(3600)).await;
+    let app = spawn_app(Some(&redis), |c| c.clicks.flush_interval = Duration::from_secs(3600)).await;
     app.create_code("counted", "https://example.com/c").await;
     let before = scrape(&app).await;
 
@@ -217,7 +217,7 @@ async fn status_as(app: &TestApp, path: &str, forwarded_for: Option<&str>, token
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_endpoints_answer_only_loopback_clients_without_a_token() {
     let redis = RedisServer::start();
-    let app = spawn_app(Some(&redis), |c| c.trusted_proxies = parse_trusted("127.0.0.1/32").unwrap()).await;
+    let app = spawn_app(Some(&redis), |c| c.limits.trusted_proxies = parse_trusted("127.0.0.1/32").unwrap()).await;
     for path in OPERATOR_PATHS {
         assert_eq!(status_as(&app, path, None, None).await, StatusCode::OK, "{path} from loopback");
         assert_eq!(status_as(&app, path, Some("::1"), None).await, StatusCode::OK, "{path} from ::1");
@@ -237,8 +237,8 @@ async fn operator_endpoints_answer_only_loopback_clients_without_a_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_metrics_token_operator_endpoints_answer_that_token_from_anywhere_and_nothing_else() {
     let app = spawn_app(None, |c| {
-        c.metrics_token = Some("s3cret".into());
-        c.trusted_proxies = parse_trusted("127.0.0.1/32").unwrap();
+        c.auth.metrics_token = Some("s3cret".into());
+        c.limits.trusted_proxies = parse_trusted("127.0.0.1/32").unwrap();
     })
     .await;
     for path in OPERATOR_PATHS {

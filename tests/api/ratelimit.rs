@@ -31,7 +31,7 @@ fn header(r: &reqwest::Response, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exceeding_the_create_limit_gives_429_with_headers_and_retry_after_is_honest() {
     let redis = RedisServer::start();
-    let app = spawn_app(Some(&redis), |c| c.rate_create_per_key = per(3, 3)).await;
+    let app = spawn_app(Some(&redis), |c| c.limits.create_per_key = per(3, 3)).await;
     for left in [2, 1, 0] {
         let r = create(&app, &app.key).await;
         assert_eq!(r.status(), StatusCode::CREATED);
@@ -59,8 +59,8 @@ async fn exceeding_the_create_limit_gives_429_with_headers_and_retry_after_is_ho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_redis_share_the_budget() {
     let redis = RedisServer::start();
-    let a = spawn_app(Some(&redis), |c| c.rate_api_per_ip = per(10, 3600)).await;
-    let b = spawn_app(Some(&redis), |c| c.rate_api_per_ip = per(10, 3600)).await;
+    let a = spawn_app(Some(&redis), |c| c.limits.api_per_ip = per(10, 3600)).await;
+    let b = spawn_app(Some(&redis), |c| c.limits.api_per_ip = per(10, 3600)).await;
     let mut accepted = 0;
     for i in 0..30 {
         let app = if i % 2 == 0 { &a } else { &b };
@@ -74,8 +74,8 @@ async fn two_instances_on_one_redis_share_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_dead_limits_hold_per_process_and_sharing_resumes_after_restart() {
     let mut redis = RedisServer::start();
-    let a = spawn_app(Some(&redis), |c| c.rate_api_per_ip = per(5, 3600)).await;
-    let b = spawn_app(Some(&redis), |c| c.rate_api_per_ip = per(5, 3600)).await;
+    let a = spawn_app(Some(&redis), |c| c.limits.api_per_ip = per(5, 3600)).await;
+    let b = spawn_app(Some(&redis), |c| c.limits.api_per_ip = per(5, 3600)).await;
     redis.kill();
     let ok = crate::helpers::eventually(Duration::from_secs(5), || async {
         a.cache_stats().await["redis_breaker"] == "open" && b.cache_stats().await["redis_breaker"] == "open"
@@ -116,8 +116,8 @@ async fn count_ok(app: &TestApp, n: usize) -> usize {
 async fn forwarded_for_changes_the_identity_only_behind_a_trusted_proxy() {
     let redis = RedisServer::start();
     let untrusted = spawn_app(Some(&redis), |c| {
-        c.rate_api_per_ip = per(2, 3600);
-        c.redis_key_prefix = "u:".into();
+        c.limits.api_per_ip = per(2, 3600);
+        c.redis.key_prefix = "u:".into();
     })
     .await;
     let mut statuses = Vec::new();
@@ -132,9 +132,9 @@ async fn forwarded_for_changes_the_identity_only_behind_a_trusted_proxy() {
     );
 
     let trusted = spawn_app(Some(&redis), |c| {
-        c.rate_api_per_ip = per(2, 3600);
-        c.redis_key_prefix = "t:".into();
-        c.trusted_proxies = parse_trusted("127.0.0.1, ::1").unwrap();
+        c.limits.api_per_ip = per(2, 3600);
+        c.redis.key_prefix = "t:".into();
+        c.limits.trusted_proxies = parse_trusted("127.0.0.1, ::1").unwrap();
     })
     .await;
     for ip in ["1.1.1.1", "2.2.2.2", "3.3.3.3"] {
@@ -150,7 +150,7 @@ async fn forwarded_for_changes_the_identity_only_behind_a_trusted_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_simultaneous_requests_against_a_limit_of_100_accept_exactly_100() {
     let redis = RedisServer::start();
-    let app = Arc::new(spawn_app(Some(&redis), |c| c.rate_api_per_ip = per(100, 3600)).await);
+    let app = Arc::new(spawn_app(Some(&redis), |c| c.limits.api_per_ip = per(100, 3600)).await);
     let mut set = JoinSet::new();
     for _ in 0..500 {
         let app = app.clone();
@@ -180,8 +180,8 @@ async fn five_hundred_simultaneous_requests_against_a_limit_of_100_accept_exactl
 async fn unlimited_keys_health_and_metrics_are_never_limited() {
     let redis = RedisServer::start();
     let app = spawn_app(Some(&redis), |c| {
-        c.rate_api_per_ip = per(1, 3600);
-        c.rate_create_per_key = per(1, 3600);
+        c.limits.api_per_ip = per(1, 3600);
+        c.limits.create_per_key = per(1, 3600);
     })
     .await;
     let vip = create_key(&app.db_url, "enterprise", true).await;
@@ -204,8 +204,8 @@ async fn the_redirect_limit_is_off_by_default_and_works_when_on() {
         assert!(open.location("popular").await.is_ok());
     }
     let guarded = spawn_app(Some(&redis), |c| {
-        c.rate_redirect_per_ip = per(5, 3600);
-        c.redis_key_prefix = "g:".into();
+        c.limits.redirect_per_ip = per(5, 3600);
+        c.redis.key_prefix = "g:".into();
     })
     .await;
     guarded.create_code("popular", "https://example.com/p").await;
@@ -234,8 +234,8 @@ async fn list_with(app: &TestApp, key: &str) -> reqwest::Response {
 async fn failed_authentications_are_limited_per_address_with_retry_after() {
     let redis = RedisServer::start();
     let app = spawn_app(Some(&redis), |c| {
-        c.rate_auth_failures_per_ip = per(5, 3600);
-        c.auth_cache_ttl = Duration::from_secs(60);
+        c.limits.auth_failures_per_ip = per(5, 3600);
+        c.auth.cache_ttl = Duration::from_secs(60);
     })
     .await;
     // Verified before the flood: this key keeps working from memory.
@@ -259,8 +259,8 @@ async fn failed_authentications_are_limited_per_address_with_retry_after() {
     assert_eq!(list_with(&app, &app.key).await.status(), StatusCode::OK);
     // Other addresses are not affected (X-Forwarded-For from a trusted proxy is the address).
     let elsewhere = spawn_app(Some(&redis), |c| {
-        c.rate_auth_failures_per_ip = per(5, 3600);
-        c.trusted_proxies = parse_trusted("127.0.0.1/32").unwrap();
+        c.limits.auth_failures_per_ip = per(5, 3600);
+        c.limits.trusted_proxies = parse_trusted("127.0.0.1/32").unwrap();
     })
     .await;
     let r = elsewhere
@@ -287,7 +287,7 @@ async fn a_flood_of_one_bad_key_reaches_the_database_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_address_limit_is_checked_before_any_key_is_looked_up() {
     let redis = RedisServer::start();
-    let app = spawn_app(Some(&redis), |c| c.rate_api_per_ip = per(3, 3600)).await;
+    let app = spawn_app(Some(&redis), |c| c.limits.api_per_ip = per(3, 3600)).await;
     for i in 0..3 {
         assert_eq!(list_with(&app, &format!("sk_random{i}")).await.status(), StatusCode::UNAUTHORIZED);
     }

@@ -31,7 +31,7 @@ async fn storm(app: &Arc<TestApp>, code: &str, n: usize) -> Vec<Result<String, S
 
 async fn single_flight(l1_capacity: u64) {
     let redis = RedisServer::start();
-    let app = Arc::new(spawn_app(Some(&redis), |c| c.l1_capacity = l1_capacity).await);
+    let app = Arc::new(spawn_app(Some(&redis), |c| c.cache.l1_capacity = l1_capacity).await);
     app.create_code("stampede", "https://example.com/hot").await;
     assert_eq!(redis.cli(&["EXISTS", "shortener:l:stampede"]).trim(), "0", "not cached before the storm");
     let before = app.stat("db_lookups").await;
@@ -56,7 +56,7 @@ async fn a_thousand_concurrent_requests_read_sqlite_once_even_without_l1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_requests_for_an_unknown_code_read_sqlite_at_most_once_and_creating_it_works_at_once() {
     let redis = RedisServer::start();
-    let app = Arc::new(spawn_app(Some(&redis), |c| c.l1_capacity = 0).await);
+    let app = Arc::new(spawn_app(Some(&redis), |c| c.cache.l1_capacity = 0).await);
 
     let results = storm(&app, "ghost-code", 1000).await;
 
@@ -71,7 +71,7 @@ async fn a_thousand_requests_for_an_unknown_code_read_sqlite_at_most_once_and_cr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_entries_in_redis_expire() {
     let redis = RedisServer::start();
-    let app = spawn_app(Some(&redis), |c| c.negative_ttl = Duration::from_secs(30)).await;
+    let app = spawn_app(Some(&redis), |c| c.cache.negative_ttl = Duration::from_secs(30)).await;
     assert_eq!(app.location("nobody-home").await, Err(StatusCode::NOT_FOUND));
     let ttl: i64 = redis.cli(&["PTTL", "shortener:l:nobody-home"]).trim().parse().unwrap();
     assert!((1..=30_000).contains(&ttl), "PTTL {ttl}");
@@ -99,7 +99,7 @@ async fn race_a_fill_against(change: Change, l1_capacity: u64, guard: bool) -> R
     let app = Arc::new(
         spawn_app_with(
             Some(&redis),
-            |c| c.l1_capacity = l1_capacity,
+            |c| c.cache.l1_capacity = l1_capacity,
             Hooks { fill_pause: Some(pause.clone()), disable_write_back_guard: !guard },
         )
         .await,
@@ -169,7 +169,7 @@ async fn without_the_guard_the_same_race_serves_a_stale_redirect() {
 async fn history_check(l1_capacity: u64) {
     const CODES: usize = 4;
     let redis = RedisServer::start();
-    let app = Arc::new(spawn_app(Some(&redis), |c| c.l1_capacity = l1_capacity).await);
+    let app = Arc::new(spawn_app(Some(&redis), |c| c.cache.l1_capacity = l1_capacity).await);
     for i in 0..CODES {
         app.create_code(&format!("hist{i}"), "https://example.com/hist/0").await;
     }
@@ -259,10 +259,10 @@ async fn no_read_sees_an_update_older_than_one_acknowledged_before_it_started_wi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_instance_forgets_its_l1_copy_when_a_link_changes_elsewhere() {
     let redis = RedisServer::start();
-    let a = spawn_app(Some(&redis), |c| c.l1_ttl = Duration::from_secs(600)).await;
+    let a = spawn_app(Some(&redis), |c| c.cache.l1_ttl = Duration::from_secs(600)).await;
     let b = spawn_app(Some(&redis), |c| {
-        c.l1_ttl = Duration::from_secs(600);
-        c.database_url = a.db_url.clone();
+        c.cache.l1_ttl = Duration::from_secs(600);
+        c.db.url = a.db_url.clone();
     })
     .await;
     a.create_code("shared", "https://example.com/one").await;

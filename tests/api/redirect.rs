@@ -123,8 +123,8 @@ async fn without_redis_the_service_serves_from_sqlite() {
 async fn with_redis_unreachable_the_service_starts_and_serves() {
     let port = crate::helpers::free_port();
     let app = spawn_app(None, |c| {
-        c.redis_enabled = true;
-        c.redis_url = format!("redis://127.0.0.1:{port}");
+        c.redis.enabled = true;
+        c.redis.url = format!("redis://127.0.0.1:{port}");
     })
     .await;
     app.create_code("lonely", "https://example.org/l").await;

@@ -82,7 +82,7 @@ async fn other_ports_of_our_host_and_of_loopback_stay_allowed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loopback_base_refuses_every_loopback_spelling_on_its_ports() {
-    let app = spawn_app(None, |c| c.public_base_url = parse_base_url("http://localhost/").unwrap()).await;
+    let app = spawn_app(None, |c| c.http.public_base_url = parse_base_url("http://localhost/").unwrap()).await;
 
     for url in [
         "http://127.0.0.2/x",
