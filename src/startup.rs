@@ -2,10 +2,11 @@
 //! gracefully. [`build`] returns an [`Application`] whose address is already bound, so tests
 //! and the `serve` command alike learn the real port before serving.
 //!
-//! The accept loop is our own rather than `axum::serve` because the service needs what that does
-//! not expose: an explicit listen backlog, a header-read timeout against slowloris clients, TCP
-//! keepalive, a clear log line instead of a spin when the process runs out of file descriptors,
-//! and connections that hold almost no memory while idle ([`crate::serve`]).
+//! The accept loop is our own rather than `axum::serve`. axum 0.8.9's `serve` accepts any
+//! listener, so a backlog and TCP options could be set on a socket handed to it; what it does not
+//! have is a header-read timeout against slowloris clients (and a deadline for every other state
+//! of a connection), a clear log line instead of a spin when the process runs out of file
+//! descriptors, and connections that hold almost no memory while idle ([`crate::serve`]).
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
