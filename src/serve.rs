@@ -31,8 +31,10 @@
 //! clients alike, as hyper's own header-read timer did. It is one timer per connection, re-armed
 //! only when it fires, rather than a timer registered and cancelled on every request. A response
 //! still being written keeps the connection as long as the client keeps reading it; one that
-//! reads nothing for a whole timeout is closed. An HTTP/2 connection is closed when no request
-//! has come for the timeout (a stalled preface included).
+//! reads nothing for a whole timeout is closed. Every accepted connection is under this timer,
+//! whatever it sent: nothing at all (the first bytes are peeked at with the timer armed), part of
+//! an HTTP/1 head or of the HTTP/2 preface. An HTTP/2 connection is closed when no request has
+//! come for the timeout (a stalled preface included).
 //!
 //! # Shutdown
 //! Every task holds a receiver of the connection shutdown channel. On shutdown, parked
@@ -158,6 +160,10 @@ async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shu
     let mut stream = stream;
     let mut leftover = Bytes::new();
     let mut first = true;
+    // The first bytes, peeked at: HTTP/2 with prior knowledge starts with `PRI * HTTP/2.0`, and no
+    // HTTP/1 method is `PRI`. (A client whose first packet holds fewer than three bytes is served
+    // as HTTP/1.)
+    let mut sniffed = [0u8; 3];
     // Made once and handed back by `into_parts` at every park: no per-request clones of the
     // shared handles it holds.
     let mut svc = Some(service(&server, peer, &flags));
@@ -166,8 +172,15 @@ async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shu
         if leftover.is_empty() {
             let woke = poll_fn(|cx| {
                 // Readiness first: a request that has arrived is served, even during shutdown.
-                if let Poll::Ready(r) = stream.poll_read_ready(cx) {
-                    return Poll::Ready(if r.is_ok() { Wake::Readable } else { Wake::Stop });
+                // The first time, the bytes themselves: a fresh socket can be reported readable
+                // before a byte has arrived, and a wait for them must not escape the timer.
+                let readable = if first {
+                    stream.poll_peek(cx, &mut ReadBuf::new(&mut sniffed)).map(|r| r.is_ok_and(|n| n > 0))
+                } else {
+                    stream.poll_read_ready(cx).map(|r| r.is_ok())
+                };
+                if let Poll::Ready(readable) = readable {
+                    return Poll::Ready(if readable { Wake::Readable } else { Wake::Stop });
                 }
                 if stop.requested(cx) || clock.expired(timer.as_mut(), &flags, cx) {
                     return Poll::Ready(Wake::Stop);
@@ -179,7 +192,7 @@ async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shu
                 return;
             }
         }
-        if std::mem::take(&mut first) && is_h2_preface(&stream).await {
+        if std::mem::take(&mut first) && sniffed == *b"PRI" {
             // Boxed: the parked state of every HTTP/1 connection should not carry its size.
             return Box::pin(serve_h2(&server, stream, peer, &mut stop, &mut clock, timer.as_mut())).await;
         }
@@ -248,13 +261,6 @@ fn unread(read_but_unused: &[u8], not_read: &[u8]) -> Bytes {
     all.extend_from_slice(read_but_unused);
     all.extend_from_slice(not_read);
     Bytes::from(all)
-}
-
-/// HTTP/2 with prior knowledge starts with `PRI * HTTP/2.0`; no HTTP/1 method is `PRI`. (A
-/// client whose first packet holds fewer than three bytes is served as HTTP/1.)
-async fn is_h2_preface(stream: &TcpStream) -> bool {
-    let mut buf = [0u8; 3];
-    matches!(stream.peek(&mut buf).await, Ok(3) if &buf == b"PRI")
 }
 
 async fn serve_h2<F: Future>(

@@ -1,10 +1,15 @@
 //! Connections at the byte level: keep-alive, pipelining, heads and bodies split across packets,
 //! the idle timeout, HTTP/2 with prior knowledge, and shutdown — the behaviour a connection must
-//! keep while the server takes hyper apart between requests (src/serve.rs).
+//! keep while the server takes hyper apart between requests (src/serve.rs). Clients that go
+//! silent in any state are raw sockets.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
+use shortener::links::resolve::FillPause;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -90,6 +95,155 @@ fn post_links_head(key: &str, len: usize) -> String {
     format!(
         "POST /api/v1/links HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
     )
+}
+
+/// Reads until the server closes `conn` (EOF or reset), whatever it sends first (an HTTP/2
+/// server sends SETTINGS and GOAWAY); `None` if it is still open after `within`.
+async fn until_closed(conn: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = vec![0u8; 16 * 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// The HTTP/2 client preface and an empty SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// HTTP/2 frame types and flags the raw tests use.
+const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// An HPACK literal header field without indexing, its name from the static table.
+fn hpack_literal(name_index: u8, value: &str) -> Vec<u8> {
+    assert!(name_index < 16 && value.len() < 127);
+    let mut field = vec![name_index, value.len() as u8];
+    field.extend_from_slice(value.as_bytes());
+    field
+}
+
+/// HEADERS for a `GET path` on `stream`, ending the stream (HPACK without the dynamic table).
+fn h2_get(stream: u32, path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    block.extend(hpack_literal(4, path)); // :path
+    block.extend(hpack_literal(1, "t")); // :authority
+    h2_frame(HEADERS, END_HEADERS | END_STREAM, stream, &block)
+}
+
+/// One frame read from the server: type, flags, stream, payload.
+async fn read_h2_frame(conn: &mut TcpStream) -> (u8, u8, u32, Vec<u8>) {
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut head))
+        .await
+        .expect("a frame within 10 s")
+        .unwrap();
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    conn.read_exact(&mut payload).await.unwrap();
+    (head[3], head[4], u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff, payload)
+}
+
+/// An app whose fills can be held (every redirect reads SQLite: no L1), with the given head
+/// timeout, and a link `held` to hold.
+async fn app_with_pause(timeout: Duration) -> (TestApp, Arc<FillPause>) {
+    let pause = Arc::new(FillPause::default());
+    let app = spawn_app(None, |c| {
+        c.header_read_timeout = timeout;
+        c.l1_capacity = 0;
+        c.hooks.fill_pause = Some(pause.clone());
+    })
+    .await;
+    app.create_code("held", "https://example.com/held").await;
+    (app, pause)
+}
+
+/// Where a client can fall silent: every state of the connection layer it can leave a connection in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Silent {
+    /// Accepted, not a byte sent.
+    BeforeTheFirstByte,
+    /// Fewer bytes than the `PRI` check looks at.
+    AfterOneByte,
+    AfterTwoBytesOfPri,
+    AfterPri,
+    InTheH2Preface,
+    /// The HTTP/2 preface done, no stream opened.
+    H2WithoutStreams,
+    /// One stream answered, none open.
+    H2AfterAnAnsweredStream,
+    InAnHttp1Head,
+    BetweenHttp1Requests,
+    AfterAnHttp1RequestWithABody,
+}
+
+const SILENT: [Silent; 10] = [
+    Silent::BeforeTheFirstByte,
+    Silent::AfterOneByte,
+    Silent::AfterTwoBytesOfPri,
+    Silent::AfterPri,
+    Silent::InTheH2Preface,
+    Silent::H2WithoutStreams,
+    Silent::H2AfterAnAnsweredStream,
+    Silent::InAnHttp1Head,
+    Silent::BetweenHttp1Requests,
+    Silent::AfterAnHttp1RequestWithABody,
+];
+
+/// Opens a connection to `addr` and leaves it in `state`, the client silent from then on. `key`:
+/// an API key.
+async fn open_silent(addr: std::net::SocketAddr, key: &str, state: Silent) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    match state {
+        Silent::BeforeTheFirstByte => {}
+        Silent::AfterOneByte => conn.write_all(b"G").await.unwrap(),
+        Silent::AfterTwoBytesOfPri => conn.write_all(b"PR").await.unwrap(),
+        Silent::AfterPri => conn.write_all(b"PRI").await.unwrap(),
+        Silent::InTheH2Preface => conn.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap(),
+        Silent::H2WithoutStreams => {
+            conn.write_all(H2_PREFACE).await.unwrap();
+            assert_eq!(read_h2_frame(&mut conn).await.0, SETTINGS);
+        }
+        Silent::H2AfterAnAnsweredStream => {
+            conn.write_all(&[H2_PREFACE, &h2_get(1, "/health")].concat()).await.unwrap();
+            loop {
+                let (kind, flags, stream, _) = read_h2_frame(&mut conn).await;
+                if stream == 1 && flags & END_STREAM != 0 {
+                    break;
+                }
+                assert_ne!(kind, GOAWAY);
+            }
+        }
+        Silent::InAnHttp1Head => conn.write_all(b"GET /held HTTP/1.1\r\nHost: t\r\n").await.unwrap(),
+        Silent::BetweenHttp1Requests => {
+            conn.write_all(get("/health").as_bytes()).await.unwrap();
+            assert_eq!(read_responses(&mut conn, 1).await[0].status, 200);
+        }
+        Silent::AfterAnHttp1RequestWithABody => {
+            let body = br#"{"url":"https://example.com/silent"}"#;
+            conn.write_all(post_links_head(key, body.len()).as_bytes()).await.unwrap();
+            conn.write_all(body).await.unwrap();
+            assert_eq!(read_responses(&mut conn, 1).await[0].status, 201);
+        }
+    }
+    conn
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,10 +355,10 @@ async fn http2_with_prior_knowledge_is_served() {
     let app = spawn_app(None, |_| {}).await;
     let mut conn = TcpStream::connect(app.addr).await.unwrap();
     // The client preface and an empty SETTINGS frame.
-    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    conn.write_all(H2_PREFACE).await.unwrap();
     let mut frame = [0u8; 9];
     tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut frame)).await.unwrap().unwrap();
-    assert_eq!(frame[3], 4, "the server's first frame is SETTINGS: {frame:?}");
+    assert_eq!(frame[3], SETTINGS, "the server's first frame is SETTINGS: {frame:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +386,7 @@ async fn a_slow_reader_gets_a_large_response_whole_even_past_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_without_requests_is_closed_after_the_timeout() {
     let app = spawn_app(None, |c| c.header_read_timeout = Duration::from_millis(400)).await;
-    for preface in [&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"[..], b"PRI * HT"] {
+    for preface in [H2_PREFACE, b"PRI * HT"] {
         let mut conn = TcpStream::connect(app.addr).await.unwrap();
         conn.write_all(preface).await.unwrap();
         let started = Instant::now();
@@ -268,4 +422,21 @@ async fn shutdown_closes_idle_connections_at_once() {
     for conn in &mut idle {
         assert!(closed_within(conn, Duration::from_secs(1)).await.is_some());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_falls_silent_in_any_state_is_closed_by_the_head_timeout() {
+    let timeout = Duration::from_millis(500);
+    let (app, _) = app_with_pause(timeout).await;
+    let mut wrong = Vec::new();
+    for state in SILENT {
+        let mut conn = open_silent(app.addr, &app.key, state).await;
+        let closed = until_closed(&mut conn, Duration::from_secs(5)).await;
+        // The wait is counted from the accept or the last answer, and re-armed lazily: between
+        // one and two timeouts.
+        if !closed.is_some_and(|c| c >= timeout / 2 && c <= timeout * 3) {
+            wrong.push((state, closed));
+        }
+    }
+    assert!(wrong.is_empty(), "closed too early, too late or never (None): {wrong:?}");
 }
