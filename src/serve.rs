@@ -39,8 +39,12 @@
 //! # Shutdown
 //! Every task holds a receiver of the connection shutdown channel. On shutdown, parked
 //! connections close at once (unless a request is already waiting in the socket: that one is
-//! served) and active ones finish their request (hyper's graceful shutdown); the server waits
-//! until every receiver is gone.
+//! served), and so does an HTTP/1 connection with nothing in flight or to write (a head that has
+//! not come whole is not waited for) or an HTTP/2 one that never opened a stream; active ones
+//! finish their request (hyper's graceful shutdown: HTTP/2 gets a GOAWAY). An HTTP/2 client that
+//! does not answer the GOAWAY's ping is not waited for: once no stream is in flight and nothing
+//! has been written for [`CLOSE_GRACE`], its connection is closed. The server waits until every
+//! receiver is gone.
 
 use std::{
     convert::Infallible,
@@ -74,6 +78,11 @@ use tokio::{
 };
 
 use crate::{http::redirect, state::AppState};
+
+/// How long an HTTP/2 connection that has been sent a GOAWAY may go with no stream in flight and
+/// nothing written before it is closed. A client that answers the GOAWAY's ping is closed by
+/// hyper within a round trip; this bounds one that never does.
+pub const CLOSE_GRACE: Duration = Duration::from_millis(250);
 
 /// What every connection task shares.
 pub struct Server {
@@ -217,6 +226,11 @@ async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shu
                     return Poll::Ready(Outcome::Closed);
                 }
             }
+            // Shutting down, a connection with nothing in flight and nothing to write is not kept
+            // for a head that has not come whole.
+            if stopped && flags.quiet() {
+                return Poll::Ready(Outcome::Closed);
+            }
             if !stopped && flags.idle() && hold.is_none_or(|h| flags.started.load(Relaxed) != h) {
                 return Poll::Ready(Outcome::Idle);
             }
@@ -271,21 +285,28 @@ async fn serve_h2<F: Future>(
     clock: &mut HeadClock,
     mut timer: Pin<&mut Sleep>,
 ) {
-    let mut stopped = false;
     let flags = Arc::new(Flags::default());
-    let mut conn = server.h2.serve_connection(TokioIo::new(stream), service(server, peer, &flags));
+    let io = TokioIo::new(Tracked { stream, leftover: Bytes::new(), flags: flags.clone() });
+    let mut conn = server.h2.serve_connection(io, service(server, peer, &flags));
+    let mut closing = false;
     poll_fn(|cx| {
         if Pin::new(&mut conn).poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        if !stopped && stop.requested(cx) {
-            stopped = true;
+        if !closing && stop.requested(cx) {
+            closing = true;
             Pin::new(&mut conn).graceful_shutdown();
             if Pin::new(&mut conn).poll(cx).is_ready() {
                 return Poll::Ready(());
             }
+            // No stream ever (the preface may not even be whole): nothing to finish.
+            if flags.started.load(Relaxed) == 0 {
+                return Poll::Ready(());
+            }
+            clock.close_soon(timer.as_mut(), &flags);
         }
-        // No new request for the head timeout (a stalled preface included): close.
+        // No stream open for the head timeout (a stalled preface included), or, closing, for
+        // `CLOSE_GRACE`: close.
         if clock.expired(timer.as_mut(), &flags, cx) {
             return Poll::Ready(());
         }
@@ -365,12 +386,14 @@ impl Flags {
         self.body_pending.store(!without_body, Relaxed);
     }
 
+    /// Nothing in flight, nothing to write, and the socket read empty.
+    fn quiet(&self) -> bool {
+        self.read_blocked.load(Relaxed) && self.in_flight.load(Relaxed) == 0 && !self.write_blocked.load(Relaxed)
+    }
+
     /// hyper has nothing to do until the client sends more: it can be taken apart.
     fn idle(&self) -> bool {
-        self.read_blocked.load(Relaxed)
-            && self.in_flight.load(Relaxed) == 0
-            && !self.write_blocked.load(Relaxed)
-            && !self.body_pending.load(Relaxed)
+        self.quiet() && !self.body_pending.load(Relaxed)
     }
 }
 
@@ -383,11 +406,14 @@ struct HeadClock {
     seen: u64,
     /// `Flags::written` when the timer last fired.
     written: u64,
+    /// Closing (an HTTP/2 GOAWAY sent): the deadline is `CLOSE_GRACE` with nothing in flight and
+    /// nothing written.
+    closing: bool,
 }
 
 impl HeadClock {
     fn new(timeout: Duration) -> Self {
-        HeadClock { since: Instant::now(), timeout, seen: 0, written: 0 }
+        HeadClock { since: Instant::now(), timeout, seen: 0, written: 0, closing: false }
     }
 
     /// If a request came since the clock last looked, the wait for the next head starts now.
@@ -403,14 +429,33 @@ impl HeadClock {
         self.since + self.timeout
     }
 
+    /// From now on the connection is closed once nothing is in flight and nothing has been
+    /// written for `CLOSE_GRACE`.
+    fn close_soon(&mut self, mut timer: Pin<&mut Sleep>, flags: &Flags) {
+        self.closing = true;
+        self.written = flags.written.load(Relaxed);
+        timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
+    }
+
     /// Whether the head deadline has passed. The timer stays armed for the deadline as it was
     /// when it was last armed, and is re-armed only when it fires: a busy connection costs no
     /// timer work per request. (A request answered without the task parking afterwards — one
-    /// that came with a body — is seen late, when the timer fires, so such a connection may stay
-    /// open up to twice the timeout.)
+    /// that came with a body, or any HTTP/2 stream — is seen late, when the timer fires, so such a
+    /// connection may stay open up to twice the timeout.) Closing, the deadline is instead
+    /// `CLOSE_GRACE` with nothing in flight and nothing written.
     fn expired(&mut self, mut timer: Pin<&mut Sleep>, flags: &Flags, cx: &mut Context<'_>) -> bool {
         while timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
+            if self.closing {
+                let written = flags.written.load(Relaxed);
+                let busy = flags.in_flight.load(Relaxed) > 0 || written != self.written;
+                self.written = written;
+                if !busy {
+                    return true;
+                }
+                timer.as_mut().reset(now + CLOSE_GRACE);
+                continue;
+            }
             self.observe(flags, now);
             // Busy: a response not yet handed to hyper, or one still being written to a client
             // that keeps reading. (A client that stopped reading for a whole timeout is not

@@ -1,18 +1,20 @@
 //! Connections at the byte level: keep-alive, pipelining, heads and bodies split across packets,
 //! the idle timeout, HTTP/2 with prior knowledge, and shutdown — the behaviour a connection must
 //! keep while the server takes hyper apart between requests (src/serve.rs). Clients that go
-//! silent in any state are raw sockets.
+//! silent in any state are raw sockets or a real HTTP/2 client (`h2`).
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use axum::{body::Bytes, http};
 use serde_json::Value;
 use shortener::links::resolve::FillPause;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
+    task::JoinHandle,
 };
 
 use crate::helpers::*;
@@ -161,6 +163,17 @@ async fn read_h2_frame(conn: &mut TcpStream) -> (u8, u8, u32, Vec<u8>) {
     (head[3], head[4], u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff, payload)
 }
 
+/// An HTTP/2 client with prior knowledge; the returned task ends when the connection does.
+async fn h2_client(addr: std::net::SocketAddr) -> (h2::client::SendRequest<Bytes>, JoinHandle<Result<(), h2::Error>>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    (send, tokio::spawn(conn))
+}
+
+fn h2_request(method: http::Method, path: &str) -> http::Request<()> {
+    http::Request::builder().method(method).uri(format!("http://t{path}")).body(()).unwrap()
+}
+
 /// An app whose fills can be held (every redirect reads SQLite: no L1), with the given head
 /// timeout, and a link `held` to hold.
 async fn app_with_pause(timeout: Duration) -> (TestApp, Arc<FillPause>) {
@@ -173,6 +186,10 @@ async fn app_with_pause(timeout: Duration) -> (TestApp, Arc<FillPause>) {
     .await;
     app.create_code("held", "https://example.com/held").await;
     (app, pause)
+}
+
+async fn until_reached(pause: &FillPause) {
+    tokio::time::timeout(Duration::from_secs(10), pause.reached.notified()).await.expect("the fill reached the hook");
 }
 
 /// Where a client can fall silent: every state of the connection layer it can leave a connection in.
@@ -244,6 +261,14 @@ async fn open_silent(addr: std::net::SocketAddr, key: &str, state: Silent) -> Tc
         }
     }
     conn
+}
+
+/// Once a later connection is answered, every earlier one has been accepted (one accept loop,
+/// in order).
+async fn all_accepted(addr: std::net::SocketAddr) {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(get("/health").as_bytes()).await.unwrap();
+    assert_eq!(read_responses(&mut conn, 1).await[0].status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,4 +464,93 @@ async fn a_client_that_falls_silent_in_any_state_is_closed_by_the_head_timeout()
         }
     }
     assert!(wrong.is_empty(), "closed too early, too late or never (None): {wrong:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_client_silent_in_any_state() {
+    let (mut app, _) = app_with_pause(Duration::from_secs(30)).await;
+    let mut conns = Vec::new();
+    for state in SILENT {
+        conns.push((state, open_silent(app.addr, &app.key, state).await));
+    }
+    all_accepted(app.addr).await;
+    let started = Instant::now();
+    app.stop().await;
+    let took = started.elapsed();
+    let mut open = Vec::new();
+    for (state, conn) in &mut conns {
+        if until_closed(conn, Duration::from_secs(1)).await.is_none() {
+            open.push(*state);
+        }
+    }
+    assert!(open.is_empty(), "open after a shutdown that took {took:?}: {open:?}");
+    assert!(took < Duration::from_secs(2), "shutdown waited {took:?} for silent clients");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_at_once_with_clients_silent_in_every_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let env = [
+        ("REDIS_ENABLED", "false".to_string()),
+        ("HEADER_READ_TIMEOUT_MS", "30000".to_string()),
+        ("SHUTDOWN_TIMEOUT_SECS", "30".to_string()),
+    ];
+    let svc = ServiceProcess::start(&db_url, &env, "", dir.path().join("s.log")).await;
+    let key = create_key(&db_url, "silent", false).await;
+    let addr = ([127, 0, 0, 1], svc.port).into();
+    let mut conns = Vec::new();
+    for state in SILENT {
+        conns.push((state, open_silent(addr, &key, state).await));
+    }
+    all_accepted(addr).await;
+    let started = Instant::now();
+    svc.signal("TERM");
+    let status = svc.wait().await;
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(3), "SIGTERM took {took:?} with silent clients open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_the_requests_being_served_and_closes_silent_clients_at_once() {
+    let (mut app, pause) = app_with_pause(Duration::from_secs(30)).await;
+    app.create_code("held2", "https://example.com/held2").await;
+    // One HTTP/1 request and one HTTP/2 request, each held in its handler.
+    pause.arm();
+    let mut h1 = TcpStream::connect(app.addr).await.unwrap();
+    h1.write_all(get("/held").as_bytes()).await.unwrap();
+    until_reached(&pause).await;
+    pause.arm();
+    let (h2, conn) = h2_client(app.addr).await;
+    let (h2_answer, _) = h2.ready().await.unwrap().send_request(h2_request(http::Method::GET, "/held2"), true).unwrap();
+    until_reached(&pause).await;
+    let mut silent = Vec::new();
+    for state in [Silent::BeforeTheFirstByte, Silent::InAnHttp1Head, Silent::H2AfterAnAnsweredStream] {
+        silent.push((state, open_silent(app.addr, &app.key, state).await));
+    }
+    all_accepted(app.addr).await;
+
+    let stopping = tokio::spawn(async move { app.stop().await });
+    let mut open = Vec::new();
+    for (state, conn) in &mut silent {
+        if until_closed(conn, Duration::from_secs(2)).await.is_none() {
+            open.push(*state);
+        }
+    }
+    assert!(open.is_empty(), "silent clients kept while requests are held: {open:?}");
+    assert!(!stopping.is_finished(), "shutdown did not wait for the held requests");
+    pause.release();
+    pause.release();
+
+    let r = read_responses(&mut h1, 1).await;
+    assert_eq!((r[0].status, r[0].header("location")), (302, Some("https://example.com/held")));
+    assert_eq!(r[0].header("connection"), Some("close"));
+    let r = tokio::time::timeout(Duration::from_secs(5), h2_answer).await.expect("an answer within 5 s").unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (302, "https://example.com/held2"));
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("shutdown ends once they are answered")
+        .unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(1), conn).await.is_ok());
 }
