@@ -33,8 +33,21 @@
 //! still being written keeps the connection as long as the client keeps reading it; one that
 //! reads nothing for a whole timeout is closed. Every accepted connection is under this timer,
 //! whatever it sent: nothing at all (the first bytes are peeked at with the timer armed), part of
-//! an HTTP/1 head or of the HTTP/2 preface. An HTTP/2 connection is closed when no request has
-//! come for the timeout (a stalled preface included).
+//! an HTTP/1 head or of the HTTP/2 preface, or an HTTP/2 connection with no stream open, which is
+//! closed between one and two timeouts after its last stream ended (a stream is counted from its
+//! head until hyper is done with its response, or until its request future is dropped when the
+//! client resets it).
+//!
+//! # HTTP/2 resets
+//! A stream the client resets while its handler is pending costs that handler's work up to the
+//! reset, and does not count against `max_concurrent_streams`, so a client could keep any number
+//! of handlers busy by opening and resetting streams. hyper's limits bound two kinds per
+//! connection, each ending in a GOAWAY: streams reset before hyper took them (20 at once) and
+//! streams the server reset itself, refused ones included (1,024 in the connection's life). The
+//! third kind, streams reset while their handler was pending, is counted here ("abandoned"):
+//! after [`MAX_ABANDONED`] of them the connection gets a GOAWAY, and after twice as many it is
+//! closed (the slack is for resets already on their way when the GOAWAY was sent).
+//! A stream reset after its answer was sent costs what any request costs.
 //!
 //! # Shutdown
 //! Every task holds a receiver of the connection shutdown channel. On shutdown, parked
@@ -79,6 +92,11 @@ use tokio::{
 
 use crate::{http::redirect, state::AppState};
 
+/// Streams an HTTP/2 client may reset while their handler is pending, in one connection's life,
+/// before the connection gets a GOAWAY. A browser cancels a request now and then; a handler here
+/// is pending for milliseconds, so a reset that lands in that window is rare.
+pub const MAX_ABANDONED: u64 = 100;
+
 /// How long an HTTP/2 connection that has been sent a GOAWAY may go with no stream in flight and
 /// nothing written before it is closed. A client that answers the GOAWAY's ping is closed by
 /// hyper within a round trip; this bounds one that never does.
@@ -107,7 +125,14 @@ impl Server {
         let mut h1 = http1::Builder::new();
         h1.keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new()).max_concurrent_streams(256);
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            // Streams reset by the client before hyper took them; more at once is a GOAWAY
+            // (h2's default, set here so that it is seen).
+            .max_pending_accept_reset_streams(20)
+            // Streams reset by the server, refused ones included; more in the connection's life
+            // is a GOAWAY (hyper's default).
+            .max_local_error_reset_streams(1024);
         let (shutdown, _) = watch::channel(false);
         let stopping = AtomicBool::new(false);
         Arc::new(Server { router, state, h1, h2, head_timeout, tag_every_request, stopping, shutdown })
@@ -293,7 +318,16 @@ async fn serve_h2<F: Future>(
         if Pin::new(&mut conn).poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        if !closing && stop.requested(cx) {
+        let abandoned = flags.abandoned.load(Relaxed);
+        if abandoned >= 2 * MAX_ABANDONED {
+            // Told to go away, and still resetting pending streams.
+            return Poll::Ready(());
+        }
+        let abusive = abandoned >= MAX_ABANDONED;
+        if !closing && (stop.requested(cx) || abusive) {
+            if abusive {
+                tracing::debug!(%peer, http2.abandoned = abandoned, "a client keeps resetting pending streams: GOAWAY");
+            }
             closing = true;
             Pin::new(&mut conn).graceful_shutdown();
             if Pin::new(&mut conn).poll(cx).is_ready() {
@@ -335,8 +369,7 @@ fn service(
         if tag || req.uri().path().starts_with("/api/") {
             req.extensions_mut().insert(ConnectInfo(peer));
         }
-        flags.on_request(req.body().is_end_stream());
-        let flags = flags.clone();
+        let mut in_flight = flags.on_request(req.body().is_end_stream());
         let to = if redirect::is_direct(req.method(), req.uri().path()) {
             To::Redirect(state.clone())
         } else {
@@ -350,7 +383,8 @@ fn service(
                     Err(never) => match never {},
                 },
             };
-            Ok(resp.map(|inner| TrackedBody { inner, flags }))
+            in_flight.answered = true;
+            Ok(resp.map(|inner| TrackedBody { inner, _in_flight: in_flight }))
         }
     })
 }
@@ -364,8 +398,11 @@ enum To {
 /// What the connection task needs to know about the hyper connection it cannot look into.
 #[derive(Default)]
 struct Flags {
-    /// Requests whose response body has not yet been fully handed to hyper.
+    /// Requests whose response body has not yet been fully handed to hyper ([`InFlight`]).
     in_flight: AtomicU32,
+    /// Requests whose future was dropped before it answered, ever: an HTTP/2 stream the client
+    /// reset while its handler was pending (or a connection that went away under a request).
+    abandoned: AtomicU64,
     /// Requests seen (heads parsed), ever.
     started: AtomicU64,
     /// The last read found the socket empty.
@@ -380,10 +417,11 @@ struct Flags {
 }
 
 impl Flags {
-    fn on_request(&self, without_body: bool) {
+    fn on_request(self: &Arc<Self>, without_body: bool) -> InFlight {
         self.started.fetch_add(1, Relaxed);
         self.in_flight.fetch_add(1, Relaxed);
         self.body_pending.store(!without_body, Relaxed);
+        InFlight { flags: self.clone(), answered: false }
     }
 
     /// Nothing in flight, nothing to write, and the socket read empty.
@@ -394,6 +432,23 @@ impl Flags {
     /// hyper has nothing to do until the client sends more: it can be taken apart.
     fn idle(&self) -> bool {
         self.quiet() && !self.body_pending.load(Relaxed)
+    }
+}
+
+/// One request in `Flags::in_flight`, from its head until hyper is done with its response body
+/// (it travels in the request future, then in the [`TrackedBody`]), or until the request future
+/// is dropped unanswered, which also counts it as abandoned.
+struct InFlight {
+    flags: Arc<Flags>,
+    answered: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.flags.abandoned.fetch_add(1, Relaxed);
+        }
+        self.flags.in_flight.fetch_sub(1, Relaxed);
     }
 }
 
@@ -554,17 +609,11 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// A response body that tells the connection when hyper is done with it (it drops the body once
-/// the last frame is encoded).
+/// A response body that keeps its request in flight until hyper is done with it (it drops the
+/// body once the last frame is encoded).
 pub struct TrackedBody {
     inner: axum::body::Body,
-    flags: Arc<Flags>,
-}
-
-impl Drop for TrackedBody {
-    fn drop(&mut self) {
-        self.flags.in_flight.fetch_sub(1, Relaxed);
-    }
+    _in_flight: InFlight,
 }
 
 impl HttpBody for TrackedBody {

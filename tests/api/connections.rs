@@ -1,7 +1,7 @@
 //! Connections at the byte level: keep-alive, pipelining, heads and bodies split across packets,
 //! the idle timeout, HTTP/2 with prior knowledge, and shutdown — the behaviour a connection must
 //! keep while the server takes hyper apart between requests (src/serve.rs). Clients that go
-//! silent in any state are raw sockets or a real HTTP/2 client (`h2`).
+//! silent in any state, or reset HTTP/2 streams, are raw sockets or a real HTTP/2 client (`h2`).
 
 use std::{
     sync::Arc,
@@ -121,10 +121,12 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00
 
 /// HTTP/2 frame types and flags the raw tests use.
 const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const GOAWAY: u8 = 0x7;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
@@ -148,6 +150,11 @@ fn h2_get(stream: u32, path: &str) -> Vec<u8> {
     block.extend(hpack_literal(4, path)); // :path
     block.extend(hpack_literal(1, "t")); // :authority
     h2_frame(HEADERS, END_HEADERS | END_STREAM, stream, &block)
+}
+
+/// RST_STREAM(CANCEL) for `stream`.
+fn h2_reset(stream: u32) -> Vec<u8> {
+    h2_frame(RST_STREAM, 0, stream, &0x8u32.to_be_bytes())
 }
 
 /// One frame read from the server: type, flags, stream, payload.
@@ -206,12 +213,14 @@ enum Silent {
     H2WithoutStreams,
     /// One stream answered, none open.
     H2AfterAnAnsweredStream,
+    /// The only stream reset by the client while its handler was pending.
+    H2AfterResettingAPendingStream,
     InAnHttp1Head,
     BetweenHttp1Requests,
     AfterAnHttp1RequestWithABody,
 }
 
-const SILENT: [Silent; 10] = [
+const SILENT: [Silent; 11] = [
     Silent::BeforeTheFirstByte,
     Silent::AfterOneByte,
     Silent::AfterTwoBytesOfPri,
@@ -219,14 +228,16 @@ const SILENT: [Silent; 10] = [
     Silent::InTheH2Preface,
     Silent::H2WithoutStreams,
     Silent::H2AfterAnAnsweredStream,
+    Silent::H2AfterResettingAPendingStream,
     Silent::InAnHttp1Head,
     Silent::BetweenHttp1Requests,
     Silent::AfterAnHttp1RequestWithABody,
 ];
 
 /// Opens a connection to `addr` and leaves it in `state`, the client silent from then on. `key`:
-/// an API key.
-async fn open_silent(addr: std::net::SocketAddr, key: &str, state: Silent) -> TcpStream {
+/// an API key; `pause`: the app's fill hook (needed only to reset a pending stream, on a link
+/// `held` that is not cached).
+async fn open_silent(addr: std::net::SocketAddr, key: &str, pause: Option<&FillPause>, state: Silent) -> TcpStream {
     let mut conn = TcpStream::connect(addr).await.unwrap();
     match state {
         Silent::BeforeTheFirstByte => {}
@@ -247,6 +258,13 @@ async fn open_silent(addr: std::net::SocketAddr, key: &str, state: Silent) -> Tc
                 }
                 assert_ne!(kind, GOAWAY);
             }
+        }
+        Silent::H2AfterResettingAPendingStream => {
+            let pause = pause.expect("a fill hook to hold the handler");
+            pause.arm();
+            conn.write_all(&[H2_PREFACE, &h2_get(1, "/held")].concat()).await.unwrap();
+            until_reached(pause).await;
+            conn.write_all(&h2_reset(1)).await.unwrap();
         }
         Silent::InAnHttp1Head => conn.write_all(b"GET /held HTTP/1.1\r\nHost: t\r\n").await.unwrap(),
         Silent::BetweenHttp1Requests => {
@@ -269,6 +287,25 @@ async fn all_accepted(addr: std::net::SocketAddr) {
     let mut conn = TcpStream::connect(addr).await.unwrap();
     conn.write_all(get("/health").as_bytes()).await.unwrap();
     assert_eq!(read_responses(&mut conn, 1).await[0].status, 200);
+}
+
+/// Reads frames until a GOAWAY (returning its error code and the frames of `kind` seen before
+/// it) or until the connection closes without one.
+async fn until_goaway(conn: &mut TcpStream, kind: u8) -> (Option<u32>, usize) {
+    let mut seen = 0;
+    let mut head = [0u8; 9];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut head)).await;
+        if !matches!(read, Ok(Ok(_))) {
+            return (None, seen);
+        }
+        let mut payload = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+        conn.read_exact(&mut payload).await.unwrap();
+        if head[3] == GOAWAY {
+            return (Some(u32::from_be_bytes(payload[4..8].try_into().unwrap())), seen);
+        }
+        seen += usize::from(head[3] == kind);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,10 +489,10 @@ async fn shutdown_closes_idle_connections_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_falls_silent_in_any_state_is_closed_by_the_head_timeout() {
     let timeout = Duration::from_millis(500);
-    let (app, _) = app_with_pause(timeout).await;
+    let (app, pause) = app_with_pause(timeout).await;
     let mut wrong = Vec::new();
     for state in SILENT {
-        let mut conn = open_silent(app.addr, &app.key, state).await;
+        let mut conn = open_silent(app.addr, &app.key, Some(&pause), state).await;
         let closed = until_closed(&mut conn, Duration::from_secs(5)).await;
         // The wait is counted from the accept or the last answer, and re-armed lazily: between
         // one and two timeouts.
@@ -468,10 +505,10 @@ async fn a_client_that_falls_silent_in_any_state_is_closed_by_the_head_timeout()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_does_not_wait_for_a_client_silent_in_any_state() {
-    let (mut app, _) = app_with_pause(Duration::from_secs(30)).await;
+    let (mut app, pause) = app_with_pause(Duration::from_secs(30)).await;
     let mut conns = Vec::new();
     for state in SILENT {
-        conns.push((state, open_silent(app.addr, &app.key, state).await));
+        conns.push((state, open_silent(app.addr, &app.key, Some(&pause), state).await));
     }
     all_accepted(app.addr).await;
     let started = Instant::now();
@@ -500,8 +537,9 @@ async fn sigterm_exits_at_once_with_clients_silent_in_every_state() {
     let key = create_key(&db_url, "silent", false).await;
     let addr = ([127, 0, 0, 1], svc.port).into();
     let mut conns = Vec::new();
-    for state in SILENT {
-        conns.push((state, open_silent(addr, &key, state).await));
+    // Resetting a pending stream needs the in-process fill hook; the other states are all here.
+    for state in SILENT.into_iter().filter(|s| *s != Silent::H2AfterResettingAPendingStream) {
+        conns.push((state, open_silent(addr, &key, None, state).await));
     }
     all_accepted(addr).await;
     let started = Instant::now();
@@ -510,6 +548,66 @@ async fn sigterm_exits_at_once_with_clients_silent_in_every_state() {
     let took = started.elapsed();
     assert!(status.success(), "exit status {status}");
     assert!(took < Duration::from_secs(3), "SIGTERM took {took:?} with silent clients open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_whose_pending_stream_the_client_reset_idles_out() {
+    let timeout = Duration::from_millis(500);
+    let (app, pause) = app_with_pause(timeout).await;
+    let (h2, conn) = h2_client(app.addr).await;
+    let mut h2 = h2.ready().await.unwrap();
+    pause.arm();
+    let (_response, mut stream) = h2.send_request(h2_request(http::Method::GET, "/held"), true).unwrap();
+    until_reached(&pause).await;
+
+    stream.send_reset(h2::Reason::CANCEL);
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+
+    assert!(ended.is_ok(), "the connection is open 5 s after its only stream was reset");
+    let took = started.elapsed();
+    assert!(took >= timeout / 2 && took <= timeout * 3, "closed {took:?} after the reset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resetting_pending_http2_streams_again_and_again_ends_in_a_goaway() {
+    let (app, pause) = app_with_pause(Duration::from_secs(10)).await;
+    let (h2, conn) = h2_client(app.addr).await;
+    let mut h2 = h2.ready().await.unwrap();
+    // The first stream holds the fill; every later one waits on that same fill (one flight per
+    // code), so each is pending when it is reset.
+    pause.arm();
+    let (first, _) = h2.send_request(h2_request(http::Method::GET, "/held"), true).unwrap();
+    until_reached(&pause).await;
+
+    let mut reset = 0u64;
+    let refused = loop {
+        if reset == 2000 {
+            break None;
+        }
+        let sent = match h2.clone().ready().await {
+            Ok(mut ready) => ready.send_request(h2_request(http::Method::GET, "/held"), true),
+            Err(e) => break Some(e),
+        };
+        match sent {
+            Ok((_, mut stream)) => {
+                // A few milliseconds apart: each reset lands on a stream hyper has accepted.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                stream.send_reset(h2::Reason::CANCEL);
+                reset += 1;
+            }
+            Err(e) => break Some(e),
+        }
+    };
+
+    let refused = refused.unwrap_or_else(|| panic!("{reset} pending streams reset and no GOAWAY"));
+    assert!(refused.is_go_away(), "{refused}");
+    assert!(reset <= 2 * shortener::serve::MAX_ABANDONED, "GOAWAY only after {reset} reset streams");
+    // The stream that was not reset is still answered.
+    pause.release();
+    let answer = tokio::time::timeout(Duration::from_secs(5), first).await.expect("an answer within 5 s").unwrap();
+    assert_eq!(answer.status(), 302);
+    assert!(tokio::time::timeout(Duration::from_secs(5), conn).await.is_ok(), "the connection closes after its GOAWAY");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,7 +625,7 @@ async fn shutdown_answers_the_requests_being_served_and_closes_silent_clients_at
     until_reached(&pause).await;
     let mut silent = Vec::new();
     for state in [Silent::BeforeTheFirstByte, Silent::InAnHttp1Head, Silent::H2AfterAnAnsweredStream] {
-        silent.push((state, open_silent(app.addr, &app.key, state).await));
+        silent.push((state, open_silent(app.addr, &app.key, None, state).await));
     }
     all_accepted(app.addr).await;
 
@@ -553,4 +651,42 @@ async fn shutdown_answers_the_requests_being_served_and_closes_silent_clients_at
         .expect("shutdown ends once they are answered")
         .unwrap();
     assert!(tokio::time::timeout(Duration::from_secs(1), conn).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_before_the_server_took_them_end_in_a_goaway() {
+    let app = spawn_app(None, |_| {}).await;
+    let mut conn = TcpStream::connect(app.addr).await.unwrap();
+    // A hundred streams opened and reset in one write: all of them reset before hyper took any.
+    let mut flood = H2_PREFACE.to_vec();
+    for i in 0..100 {
+        flood.extend(h2_get(2 * i + 1, "/health"));
+        flood.extend(h2_reset(2 * i + 1));
+    }
+    conn.write_all(&flood).await.unwrap();
+    let (goaway, _) = until_goaway(&mut conn, HEADERS).await;
+    assert_eq!(goaway, Some(ENHANCE_YOUR_CALM));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_concurrency_limit_are_refused_and_a_flood_of_them_ends_in_a_goaway() {
+    let (app, pause) = app_with_pause(Duration::from_secs(10)).await;
+    let mut conn = TcpStream::connect(app.addr).await.unwrap();
+    conn.write_all(H2_PREFACE).await.unwrap();
+    assert_eq!(read_h2_frame(&mut conn).await.0, SETTINGS);
+    // The server's limits apply once its SETTINGS are acknowledged.
+    conn.write_all(&h2_frame(SETTINGS, 0x1, 0, &[])).await.unwrap();
+    // 256 streams held in their handler (all wait on one held fill), then 1,200 more.
+    pause.arm();
+    conn.write_all(&h2_get(1, "/held")).await.unwrap();
+    until_reached(&pause).await;
+    let more: Vec<u8> = (1..1456).flat_map(|i| h2_get(2 * i + 1, "/held")).collect();
+    conn.write_all(&more).await.unwrap();
+
+    let (goaway, refused) = until_goaway(&mut conn, RST_STREAM).await;
+
+    assert_eq!(goaway, Some(ENHANCE_YOUR_CALM), "after {refused} refused streams");
+    // hyper's limit on streams the server resets itself.
+    assert_eq!(refused, 1024, "streams refused before the GOAWAY");
+    pause.release();
 }
