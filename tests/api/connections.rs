@@ -21,20 +21,20 @@ use crate::helpers::*;
 
 /// One parsed response: status, headers (lower-cased names), body.
 #[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
 /// Reads `n` complete responses (each with a `content-length`) from `conn`.
-async fn read_responses(conn: &mut TcpStream, n: usize) -> Vec<Resp> {
+pub(crate) async fn read_responses(conn: &mut TcpStream, n: usize) -> Vec<Resp> {
     read_responses_paced(conn, n, Duration::ZERO).await
 }
 
@@ -78,7 +78,7 @@ async fn read_responses_paced(conn: &mut TcpStream, n: usize, pause: Duration) -
 }
 
 /// Waits up to `within` for the server to close `conn` (EOF or reset); returns when it did.
-async fn closed_within(conn: &mut TcpStream, within: Duration) -> Option<Duration> {
+pub(crate) async fn closed_within(conn: &mut TcpStream, within: Duration) -> Option<Duration> {
     let started = Instant::now();
     let mut buf = [0u8; 64];
     match tokio::time::timeout(within, conn.read(&mut buf)).await {
@@ -88,12 +88,12 @@ async fn closed_within(conn: &mut TcpStream, within: Duration) -> Option<Duratio
     }
 }
 
-fn get(path: &str) -> String {
+pub(crate) fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
 }
 
 /// The head of a `POST /api/v1/links` with a JSON body of `len` bytes.
-fn post_links_head(key: &str, len: usize) -> String {
+pub(crate) fn post_links_head(key: &str, len: usize) -> String {
     format!(
         "POST /api/v1/links HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
     )
