@@ -49,6 +49,13 @@
 //! closed (the slack is for resets already on their way when the GOAWAY was sent).
 //! A stream reset after its answer was sent costs what any request costs.
 //!
+//! Measured with `loadtest/h2_resets.sh` (release build, 10,000 streams on one connection, reset
+//! by `examples/h2_resets.rs`): each reset right behind its HEADERS, hyper's GOAWAY comes after
+//! 150 to 1,800 of them, under 10 ms of CPU; reset 2 ms after its HEADERS while Redis is stalled,
+//! so that every handler is still pending, ours comes after 101 (10 ms of CPU, where all 10,000
+//! went through before, 720 ms); reset 2 ms after, once the answer is out, all 10,000 go through
+//! for what 10,000 requests at the same pace cost (0.7 to 1.6 s of CPU either way).
+//!
 //! # Shutdown
 //! Every task holds a receiver of the connection shutdown channel. On shutdown, parked
 //! connections close at once (unless a request is already waiting in the socket: that one is
