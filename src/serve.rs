@@ -31,14 +31,40 @@
 //! clients alike, as hyper's own header-read timer did. It is one timer per connection, re-armed
 //! only when it fires, rather than a timer registered and cancelled on every request. A response
 //! still being written keeps the connection as long as the client keeps reading it; one that
-//! reads nothing for a whole timeout is closed. An HTTP/2 connection is closed when no request
-//! has come for the timeout (a stalled preface included).
+//! reads nothing for a whole timeout is closed. Every accepted connection is under this timer,
+//! whatever it sent: nothing at all (the first bytes are peeked at with the timer armed), part of
+//! an HTTP/1 head or of the HTTP/2 preface, or an HTTP/2 connection with no stream open, which is
+//! closed between one and two timeouts after its last stream ended (a stream is counted from its
+//! head until hyper is done with its response, or until its request future is dropped when the
+//! client resets it).
+//!
+//! # HTTP/2 resets
+//! A stream the client resets while its handler is pending costs that handler's work up to the
+//! reset, and does not count against `max_concurrent_streams`, so a client could keep any number
+//! of handlers busy by opening and resetting streams. hyper's limits bound two kinds per
+//! connection, each ending in a GOAWAY: streams reset before hyper took them (20 at once) and
+//! streams the server reset itself, refused ones included (1,024 in the connection's life). The
+//! third kind, streams reset while their handler was pending, is counted here ("abandoned"):
+//! after [`MAX_ABANDONED`] of them the connection gets a GOAWAY, and after twice as many it is
+//! closed (the slack is for resets already on their way when the GOAWAY was sent).
+//! A stream reset after its answer was sent costs what any request costs.
+//!
+//! Measured with `loadtest/h2_resets.sh` (release build, 10,000 streams on one connection, reset
+//! by `examples/h2_resets.rs`): each reset right behind its HEADERS, hyper's GOAWAY comes after
+//! 150 to 1,800 of them, under 10 ms of CPU; reset 2 ms after its HEADERS while Redis is stalled,
+//! so that every handler is still pending, ours comes after 101 (10 ms of CPU, where all 10,000
+//! went through before, 720 ms); reset 2 ms after, once the answer is out, all 10,000 go through
+//! for what 10,000 requests at the same pace cost (0.7 to 1.6 s of CPU either way).
 //!
 //! # Shutdown
 //! Every task holds a receiver of the connection shutdown channel. On shutdown, parked
 //! connections close at once (unless a request is already waiting in the socket: that one is
-//! served) and active ones finish their request (hyper's graceful shutdown); the server waits
-//! until every receiver is gone.
+//! served), and so does an HTTP/1 connection with nothing in flight or to write (a head that has
+//! not come whole is not waited for) or an HTTP/2 one that never opened a stream; active ones
+//! finish their request (hyper's graceful shutdown: HTTP/2 gets a GOAWAY). An HTTP/2 client that
+//! does not answer the GOAWAY's ping is not waited for: once no stream is in flight and nothing
+//! has been written for [`CLOSE_GRACE`], its connection is closed. The server waits until every
+//! receiver is gone.
 
 use std::{
     convert::Infallible,
@@ -73,6 +99,16 @@ use tokio::{
 
 use crate::{http::redirect, state::AppState};
 
+/// Streams an HTTP/2 client may reset while their handler is pending, in one connection's life,
+/// before the connection gets a GOAWAY. A browser cancels a request now and then; a handler here
+/// is pending for milliseconds, so a reset that lands in that window is rare.
+pub const MAX_ABANDONED: u64 = 100;
+
+/// How long an HTTP/2 connection that has been sent a GOAWAY may go with no stream in flight and
+/// nothing written before it is closed. A client that answers the GOAWAY's ping is closed by
+/// hyper within a round trip; this bounds one that never does.
+pub const CLOSE_GRACE: Duration = Duration::from_millis(250);
+
 /// What every connection task shares.
 pub struct Server {
     router: Router,
@@ -96,7 +132,14 @@ impl Server {
         let mut h1 = http1::Builder::new();
         h1.keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new()).max_concurrent_streams(256);
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            // Streams reset by the client before hyper took them; more at once is a GOAWAY
+            // (h2's default, set here so that it is seen).
+            .max_pending_accept_reset_streams(20)
+            // Streams reset by the server, refused ones included; more in the connection's life
+            // is a GOAWAY (hyper's default).
+            .max_local_error_reset_streams(1024);
         let (shutdown, _) = watch::channel(false);
         let stopping = AtomicBool::new(false);
         Arc::new(Server { router, state, h1, h2, head_timeout, tag_every_request, stopping, shutdown })
@@ -158,6 +201,10 @@ async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shu
     let mut stream = stream;
     let mut leftover = Bytes::new();
     let mut first = true;
+    // The first bytes, peeked at: HTTP/2 with prior knowledge starts with `PRI * HTTP/2.0`, and no
+    // HTTP/1 method is `PRI`. (A client whose first packet holds fewer than three bytes is served
+    // as HTTP/1.)
+    let mut sniffed = [0u8; 3];
     // Made once and handed back by `into_parts` at every park: no per-request clones of the
     // shared handles it holds.
     let mut svc = Some(service(&server, peer, &flags));
@@ -166,8 +213,15 @@ async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shu
         if leftover.is_empty() {
             let woke = poll_fn(|cx| {
                 // Readiness first: a request that has arrived is served, even during shutdown.
-                if let Poll::Ready(r) = stream.poll_read_ready(cx) {
-                    return Poll::Ready(if r.is_ok() { Wake::Readable } else { Wake::Stop });
+                // The first time, the bytes themselves: a fresh socket can be reported readable
+                // before a byte has arrived, and a wait for them must not escape the timer.
+                let readable = if first {
+                    stream.poll_peek(cx, &mut ReadBuf::new(&mut sniffed)).map(|r| r.is_ok_and(|n| n > 0))
+                } else {
+                    stream.poll_read_ready(cx).map(|r| r.is_ok())
+                };
+                if let Poll::Ready(readable) = readable {
+                    return Poll::Ready(if readable { Wake::Readable } else { Wake::Stop });
                 }
                 if stop.requested(cx) || clock.expired(timer.as_mut(), &flags, cx) {
                     return Poll::Ready(Wake::Stop);
@@ -179,7 +233,7 @@ async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shu
                 return;
             }
         }
-        if std::mem::take(&mut first) && is_h2_preface(&stream).await {
+        if std::mem::take(&mut first) && sniffed == *b"PRI" {
             // Boxed: the parked state of every HTTP/1 connection should not carry its size.
             return Box::pin(serve_h2(&server, stream, peer, &mut stop, &mut clock, timer.as_mut())).await;
         }
@@ -203,6 +257,11 @@ async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shu
                 if Pin::new(&mut conn).poll(cx).is_ready() {
                     return Poll::Ready(Outcome::Closed);
                 }
+            }
+            // Shutting down, a connection with nothing in flight and nothing to write is not kept
+            // for a head that has not come whole.
+            if stopped && flags.quiet() {
+                return Poll::Ready(Outcome::Closed);
             }
             if !stopped && flags.idle() && hold.is_none_or(|h| flags.started.load(Relaxed) != h) {
                 return Poll::Ready(Outcome::Idle);
@@ -250,13 +309,6 @@ fn unread(read_but_unused: &[u8], not_read: &[u8]) -> Bytes {
     Bytes::from(all)
 }
 
-/// HTTP/2 with prior knowledge starts with `PRI * HTTP/2.0`; no HTTP/1 method is `PRI`. (A
-/// client whose first packet holds fewer than three bytes is served as HTTP/1.)
-async fn is_h2_preface(stream: &TcpStream) -> bool {
-    let mut buf = [0u8; 3];
-    matches!(stream.peek(&mut buf).await, Ok(3) if &buf == b"PRI")
-}
-
 async fn serve_h2<F: Future>(
     server: &Arc<Server>,
     stream: TcpStream,
@@ -265,21 +317,37 @@ async fn serve_h2<F: Future>(
     clock: &mut HeadClock,
     mut timer: Pin<&mut Sleep>,
 ) {
-    let mut stopped = false;
     let flags = Arc::new(Flags::default());
-    let mut conn = server.h2.serve_connection(TokioIo::new(stream), service(server, peer, &flags));
+    let io = TokioIo::new(Tracked { stream, leftover: Bytes::new(), flags: flags.clone() });
+    let mut conn = server.h2.serve_connection(io, service(server, peer, &flags));
+    let mut closing = false;
     poll_fn(|cx| {
         if Pin::new(&mut conn).poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        if !stopped && stop.requested(cx) {
-            stopped = true;
+        let abandoned = flags.abandoned.load(Relaxed);
+        if abandoned >= 2 * MAX_ABANDONED {
+            // Told to go away, and still resetting pending streams.
+            return Poll::Ready(());
+        }
+        let abusive = abandoned >= MAX_ABANDONED;
+        if !closing && (stop.requested(cx) || abusive) {
+            if abusive {
+                tracing::debug!(%peer, http2.abandoned = abandoned, "a client keeps resetting pending streams: GOAWAY");
+            }
+            closing = true;
             Pin::new(&mut conn).graceful_shutdown();
             if Pin::new(&mut conn).poll(cx).is_ready() {
                 return Poll::Ready(());
             }
+            // No stream ever (the preface may not even be whole): nothing to finish.
+            if flags.started.load(Relaxed) == 0 {
+                return Poll::Ready(());
+            }
+            clock.close_soon(timer.as_mut(), &flags);
         }
-        // No new request for the head timeout (a stalled preface included): close.
+        // No stream open for the head timeout (a stalled preface included), or, closing, for
+        // `CLOSE_GRACE`: close.
         if clock.expired(timer.as_mut(), &flags, cx) {
             return Poll::Ready(());
         }
@@ -303,8 +371,7 @@ fn service(
     let (router, state, flags, tag) =
         (server.router.clone(), server.state.clone(), flags.clone(), server.tag_every_request);
     hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        flags.on_request(req.body().is_end_stream());
-        let flags = flags.clone();
+        let mut in_flight = flags.on_request(req.body().is_end_stream());
         let direct = redirect::is_direct(req.method(), req.uri().path());
         // The peer address is attached to every request the router sees (the API's limits and
         // the operator endpoints' loopback rule read it), but to a direct redirect only when a
@@ -322,7 +389,8 @@ fn service(
                     Err(never) => match never {},
                 },
             };
-            Ok(resp.map(|inner| TrackedBody { inner, flags }))
+            in_flight.answered = true;
+            Ok(resp.map(|inner| TrackedBody { inner, _in_flight: in_flight }))
         }
     })
 }
@@ -336,8 +404,11 @@ enum To {
 /// What the connection task needs to know about the hyper connection it cannot look into.
 #[derive(Default)]
 struct Flags {
-    /// Requests whose response body has not yet been fully handed to hyper.
+    /// Requests whose response body has not yet been fully handed to hyper ([`InFlight`]).
     in_flight: AtomicU32,
+    /// Requests whose future was dropped before it answered, ever: an HTTP/2 stream the client
+    /// reset while its handler was pending (or a connection that went away under a request).
+    abandoned: AtomicU64,
     /// Requests seen (heads parsed), ever.
     started: AtomicU64,
     /// The last read found the socket empty.
@@ -352,18 +423,38 @@ struct Flags {
 }
 
 impl Flags {
-    fn on_request(&self, without_body: bool) {
+    fn on_request(self: &Arc<Self>, without_body: bool) -> InFlight {
         self.started.fetch_add(1, Relaxed);
         self.in_flight.fetch_add(1, Relaxed);
         self.body_pending.store(!without_body, Relaxed);
+        InFlight { flags: self.clone(), answered: false }
+    }
+
+    /// Nothing in flight, nothing to write, and the socket read empty.
+    fn quiet(&self) -> bool {
+        self.read_blocked.load(Relaxed) && self.in_flight.load(Relaxed) == 0 && !self.write_blocked.load(Relaxed)
     }
 
     /// hyper has nothing to do until the client sends more: it can be taken apart.
     fn idle(&self) -> bool {
-        self.read_blocked.load(Relaxed)
-            && self.in_flight.load(Relaxed) == 0
-            && !self.write_blocked.load(Relaxed)
-            && !self.body_pending.load(Relaxed)
+        self.quiet() && !self.body_pending.load(Relaxed)
+    }
+}
+
+/// One request in `Flags::in_flight`, from its head until hyper is done with its response body
+/// (it travels in the request future, then in the [`TrackedBody`]), or until the request future
+/// is dropped unanswered, which also counts it as abandoned.
+struct InFlight {
+    flags: Arc<Flags>,
+    answered: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.flags.abandoned.fetch_add(1, Relaxed);
+        }
+        self.flags.in_flight.fetch_sub(1, Relaxed);
     }
 }
 
@@ -376,11 +467,14 @@ struct HeadClock {
     seen: u64,
     /// `Flags::written` when the timer last fired.
     written: u64,
+    /// Closing (an HTTP/2 GOAWAY sent): the deadline is `CLOSE_GRACE` with nothing in flight and
+    /// nothing written.
+    closing: bool,
 }
 
 impl HeadClock {
     fn new(timeout: Duration) -> Self {
-        HeadClock { since: Instant::now(), timeout, seen: 0, written: 0 }
+        HeadClock { since: Instant::now(), timeout, seen: 0, written: 0, closing: false }
     }
 
     /// If a request came since the clock last looked, the wait for the next head starts now.
@@ -396,14 +490,33 @@ impl HeadClock {
         self.since + self.timeout
     }
 
+    /// From now on the connection is closed once nothing is in flight and nothing has been
+    /// written for `CLOSE_GRACE`.
+    fn close_soon(&mut self, mut timer: Pin<&mut Sleep>, flags: &Flags) {
+        self.closing = true;
+        self.written = flags.written.load(Relaxed);
+        timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
+    }
+
     /// Whether the head deadline has passed. The timer stays armed for the deadline as it was
     /// when it was last armed, and is re-armed only when it fires: a busy connection costs no
     /// timer work per request. (A request answered without the task parking afterwards — one
-    /// that came with a body — is seen late, when the timer fires, so such a connection may stay
-    /// open up to twice the timeout.)
+    /// that came with a body, or any HTTP/2 stream — is seen late, when the timer fires, so such a
+    /// connection may stay open up to twice the timeout.) Closing, the deadline is instead
+    /// `CLOSE_GRACE` with nothing in flight and nothing written.
     fn expired(&mut self, mut timer: Pin<&mut Sleep>, flags: &Flags, cx: &mut Context<'_>) -> bool {
         while timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
+            if self.closing {
+                let written = flags.written.load(Relaxed);
+                let busy = flags.in_flight.load(Relaxed) > 0 || written != self.written;
+                self.written = written;
+                if !busy {
+                    return true;
+                }
+                timer.as_mut().reset(now + CLOSE_GRACE);
+                continue;
+            }
             self.observe(flags, now);
             // Busy: a response not yet handed to hyper, or one still being written to a client
             // that keeps reading. (A client that stopped reading for a whole timeout is not
@@ -502,17 +615,11 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// A response body that tells the connection when hyper is done with it (it drops the body once
-/// the last frame is encoded).
+/// A response body that keeps its request in flight until hyper is done with it (it drops the
+/// body once the last frame is encoded).
 pub struct TrackedBody {
     inner: axum::body::Body,
-    flags: Arc<Flags>,
-}
-
-impl Drop for TrackedBody {
-    fn drop(&mut self) {
-        self.flags.in_flight.fetch_sub(1, Relaxed);
-    }
+    _in_flight: InFlight,
 }
 
 impl HttpBody for TrackedBody {

@@ -1,33 +1,40 @@
 //! Connections at the byte level: keep-alive, pipelining, heads and bodies split across packets,
 //! the idle timeout, HTTP/2 with prior knowledge, and shutdown — the behaviour a connection must
-//! keep while the server takes hyper apart between requests (src/serve.rs).
+//! keep while the server takes hyper apart between requests (src/serve.rs). Clients that go
+//! silent in any state, or reset HTTP/2 streams, are raw sockets or a real HTTP/2 client (`h2`).
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use axum::{body::Bytes, http};
 use serde_json::Value;
+use shortener::links::resolve::{FillPause, Hooks};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
+    task::JoinHandle,
 };
 
 use crate::helpers::*;
 
 /// One parsed response: status, headers (lower-cased names), body.
 #[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
 /// Reads `n` complete responses (each with a `content-length`) from `conn`.
-async fn read_responses(conn: &mut TcpStream, n: usize) -> Vec<Resp> {
+pub(crate) async fn read_responses(conn: &mut TcpStream, n: usize) -> Vec<Resp> {
     read_responses_paced(conn, n, Duration::ZERO).await
 }
 
@@ -71,7 +78,7 @@ async fn read_responses_paced(conn: &mut TcpStream, n: usize, pause: Duration) -
 }
 
 /// Waits up to `within` for the server to close `conn` (EOF or reset); returns when it did.
-async fn closed_within(conn: &mut TcpStream, within: Duration) -> Option<Duration> {
+pub(crate) async fn closed_within(conn: &mut TcpStream, within: Duration) -> Option<Duration> {
     let started = Instant::now();
     let mut buf = [0u8; 64];
     match tokio::time::timeout(within, conn.read(&mut buf)).await {
@@ -81,15 +88,227 @@ async fn closed_within(conn: &mut TcpStream, within: Duration) -> Option<Duratio
     }
 }
 
-fn get(path: &str) -> String {
+pub(crate) fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
 }
 
 /// The head of a `POST /api/v1/links` with a JSON body of `len` bytes.
-fn post_links_head(key: &str, len: usize) -> String {
+pub(crate) fn post_links_head(key: &str, len: usize) -> String {
     format!(
         "POST /api/v1/links HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
     )
+}
+
+/// Reads until the server closes `conn` (EOF or reset), whatever it sends first (an HTTP/2
+/// server sends SETTINGS and GOAWAY); `None` if it is still open after `within`.
+async fn until_closed(conn: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = vec![0u8; 16 * 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// The HTTP/2 client preface and an empty SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// HTTP/2 frame types and flags the raw tests use.
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// An HPACK literal header field without indexing, its name from the static table.
+fn hpack_literal(name_index: u8, value: &str) -> Vec<u8> {
+    assert!(name_index < 16 && value.len() < 127);
+    let mut field = vec![name_index, value.len() as u8];
+    field.extend_from_slice(value.as_bytes());
+    field
+}
+
+/// HEADERS for a `GET path` on `stream`, ending the stream (HPACK without the dynamic table).
+fn h2_get(stream: u32, path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    block.extend(hpack_literal(4, path)); // :path
+    block.extend(hpack_literal(1, "t")); // :authority
+    h2_frame(HEADERS, END_HEADERS | END_STREAM, stream, &block)
+}
+
+/// RST_STREAM(CANCEL) for `stream`.
+fn h2_reset(stream: u32) -> Vec<u8> {
+    h2_frame(RST_STREAM, 0, stream, &0x8u32.to_be_bytes())
+}
+
+/// One frame read from the server: type, flags, stream, payload.
+async fn read_h2_frame(conn: &mut TcpStream) -> (u8, u8, u32, Vec<u8>) {
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut head))
+        .await
+        .expect("a frame within 10 s")
+        .unwrap();
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    conn.read_exact(&mut payload).await.unwrap();
+    (head[3], head[4], u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff, payload)
+}
+
+/// An HTTP/2 client with prior knowledge; the returned task ends when the connection does.
+async fn h2_client(addr: std::net::SocketAddr) -> (h2::client::SendRequest<Bytes>, JoinHandle<Result<(), h2::Error>>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    (send, tokio::spawn(conn))
+}
+
+fn h2_request(method: http::Method, path: &str) -> http::Request<()> {
+    http::Request::builder().method(method).uri(format!("http://t{path}")).body(()).unwrap()
+}
+
+/// An app whose fills can be held (every redirect reads SQLite: no L1), with the given head
+/// timeout, and a link `held` to hold.
+async fn app_with_pause(timeout: Duration) -> (TestApp, Arc<FillPause>) {
+    let pause = Arc::new(FillPause::default());
+    let app = spawn_app_with(
+        None,
+        |c| {
+            c.http.header_read_timeout = timeout;
+            c.cache.l1_capacity = 0;
+        },
+        Hooks { fill_pause: Some(pause.clone()), ..Hooks::default() },
+    )
+    .await;
+    app.create_code("held", "https://example.com/held").await;
+    (app, pause)
+}
+
+async fn until_reached(pause: &FillPause) {
+    tokio::time::timeout(Duration::from_secs(10), pause.reached.notified()).await.expect("the fill reached the hook");
+}
+
+/// Where a client can fall silent: every state of the connection layer it can leave a connection in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Silent {
+    /// Accepted, not a byte sent.
+    BeforeTheFirstByte,
+    /// Fewer bytes than the `PRI` check looks at.
+    AfterOneByte,
+    AfterTwoBytesOfPri,
+    AfterPri,
+    InTheH2Preface,
+    /// The HTTP/2 preface done, no stream opened.
+    H2WithoutStreams,
+    /// One stream answered, none open.
+    H2AfterAnAnsweredStream,
+    /// The only stream reset by the client while its handler was pending.
+    H2AfterResettingAPendingStream,
+    InAnHttp1Head,
+    BetweenHttp1Requests,
+    AfterAnHttp1RequestWithABody,
+}
+
+const SILENT: [Silent; 11] = [
+    Silent::BeforeTheFirstByte,
+    Silent::AfterOneByte,
+    Silent::AfterTwoBytesOfPri,
+    Silent::AfterPri,
+    Silent::InTheH2Preface,
+    Silent::H2WithoutStreams,
+    Silent::H2AfterAnAnsweredStream,
+    Silent::H2AfterResettingAPendingStream,
+    Silent::InAnHttp1Head,
+    Silent::BetweenHttp1Requests,
+    Silent::AfterAnHttp1RequestWithABody,
+];
+
+/// Opens a connection to `addr` and leaves it in `state`, the client silent from then on. `key`:
+/// an API key; `pause`: the app's fill hook (needed only to reset a pending stream, on a link
+/// `held` that is not cached).
+async fn open_silent(addr: std::net::SocketAddr, key: &str, pause: Option<&FillPause>, state: Silent) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    match state {
+        Silent::BeforeTheFirstByte => {}
+        Silent::AfterOneByte => conn.write_all(b"G").await.unwrap(),
+        Silent::AfterTwoBytesOfPri => conn.write_all(b"PR").await.unwrap(),
+        Silent::AfterPri => conn.write_all(b"PRI").await.unwrap(),
+        Silent::InTheH2Preface => conn.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap(),
+        Silent::H2WithoutStreams => {
+            conn.write_all(H2_PREFACE).await.unwrap();
+            assert_eq!(read_h2_frame(&mut conn).await.0, SETTINGS);
+        }
+        Silent::H2AfterAnAnsweredStream => {
+            conn.write_all(&[H2_PREFACE, &h2_get(1, "/health")].concat()).await.unwrap();
+            loop {
+                let (kind, flags, stream, _) = read_h2_frame(&mut conn).await;
+                if stream == 1 && flags & END_STREAM != 0 {
+                    break;
+                }
+                assert_ne!(kind, GOAWAY);
+            }
+        }
+        Silent::H2AfterResettingAPendingStream => {
+            let pause = pause.expect("a fill hook to hold the handler");
+            pause.arm();
+            conn.write_all(&[H2_PREFACE, &h2_get(1, "/held")].concat()).await.unwrap();
+            until_reached(pause).await;
+            conn.write_all(&h2_reset(1)).await.unwrap();
+        }
+        Silent::InAnHttp1Head => conn.write_all(b"GET /held HTTP/1.1\r\nHost: t\r\n").await.unwrap(),
+        Silent::BetweenHttp1Requests => {
+            conn.write_all(get("/health").as_bytes()).await.unwrap();
+            assert_eq!(read_responses(&mut conn, 1).await[0].status, 200);
+        }
+        Silent::AfterAnHttp1RequestWithABody => {
+            let body = br#"{"url":"https://example.com/silent"}"#;
+            conn.write_all(post_links_head(key, body.len()).as_bytes()).await.unwrap();
+            conn.write_all(body).await.unwrap();
+            assert_eq!(read_responses(&mut conn, 1).await[0].status, 201);
+        }
+    }
+    conn
+}
+
+/// Once a later connection is answered, every earlier one has been accepted (one accept loop,
+/// in order).
+async fn all_accepted(addr: std::net::SocketAddr) {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(get("/health").as_bytes()).await.unwrap();
+    assert_eq!(read_responses(&mut conn, 1).await[0].status, 200);
+}
+
+/// Reads frames until a GOAWAY (returning its error code and the frames of `kind` seen before
+/// it) or until the connection closes without one.
+async fn until_goaway(conn: &mut TcpStream, kind: u8) -> (Option<u32>, usize) {
+    let mut seen = 0;
+    let mut head = [0u8; 9];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut head)).await;
+        if !matches!(read, Ok(Ok(_))) {
+            return (None, seen);
+        }
+        let mut payload = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+        conn.read_exact(&mut payload).await.unwrap();
+        if head[3] == GOAWAY {
+            return (Some(u32::from_be_bytes(payload[4..8].try_into().unwrap())), seen);
+        }
+        seen += usize::from(head[3] == kind);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,10 +420,10 @@ async fn http2_with_prior_knowledge_is_served() {
     let app = spawn_app(None, |_| {}).await;
     let mut conn = TcpStream::connect(app.addr).await.unwrap();
     // The client preface and an empty SETTINGS frame.
-    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    conn.write_all(H2_PREFACE).await.unwrap();
     let mut frame = [0u8; 9];
     tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut frame)).await.unwrap().unwrap();
-    assert_eq!(frame[3], 4, "the server's first frame is SETTINGS: {frame:?}");
+    assert_eq!(frame[3], SETTINGS, "the server's first frame is SETTINGS: {frame:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +451,7 @@ async fn a_slow_reader_gets_a_large_response_whole_even_past_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_without_requests_is_closed_after_the_timeout() {
     let app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_millis(400)).await;
-    for preface in [&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"[..], b"PRI * HT"] {
+    for preface in [H2_PREFACE, b"PRI * HT"] {
         let mut conn = TcpStream::connect(app.addr).await.unwrap();
         conn.write_all(preface).await.unwrap();
         let started = Instant::now();
@@ -268,4 +487,209 @@ async fn shutdown_closes_idle_connections_at_once() {
     for conn in &mut idle {
         assert!(closed_within(conn, Duration::from_secs(1)).await.is_some());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_falls_silent_in_any_state_is_closed_by_the_head_timeout() {
+    let timeout = Duration::from_millis(500);
+    let (app, pause) = app_with_pause(timeout).await;
+    let mut wrong = Vec::new();
+    for state in SILENT {
+        let mut conn = open_silent(app.addr, &app.key, Some(&pause), state).await;
+        let closed = until_closed(&mut conn, Duration::from_secs(5)).await;
+        // The wait is counted from the accept or the last answer, and re-armed lazily: between
+        // one and two timeouts.
+        if !closed.is_some_and(|c| c >= timeout / 2 && c <= timeout * 3) {
+            wrong.push((state, closed));
+        }
+    }
+    assert!(wrong.is_empty(), "closed too early, too late or never (None): {wrong:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_client_silent_in_any_state() {
+    let (mut app, pause) = app_with_pause(Duration::from_secs(30)).await;
+    let mut conns = Vec::new();
+    for state in SILENT {
+        conns.push((state, open_silent(app.addr, &app.key, Some(&pause), state).await));
+    }
+    all_accepted(app.addr).await;
+    let started = Instant::now();
+    app.stop().await;
+    let took = started.elapsed();
+    let mut open = Vec::new();
+    for (state, conn) in &mut conns {
+        if until_closed(conn, Duration::from_secs(1)).await.is_none() {
+            open.push(*state);
+        }
+    }
+    assert!(open.is_empty(), "open after a shutdown that took {took:?}: {open:?}");
+    assert!(took < Duration::from_secs(2), "shutdown waited {took:?} for silent clients");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_at_once_with_clients_silent_in_every_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let env = [
+        ("REDIS_ENABLED", "false".to_string()),
+        ("HEADER_READ_TIMEOUT_MS", "30000".to_string()),
+        ("SHUTDOWN_TIMEOUT_SECS", "30".to_string()),
+    ];
+    let svc = ServiceProcess::start(&db_url, &env, "", dir.path().join("s.log")).await;
+    let key = create_key(&db_url, "silent", false).await;
+    let addr = ([127, 0, 0, 1], svc.port).into();
+    let mut conns = Vec::new();
+    // Resetting a pending stream needs the in-process fill hook; the other states are all here.
+    for state in SILENT.into_iter().filter(|s| *s != Silent::H2AfterResettingAPendingStream) {
+        conns.push((state, open_silent(addr, &key, None, state).await));
+    }
+    all_accepted(addr).await;
+    let started = Instant::now();
+    svc.signal("TERM");
+    let status = svc.wait().await;
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(3), "SIGTERM took {took:?} with silent clients open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_whose_pending_stream_the_client_reset_idles_out() {
+    let timeout = Duration::from_millis(500);
+    let (app, pause) = app_with_pause(timeout).await;
+    let (h2, conn) = h2_client(app.addr).await;
+    let mut h2 = h2.ready().await.unwrap();
+    pause.arm();
+    let (_response, mut stream) = h2.send_request(h2_request(http::Method::GET, "/held"), true).unwrap();
+    until_reached(&pause).await;
+
+    stream.send_reset(h2::Reason::CANCEL);
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+
+    assert!(ended.is_ok(), "the connection is open 5 s after its only stream was reset");
+    let took = started.elapsed();
+    assert!(took >= timeout / 2 && took <= timeout * 3, "closed {took:?} after the reset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resetting_pending_http2_streams_again_and_again_ends_in_a_goaway() {
+    let (app, pause) = app_with_pause(Duration::from_secs(10)).await;
+    let (h2, conn) = h2_client(app.addr).await;
+    let mut h2 = h2.ready().await.unwrap();
+    // The first stream holds the fill; every later one waits on that same fill (one flight per
+    // code), so each is pending when it is reset.
+    pause.arm();
+    let (first, _) = h2.send_request(h2_request(http::Method::GET, "/held"), true).unwrap();
+    until_reached(&pause).await;
+
+    let mut reset = 0u64;
+    let refused = loop {
+        if reset == 2000 {
+            break None;
+        }
+        let sent = match h2.clone().ready().await {
+            Ok(mut ready) => ready.send_request(h2_request(http::Method::GET, "/held"), true),
+            Err(e) => break Some(e),
+        };
+        match sent {
+            Ok((_, mut stream)) => {
+                // A few milliseconds apart: each reset lands on a stream hyper has accepted.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                stream.send_reset(h2::Reason::CANCEL);
+                reset += 1;
+            }
+            Err(e) => break Some(e),
+        }
+    };
+
+    let refused = refused.unwrap_or_else(|| panic!("{reset} pending streams reset and no GOAWAY"));
+    assert!(refused.is_go_away(), "{refused}");
+    assert!(reset <= 2 * shortener::serve::MAX_ABANDONED, "GOAWAY only after {reset} reset streams");
+    // The stream that was not reset is still answered.
+    pause.release();
+    let answer = tokio::time::timeout(Duration::from_secs(5), first).await.expect("an answer within 5 s").unwrap();
+    assert_eq!(answer.status(), 302);
+    assert!(tokio::time::timeout(Duration::from_secs(5), conn).await.is_ok(), "the connection closes after its GOAWAY");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_the_requests_being_served_and_closes_silent_clients_at_once() {
+    let (mut app, pause) = app_with_pause(Duration::from_secs(30)).await;
+    app.create_code("held2", "https://example.com/held2").await;
+    // One HTTP/1 request and one HTTP/2 request, each held in its handler.
+    pause.arm();
+    let mut h1 = TcpStream::connect(app.addr).await.unwrap();
+    h1.write_all(get("/held").as_bytes()).await.unwrap();
+    until_reached(&pause).await;
+    pause.arm();
+    let (h2, conn) = h2_client(app.addr).await;
+    let (h2_answer, _) = h2.ready().await.unwrap().send_request(h2_request(http::Method::GET, "/held2"), true).unwrap();
+    until_reached(&pause).await;
+    let mut silent = Vec::new();
+    for state in [Silent::BeforeTheFirstByte, Silent::InAnHttp1Head, Silent::H2AfterAnAnsweredStream] {
+        silent.push((state, open_silent(app.addr, &app.key, None, state).await));
+    }
+    all_accepted(app.addr).await;
+
+    let stopping = tokio::spawn(async move { app.stop().await });
+    let mut open = Vec::new();
+    for (state, conn) in &mut silent {
+        if until_closed(conn, Duration::from_secs(2)).await.is_none() {
+            open.push(*state);
+        }
+    }
+    assert!(open.is_empty(), "silent clients kept while requests are held: {open:?}");
+    assert!(!stopping.is_finished(), "shutdown did not wait for the held requests");
+    pause.release();
+    pause.release();
+
+    let r = read_responses(&mut h1, 1).await;
+    assert_eq!((r[0].status, r[0].header("location")), (302, Some("https://example.com/held")));
+    assert_eq!(r[0].header("connection"), Some("close"));
+    let r = tokio::time::timeout(Duration::from_secs(5), h2_answer).await.expect("an answer within 5 s").unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (302, "https://example.com/held2"));
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("shutdown ends once they are answered")
+        .unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(1), conn).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_before_the_server_took_them_end_in_a_goaway() {
+    let app = spawn_app(None, |_| {}).await;
+    let mut conn = TcpStream::connect(app.addr).await.unwrap();
+    // A hundred streams opened and reset in one write: all of them reset before hyper took any.
+    let mut flood = H2_PREFACE.to_vec();
+    for i in 0..100 {
+        flood.extend(h2_get(2 * i + 1, "/health"));
+        flood.extend(h2_reset(2 * i + 1));
+    }
+    conn.write_all(&flood).await.unwrap();
+    let (goaway, _) = until_goaway(&mut conn, HEADERS).await;
+    assert_eq!(goaway, Some(ENHANCE_YOUR_CALM));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_concurrency_limit_are_refused_and_a_flood_of_them_ends_in_a_goaway() {
+    let (app, pause) = app_with_pause(Duration::from_secs(10)).await;
+    let mut conn = TcpStream::connect(app.addr).await.unwrap();
+    conn.write_all(H2_PREFACE).await.unwrap();
+    assert_eq!(read_h2_frame(&mut conn).await.0, SETTINGS);
+    // The server's limits apply once its SETTINGS are acknowledged.
+    conn.write_all(&h2_frame(SETTINGS, 0x1, 0, &[])).await.unwrap();
+    // 256 streams held in their handler (all wait on one held fill), then 1,200 more.
+    pause.arm();
+    conn.write_all(&h2_get(1, "/held")).await.unwrap();
+    until_reached(&pause).await;
+    let more: Vec<u8> = (1..1456).flat_map(|i| h2_get(2 * i + 1, "/held")).collect();
+    conn.write_all(&more).await.unwrap();
+
+    let (goaway, refused) = until_goaway(&mut conn, RST_STREAM).await;
+
+    assert_eq!(goaway, Some(ENHANCE_YOUR_CALM), "after {refused} refused streams");
+    // hyper's limit on streams the server resets itself.
+    assert_eq!(refused, 1024, "streams refused before the GOAWAY");
+    pause.release();
 }

@@ -5,6 +5,7 @@ mod cli;
 mod clicks;
 mod connections;
 mod faults;
+mod framing;
 mod helpers;
 mod links_api;
 mod operations;
