@@ -51,6 +51,8 @@ pub struct L1 {
     negative_ttl_ms: u64,
     born: Instant,
     epochs: Box<[AtomicU64]>,
+    /// The epoch guard; off only in tests that show the race it closes ([`L1::without_guard`]).
+    guard: bool,
 }
 
 impl L1 {
@@ -69,7 +71,14 @@ impl L1 {
             negative_ttl_ms: ttl.min(negative_ttl).as_millis() as u64,
             born: Instant::now(),
             epochs: (0..EPOCH_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            guard: true,
         }
+    }
+
+    /// The same cache with the epoch guard off (tests only: it shows the race the guard closes).
+    pub fn without_guard(mut self) -> Self {
+        self.guard = false;
+        self
     }
 
     /// Whether L1 stores anything.
@@ -111,7 +120,8 @@ impl L1 {
     }
 
     /// Inserts a value read at `epoch`, unless a change to the code came in between.
-    pub fn fill(&self, code: &str, value: Resolved, epoch: u64, guard: bool) {
+    pub fn fill(&self, code: &str, value: Resolved, epoch: u64) {
+        let guard = self.guard;
         if self.shards.is_empty() || (guard && self.epoch(code) != epoch) {
             return;
         }
@@ -224,16 +234,16 @@ mod tests {
         let l1 = L1::new(100, Duration::from_secs(60), Duration::from_secs(60));
         let seen = l1.epoch("abc");
         l1.invalidate("abc");
-        l1.fill("abc", Resolved::Missing, seen, true);
+        l1.fill("abc", Resolved::Missing, seen);
         assert!(l1.get("abc").is_none());
-        l1.fill("abc", Resolved::Missing, l1.epoch("abc"), true);
+        l1.fill("abc", Resolved::Missing, l1.epoch("abc"));
         assert!(l1.get("abc").is_some());
     }
 
     #[test]
     fn capacity_zero_stores_nothing() {
         let l1 = L1::new(0, Duration::from_secs(60), Duration::from_secs(60));
-        l1.fill("abc", Resolved::Missing, l1.epoch("abc"), true);
+        l1.fill("abc", Resolved::Missing, l1.epoch("abc"));
         assert!(l1.get("abc").is_none());
         assert!(!l1.enabled());
     }
@@ -241,8 +251,8 @@ mod tests {
     #[test]
     fn entries_expire_and_negative_entries_sooner() {
         let l1 = L1::new(100, Duration::from_millis(80), Duration::from_millis(20));
-        l1.fill("pos", found("pos"), l1.epoch("pos"), true);
-        l1.fill("neg", Resolved::Missing, l1.epoch("neg"), true);
+        l1.fill("pos", found("pos"), l1.epoch("pos"));
+        l1.fill("neg", Resolved::Missing, l1.epoch("neg"));
         std::thread::sleep(Duration::from_millis(40));
         assert!(l1.get("pos").is_some());
         assert!(l1.get("neg").is_none());
@@ -255,14 +265,14 @@ mod tests {
         let l1 = L1::new(6400, Duration::from_secs(60), Duration::from_secs(60));
         let hot: Vec<String> = (0..500).map(|i| format!("hot{i}")).collect();
         for c in &hot {
-            l1.fill(c, found(c), l1.epoch(c), true);
+            l1.fill(c, found(c), l1.epoch(c));
         }
         for i in 0..50_000 {
             for c in hot.iter().skip(i % 10).step_by(10).take(5) {
                 assert!(l1.get(c).is_some(), "{c} was evicted while hot");
             }
             let c = format!("cold{i}");
-            l1.fill(&c, found(&c), l1.epoch(&c), true);
+            l1.fill(&c, found(&c), l1.epoch(&c));
         }
         assert!(l1.len() <= 6400 + SHARDS as u64, "{} entries", l1.len());
     }

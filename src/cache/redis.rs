@@ -22,7 +22,7 @@
 use std::{
     future::Future,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, OnceLock, Weak,
     },
     time::Duration,
@@ -138,6 +138,9 @@ pub struct LinkCache {
     leases: OnceLock<Batcher<(String, String), GetOutcome>>,
     /// Coalesces concurrent write-backs into one script call; `None` when the call failed.
     fills: OnceLock<Batcher<FillItem, Option<bool>>>,
+    /// The stale-set guard; off only in tests that show the race it closes
+    /// ([`LinkCache::disable_guard`]).
+    guard: AtomicBool,
     /// Counters, for `/health` and `/metrics`.
     pub stats: LinkCacheStats,
 }
@@ -153,8 +156,14 @@ impl LinkCache {
             gets: OnceLock::new(),
             leases: OnceLock::new(),
             fills: OnceLock::new(),
+            guard: AtomicBool::new(true),
             stats: LinkCacheStats::default(),
         })
+    }
+
+    /// Turns the stale-set guard off (tests only: it shows the race the guard closes).
+    pub fn disable_guard(&self) {
+        self.guard.store(false, Ordering::Relaxed);
     }
 
     /// The client under this cache.
@@ -227,7 +236,8 @@ impl LinkCache {
 
     /// Re-checks the value and, if absent, takes a fill lease, in one round trip (shared with
     /// every other lease requested meanwhile). With the guard off (tests only) it only re-checks.
-    pub async fn lease(&self, code: &str, guard: bool) -> Lease {
+    pub async fn lease(&self, code: &str) -> Lease {
+        let guard = self.guard.load(Ordering::Relaxed);
         if !self.readable() {
             return Lease::Unavailable;
         }
@@ -262,7 +272,8 @@ impl LinkCache {
     /// Writes a fill back if its lease still holds (or unconditionally with the guard off), in
     /// one round trip shared with every other fill meanwhile. Negative answers expire after
     /// `negative_ttl`. Returns whether it landed.
-    pub async fn fill(&self, code: &str, token: &str, value: &Resolved, negative_ttl: Duration, guard: bool) -> bool {
+    pub async fn fill(&self, code: &str, token: &str, value: &Resolved, negative_ttl: Duration) -> bool {
+        let guard = self.guard.load(Ordering::Relaxed);
         if !self.readable() {
             return false;
         }

@@ -206,7 +206,6 @@ pub struct Resolver {
     reads: OnceLock<Batcher<String, Result<Option<db::links::Target>, DbError>>>,
     flights: Mutex<FlightTable>,
     negative_ttl: Duration,
-    guard: bool,
     fill_pause: Option<Arc<FillPause>>,
     /// Counters.
     pub stats: CacheStats,
@@ -224,7 +223,6 @@ impl Resolver {
             reads: OnceLock::new(),
             flights: Mutex::new(FlightTable { map: HashMap::new(), sweep_at: FLIGHT_SWEEP_MIN }),
             negative_ttl,
-            guard: true,
             fill_pause: None,
             stats: CacheStats::default(),
         }
@@ -232,7 +230,12 @@ impl Resolver {
 
     /// The same resolver with test hooks in place.
     pub fn with_hooks(mut self, hooks: Hooks) -> Self {
-        self.guard = !hooks.disable_write_back_guard;
+        if hooks.disable_write_back_guard {
+            self.l1 = self.l1.without_guard();
+            if let Some(redis) = &self.redis {
+                redis.disable_guard();
+            }
+        }
         self.fill_pause = hooks.fill_pause;
         self
     }
@@ -267,7 +270,7 @@ impl Resolver {
         if let Some(redis) = &self.redis {
             if let Lookup::Hit(v) = redis.get(code).await {
                 self.stats.redis_hits.add(1);
-                self.l1.fill(code, v.clone(), epoch, self.guard);
+                self.l1.fill(code, v.clone(), epoch);
                 return Ok(self.count_negative(v));
             }
         }
@@ -335,9 +338,9 @@ impl Resolver {
         }
         let mut token = None;
         if let Some(redis) = &self.redis {
-            match redis.lease(code, self.guard).await {
+            match redis.lease(code).await {
                 Lease::Hit(v) => {
-                    self.l1.fill(code, v.clone(), epoch, self.guard);
+                    self.l1.fill(code, v.clone(), epoch);
                     return Ok(v);
                 }
                 Lease::Token(t) => token = Some(t),
@@ -369,9 +372,9 @@ impl Resolver {
             pause.hold_if_armed().await;
         }
         if let (Some(redis), Some(token)) = (&self.redis, token) {
-            redis.fill(code, &token, &value, self.negative_ttl, self.guard).await;
+            redis.fill(code, &token, &value, self.negative_ttl).await;
         }
-        self.l1.fill(code, value.clone(), epoch, self.guard);
+        self.l1.fill(code, value.clone(), epoch);
         Ok(value)
     }
 
