@@ -7,9 +7,9 @@
 //! - [`startup`]: builds pools and state, runs migrations, binds, serves, shuts down gracefully;
 //!   the one place that wires components to each other (the writer's announcements to the
 //!   caches, the Redis tier's view of the outbox, test hooks).
-//! - [`serve`]: one task per connection; hyper is held only while a connection is busy.
-//! - [`http`]: routers and handlers only — the redirect hot path, the link API, health — and the
-//!   gates in front of them (limits, authentication, operator endpoints).
+//! - [`http`]: routers and handlers only — the redirect hot path, the link API, health — the
+//!   gates in front of them (limits, authentication, operator endpoints), and the one decision
+//!   which requests skip the router ([`http::Surface`]).
 //! - [`state`]: [`state::AppState`], the handles every handler may use.
 //! - [`error`]: [`error::ApiError`], the one JSON error envelope of the API.
 //! - The domain: [`links`] (short codes, target URLs, the read-through resolver), [`auth`] (key
@@ -22,7 +22,8 @@
 //!   cache: the writer announces committed changes through [`db::writer::Announce`].
 //! - Leaves: [`config`] (every setting, from the environment), [`observe`] (the Prometheus
 //!   registry; each component exports its own metrics into it), [`batch`] (coalescing concurrent
-//!   calls), [`striped`] (per-thread counters), [`time_util`], [`telemetry`] (logs to stderr).
+//!   calls), [`striped`] (per-thread counters), [`time_util`], [`telemetry`] (logs to stderr),
+//!   [`net`] (connections: accept, park, timeouts, HTTP/1 and HTTP/2 for any hyper service).
 
 pub mod auth;
 pub mod batch;
@@ -35,10 +36,10 @@ pub mod error;
 pub mod http;
 pub mod invalidation;
 pub mod links;
+pub mod net;
 pub mod observe;
 pub mod ratelimit;
 pub mod redis_client;
-pub mod serve;
 pub mod startup;
 pub mod state;
 pub mod striped;

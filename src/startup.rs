@@ -6,11 +6,11 @@
 //! listener, so a backlog and TCP options could be set on a socket handed to it; what it does not
 //! have is a header-read timeout against slowloris clients (and a deadline for every other state
 //! of a connection), a clear log line instead of a spin when the process runs out of file
-//! descriptors, and connections that hold almost no memory while idle ([`crate::serve`]).
+//! descriptors, and connections that hold almost no memory while idle ([`crate::net`]).
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{http::HeaderValue, Router};
+use axum::http::HeaderValue;
 use futures_util::future::BoxFuture;
 use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
@@ -39,7 +39,7 @@ pub type StartupError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Application {
     addr: SocketAddr,
     listener: TcpListener,
-    router: Router,
+    surface: Arc<http::Surface>,
     state: AppState,
     shutdown_tx: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
@@ -188,12 +188,12 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
         permanent_cache_control,
         own_origin,
     });
-    let router = http::router(state.clone());
+    let surface = http::Surface::new(state.clone());
     if warm_top_n > 0 {
         let s = state.clone();
         tokio::spawn(async move { warm_caches(&s, warm_top_n).await });
     }
-    Ok(Application { addr, listener, router, state, shutdown_tx, background })
+    Ok(Application { addr, listener, surface, state, shutdown_tx, background })
 }
 
 /// Loads the most-clicked links through the normal read-through path (so every guard applies),
@@ -255,14 +255,10 @@ impl Application {
     /// finish within `SHUTDOWN_TIMEOUT_SECS`, commits queued writes, stops background tasks and
     /// closes the pools.
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> std::io::Result<()> {
-        let Application { listener, router, state, shutdown_tx, background, .. } = self;
+        let Application { listener, surface, state, shutdown_tx, background, .. } = self;
         let cfg = &state.config;
-        let server = crate::serve::Server::new(
-            router,
-            state.clone(),
-            cfg.http.header_read_timeout,
-            cfg.limits.redirect_per_ip.enabled(),
-        );
+        let server =
+            crate::net::Server::new(move |peer| surface.connection_service(peer), cfg.http.header_read_timeout);
         let mut fd_warnings = FdWarnings::default();
         tokio::pin!(signal);
         loop {

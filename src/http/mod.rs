@@ -1,4 +1,16 @@
-//! Routers and handlers only: parse the request, call the domain, shape the response.
+//! Routers and handlers only: parse the request, call the domain, shape the response; and the
+//! one decision the connection layer leaves to us, which requests skip the router
+//! ([`Surface::is_direct`]).
+//!
+//! # Direct redirects
+//! A `GET`/`HEAD` of a code-shaped single segment goes straight to the redirect handler, without
+//! the router's per-request work (route lookup, matched-path extension, boxed-service clone,
+//! body conversion). The decision is derived from the same route table the router is built from
+//! ([`Table`]): a segment that starts a route is never direct, so a route added at a code-shaped
+//! path (`GET /stats`) is served by its handler. Every such segment must also be a reserved word
+//! (`links::code::RESERVED`), so that no custom code can hide behind a route; a test checks the
+//! two lists against each other. A layer added to the router does not run for direct redirects:
+//! what a redirect needs is in `redirect::follow`.
 //!
 //! The redirect route carries no tower middleware at all: it is the hot path, it bounds its own
 //! waits (the Redis budget, the SQLite acquire timeout), and it sets its own `x-request-id` and
@@ -13,25 +25,32 @@ pub mod links;
 pub mod redirect;
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::Instant,
 };
 
 use axum::{
-    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    body::Body,
+    extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State},
     http::{HeaderName, HeaderValue, Method, StatusCode},
     middleware::{self, Next},
     response::Response,
-    routing::{get, post},
+    routing::{get, post, MethodRouter},
     Router,
 };
+use hyper::body::Incoming;
 use tower_http::{
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     timeout::TimeoutLayer,
     trace::{DefaultOnResponse, TraceLayer},
 };
 
-use crate::{error::ApiError, state::AppState};
+use crate::{error::ApiError, links::code, state::AppState};
 
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -111,8 +130,62 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     resp
 }
 
-/// The whole HTTP surface.
-pub fn router(state: AppState) -> Router {
+/// Routes being declared, and the first path segment of each: the table the router and the
+/// direct-dispatch decision are both made from.
+pub struct Table {
+    router: Router<AppState>,
+    segments: Vec<&'static str>,
+}
+
+impl Table {
+    fn new() -> Self {
+        Table { router: Router::new(), segments: Vec::new() }
+    }
+
+    fn note(&mut self, path: &'static str) {
+        let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        if !first.is_empty() && !first.starts_with('{') && !self.segments.contains(&first) {
+            self.segments.push(first);
+        }
+    }
+
+    /// Adds a route.
+    pub fn route(mut self, path: &'static str, method_router: MethodRouter<AppState>) -> Self {
+        self.note(path);
+        self.router = self.router.route(path, method_router);
+        self
+    }
+
+    /// Adds a router under a prefix.
+    pub fn nest(mut self, path: &'static str, router: Router<AppState>) -> Self {
+        self.note(path);
+        self.router = self.router.nest(path, router);
+        self
+    }
+
+    /// Adds another table's routes.
+    pub fn merge(mut self, other: Table) -> Self {
+        for s in other.segments {
+            self.note(s);
+        }
+        self.router = self.router.merge(other.router);
+        self
+    }
+
+    /// Applies `f` to the router (layers); the routes stay as they are.
+    pub fn map_router(mut self, f: impl FnOnce(Router<AppState>) -> Router<AppState>) -> Self {
+        self.router = f(self.router);
+        self
+    }
+
+    /// The first segment of every route (`health`, `metrics`, `api`, …).
+    pub fn segments(&self) -> &[&'static str] {
+        &self.segments
+    }
+}
+
+/// Every route but the redirect's, with their layers.
+fn routes(state: &AppState) -> Table {
     let api = Router::new()
         .route("/links", post(links::create_link).get(links::list_links))
         .route("/links/{code}", get(links::get_link).patch(links::update_link).delete(links::delete_link))
@@ -124,37 +197,122 @@ pub fn router(state: AppState) -> Router {
 
     // Detail for operators only (see `limits::operator_gate`); `/health` and `/health/ready`
     // stay open for load balancers.
-    let operator = Router::new()
+    let operator = Table::new()
         .route("/health/db", get(health::db))
         .route("/health/redis", get(health::redis))
         .route("/health/cache", get(health::cache))
         .route("/metrics", get(health::metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), limits::operator_gate));
+        .map_router(|r| r.route_layer(middleware::from_fn_with_state(state.clone(), limits::operator_gate)));
 
-    let observed = Router::new()
+    Table::new()
         .route("/", get(redirect::home))
         .route("/health", get(health::liveness))
         .route("/health/ready", get(health::readiness))
         .merge(operator)
         .nest("/api/v1", api)
-        .route_layer(middleware::from_fn_with_state(state.clone(), track))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request| {
-                    let id = req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    tracing::info_span!("request", request_id = %id, http.method = %req.method(), http.path = %req.uri().path())
-                })
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO).latency_unit(tower_http::LatencyUnit::Micros)),
-        )
-        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), RequestIds));
+        .map_router(|r| {
+            r.route_layer(middleware::from_fn_with_state(state.clone(), track))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|req: &Request| {
+                            let id = req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                            tracing::info_span!("request", request_id = %id, http.method = %req.method(), http.path = %req.uri().path())
+                        })
+                        .on_request(())
+                        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO).latency_unit(tower_http::LatencyUnit::Micros)),
+                )
+                .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+                .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), RequestIds))
+        })
+}
 
-    Router::new()
-        .route("/{code}", get(redirect::follow_link))
-        .merge(observed)
-        .fallback(redirect::not_found)
-        .with_state(state)
+/// The whole HTTP surface: the router, and what it takes to skip it for redirects.
+pub struct Surface {
+    router: Router,
+    state: AppState,
+    /// First path segments of the routes: never sent direct.
+    routed: Vec<&'static str>,
+    /// Attach the peer address to direct redirects too (a per-address redirect limit needs it).
+    tag_redirects: bool,
+}
+
+impl Surface {
+    /// The service's routes.
+    pub fn new(state: AppState) -> Arc<Self> {
+        Self::with_routes(state, |t| t)
+    }
+
+    /// The service's routes and whatever `extend` adds to them (before the redirect route, so
+    /// an added route wins over a code of the same name).
+    pub fn with_routes(state: AppState, extend: impl FnOnce(Table) -> Table) -> Arc<Self> {
+        let table = extend(routes(&state));
+        let routed = table.segments().to_vec();
+        let router = Router::new()
+            .route("/{code}", get(redirect::follow_link))
+            .merge(table.router)
+            .fallback(redirect::not_found)
+            .with_state(state.clone());
+        let tag_redirects = state.config.limits.redirect_per_ip.enabled();
+        Arc::new(Surface { router, state, routed, tag_redirects })
+    }
+
+    /// The router (every request that is not a direct redirect).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The first path segment of every route: never a direct redirect.
+    pub fn routed_segments(&self) -> &[&'static str] {
+        &self.routed
+    }
+
+    /// Whether a request is one the router would send to the redirect handler — `GET` or
+    /// `HEAD` of a code-shaped single segment that is neither reserved nor the start of a route
+    /// — so it may go to [`redirect::follow`] directly.
+    #[inline]
+    pub fn is_direct(&self, method: &Method, path: &str) -> bool {
+        (*method == Method::GET || *method == Method::HEAD)
+            && path.strip_prefix('/').is_some_and(|seg| {
+                code::is_code_shaped(seg)
+                    && !code::is_reserved(seg)
+                    && !self.routed.iter().any(|r| r.eq_ignore_ascii_case(seg))
+            })
+    }
+
+    /// The service for one connection from `peer` (what the connection layer serves).
+    pub fn connection_service(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+    ) -> impl hyper::service::Service<
+        hyper::Request<Incoming>,
+        Response = Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Send
+           + 'static {
+        let surface = self.clone();
+        hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            let direct = surface.is_direct(req.method(), req.uri().path());
+            // The peer address is attached to every request the router sees (the API's limits
+            // and the operator endpoints' loopback rule read it), but to a direct redirect only
+            // when a per-address redirect limit needs it: inserting it would cost an allocation
+            // per redirect.
+            if surface.tag_redirects || !direct {
+                req.extensions_mut().insert(ConnectInfo(peer));
+            }
+            let surface = surface.clone();
+            async move {
+                Ok(if direct {
+                    redirect::follow(&surface.state, &req.into_parts().0).await
+                } else {
+                    match tower::ServiceExt::oneshot(surface.router.clone(), req.map(Body::new)).await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    }
+                })
+            }
+        })
+    }
 }
 
 #[cfg(test)]

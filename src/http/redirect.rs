@@ -37,16 +37,6 @@ pub async fn follow_link(State(state): State<AppState>, req: Request) -> Respons
     follow(&state, &req).await
 }
 
-/// Whether a request is one the router would send to [`follow_link`] — `GET` or `HEAD` of a
-/// code-shaped, unreserved single segment (every other single-segment route is a reserved
-/// word) — so the connection layer may call [`follow`] directly and skip the router's per-request
-/// work (route lookup, matched-path extension, boxed-service clone, body conversion).
-#[inline]
-pub fn is_direct(method: &Method, path: &str) -> bool {
-    (*method == Method::GET || *method == Method::HEAD)
-        && path.strip_prefix('/').is_some_and(|code| code::is_code_shaped(code) && !code::is_reserved(code))
-}
-
 /// The redirect for a request's head: what [`follow_link`] answers.
 pub async fn follow(state: &AppState, req: &Parts) -> Response {
     let started = Instant::now();
@@ -108,19 +98,4 @@ pub async fn not_found() -> Response {
 /// `/`: a one-line page saying what this is.
 pub async fn home() -> impl IntoResponse {
     page(StatusCode::OK, HOME_PAGE)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_get_or_head_of_an_unreserved_code_shaped_segment_is_direct() {
-        assert!(is_direct(&Method::GET, "/abc"));
-        assert!(is_direct(&Method::HEAD, "/Ab_c-9"));
-        assert!(!is_direct(&Method::POST, "/abc"), "other methods get the router's 405");
-        for path in ["/", "/health", "/METRICS", "/api", "/ab", "/a/b", "/abc/", "/a%20b", "abc"] {
-            assert!(!is_direct(&Method::GET, path), "{path}");
-        }
-    }
 }

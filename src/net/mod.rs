@@ -1,4 +1,13 @@
-//! One task per accepted TCP connection, and what an idle keep-alive connection costs.
+//! Connections: one task per accepted TCP connection, and what an idle keep-alive connection
+//! costs. This module serves any hyper service ([`MakeService`]: one per connection, given the
+//! peer address) and imports nothing of the crate; which requests go where is `http`'s.
+//!
+//! # What is hyper-util's, and what is ours
+//! hyper-util's `auto` builder detects HTTP/2 by its preface and its `GracefulShutdown` drains
+//! connections through a watch channel, much like the code below; but `auto` hands out no
+//! `into_parts`, and parking an idle HTTP/1 connection (below) needs exactly that, so the
+//! HTTP/1 side drives `hyper::server::conn::http1` itself and the preface is peeked at here. The
+//! runtime glue (`TokioIo`, `TokioExecutor`, `TokioTimer`) is hyper-util's.
 //!
 //! # Why not `serve_connection` for the connection's whole life
 //! hyper keeps its per-connection state for as long as the connection is open: an 8 KiB write
@@ -18,7 +27,8 @@
 //!
 //! Measured the same way, a parked connection costs about 2 KB of resident memory; and the hot
 //! path got cheaper, not dearer: building hyper's state per request from a few recently freed,
-//! cache-warm buffers costs less than keeping 24 KB per connection around (`loadtest/`).
+//! cache-warm buffers costs less than keeping hyper's buffers (up to 24 KiB) for every
+//! connection (`loadtest/`).
 //!
 //! A request whose body hyper may still be reading (one that came with a body) keeps the hyper
 //! connection until a later request without a body shows the stream is back at a message
@@ -83,10 +93,10 @@ use std::{
     time::Duration,
 };
 
-use axum::{body::Bytes, extract::ConnectInfo, Router};
 use hyper::{
-    body::{Body as HttpBody, Frame, Incoming, SizeHint},
+    body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint},
     server::conn::{http1, http2},
+    service::Service,
     Request, Response,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -97,7 +107,38 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use crate::{http::redirect, state::AppState};
+/// The error type a response body may fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Makes the service that answers one connection's requests; called once per connection (and
+/// the service is kept across the connection's parks). A closure
+/// `Fn(SocketAddr) -> impl Service<…>` is one.
+pub trait MakeService: Send + Sync + 'static {
+    /// The response body.
+    type Body: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static;
+    /// The service.
+    type Service: Service<Request<Incoming>, Response = Response<Self::Body>, Error = Infallible, Future: Send + 'static>
+        + Send
+        + 'static;
+    /// The service for a connection from `peer`.
+    fn make(&self, peer: SocketAddr) -> Self::Service;
+}
+
+impl<F, S, B> MakeService for F
+where
+    F: Fn(SocketAddr) -> S + Send + Sync + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Body = B;
+    type Service = S;
+
+    fn make(&self, peer: SocketAddr) -> S {
+        self(peer)
+    }
+}
 
 /// Streams an HTTP/2 client may reset while their handler is pending, in one connection's life,
 /// before the connection gets a GOAWAY. A browser cancels a request now and then; a handler here
@@ -110,13 +151,11 @@ pub const MAX_ABANDONED: u64 = 100;
 pub const CLOSE_GRACE: Duration = Duration::from_millis(250);
 
 /// What every connection task shares.
-pub struct Server {
-    router: Router,
-    state: AppState,
+pub struct Server<M> {
+    make: M,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     head_timeout: Duration,
-    tag_every_request: bool,
     /// Set before `shutdown` is sent: tasks read this on every wake instead of polling their
     /// `changed()` future, which takes the channel's waiter lock each time it is polled.
     stopping: AtomicBool,
@@ -124,11 +163,10 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
 }
 
-impl Server {
-    /// `head_timeout`: how long a connection may wait for a request head (idle keep-alive
-    /// included). `tag_every_request`: attach the peer address to every request, not only to
-    /// API requests (a per-address redirect limit needs it).
-    pub fn new(router: Router, state: AppState, head_timeout: Duration, tag_every_request: bool) -> Arc<Self> {
+impl<M: MakeService> Server<M> {
+    /// Serves the services `make` makes. `head_timeout`: how long a connection may wait for a
+    /// request head (idle keep-alive included).
+    pub fn new(make: M, head_timeout: Duration) -> Arc<Self> {
         let mut h1 = http1::Builder::new();
         h1.keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
@@ -142,7 +180,7 @@ impl Server {
             .max_local_error_reset_streams(1024);
         let (shutdown, _) = watch::channel(false);
         let stopping = AtomicBool::new(false);
-        Arc::new(Server { router, state, h1, h2, head_timeout, tag_every_request, stopping, shutdown })
+        Arc::new(Server { make, h1, h2, head_timeout, stopping, shutdown })
     }
 
     /// Serves an accepted connection on a task of its own.
@@ -185,7 +223,12 @@ impl<F: Future> StopSignal<'_, F> {
 }
 
 /// Serves one accepted connection until it closes, times out, or shutdown.
-async fn serve(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+async fn serve<M: MakeService>(
+    server: Arc<Server<M>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
     if *shutdown.borrow() {
         return;
     }
@@ -309,8 +352,8 @@ fn unread(read_but_unused: &[u8], not_read: &[u8]) -> Bytes {
     Bytes::from(all)
 }
 
-async fn serve_h2<F: Future>(
-    server: &Arc<Server>,
+async fn serve_h2<M: MakeService, F: Future>(
+    server: &Arc<Server<M>>,
     stream: TcpStream,
     peer: SocketAddr,
     stop: &mut StopSignal<'_, F>,
@@ -356,49 +399,28 @@ async fn serve_h2<F: Future>(
     .await
 }
 
-/// The service hyper calls for each request: the router, plus the bookkeeping `Flags` needs.
-fn service(
-    server: &Server,
+/// The service hyper calls for each request: the connection's own service, plus the
+/// bookkeeping `Flags` needs.
+fn service<M: MakeService>(
+    server: &Server<M>,
     peer: SocketAddr,
     flags: &Arc<Flags>,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Response<TrackedBody>,
-    Error = Infallible,
-    Future: Send + 'static,
-> + Send
+) -> impl Service<Request<Incoming>, Response = Response<TrackedBody<M::Body>>, Error = Infallible, Future: Send + 'static>
+       + Send
        + 'static {
-    let (router, state, flags, tag) =
-        (server.router.clone(), server.state.clone(), flags.clone(), server.tag_every_request);
-    hyper::service::service_fn(move |mut req: Request<Incoming>| {
+    let (inner, flags) = (server.make.make(peer), flags.clone());
+    hyper::service::service_fn(move |req: Request<Incoming>| {
         let mut in_flight = flags.on_request(req.body().is_end_stream());
-        let direct = redirect::is_direct(req.method(), req.uri().path());
-        // The peer address is attached to every request the router sees (the API's limits and
-        // the operator endpoints' loopback rule read it), but to a direct redirect only when a
-        // per-address redirect limit needs it: inserting it would cost an allocation per
-        // redirect.
-        if tag || !direct {
-            req.extensions_mut().insert(ConnectInfo(peer));
-        }
-        let to = if direct { To::Redirect(state.clone()) } else { To::Router(router.clone()) };
+        let answer = inner.call(req);
         async move {
-            let resp = match to {
-                To::Redirect(state) => redirect::follow(&state, &req.into_parts().0).await,
-                To::Router(router) => match tower::ServiceExt::oneshot(router, req).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                },
+            let resp = match answer.await {
+                Ok(r) => r,
+                Err(never) => match never {},
             };
             in_flight.answered = true;
             Ok(resp.map(|inner| TrackedBody { inner, _in_flight: in_flight }))
         }
     })
-}
-
-/// Where a request goes: redirects straight to their handler, everything else through the router.
-enum To {
-    Redirect(AppState),
-    Router(Router),
 }
 
 /// What the connection task needs to know about the hyper connection it cannot look into.
@@ -617,16 +639,16 @@ impl AsyncWrite for Tracked {
 
 /// A response body that keeps its request in flight until hyper is done with it (it drops the
 /// body once the last frame is encoded).
-pub struct TrackedBody {
-    inner: axum::body::Body,
+pub struct TrackedBody<B> {
+    inner: B,
     _in_flight: InFlight,
 }
 
-impl HttpBody for TrackedBody {
+impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for TrackedBody<B> {
     type Data = Bytes;
-    type Error = axum::Error;
+    type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         Poll::Ready(ready!(Pin::new(&mut self.inner).poll_frame(cx)))
     }
 

@@ -1,6 +1,6 @@
 //! Connections at the byte level: keep-alive, pipelining, heads and bodies split across packets,
 //! the idle timeout, HTTP/2 with prior knowledge, and shutdown — the behaviour a connection must
-//! keep while the server takes hyper apart between requests (src/serve.rs). Clients that go
+//! keep while the server takes hyper apart between requests (src/net/mod.rs). Clients that go
 //! silent in any state, or reset HTTP/2 streams, are raw sockets or a real HTTP/2 client (`h2`).
 
 use std::{
@@ -605,7 +605,7 @@ async fn resetting_pending_http2_streams_again_and_again_ends_in_a_goaway() {
 
     let refused = refused.unwrap_or_else(|| panic!("{reset} pending streams reset and no GOAWAY"));
     assert!(refused.is_go_away(), "{refused}");
-    assert!(reset <= 2 * shortener::serve::MAX_ABANDONED, "GOAWAY only after {reset} reset streams");
+    assert!(reset <= 2 * shortener::net::MAX_ABANDONED, "GOAWAY only after {reset} reset streams");
     // The stream that was not reset is still answered.
     pause.release();
     let answer = tokio::time::timeout(Duration::from_secs(5), first).await.expect("an answer within 5 s").unwrap();

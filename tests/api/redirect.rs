@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
+use axum::http::Method;
 use reqwest::StatusCode;
 use serde_json::json;
+use shortener::{http::Surface, links::code::is_reserved};
 
-use crate::helpers::{eventually, raw_conn, spawn_app, RedisServer};
+use crate::helpers::{client, eventually, raw_conn, spawn_app, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn created_link_redirects_with_its_status_and_the_exact_location() {
@@ -140,4 +142,49 @@ async fn liveness_answers_ok() {
     let r = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<serde_json::Value>().await.unwrap(), json!({"status": "ok"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_segment_is_a_reserved_word_and_never_a_direct_redirect() {
+    let app = spawn_app(None, |_| {}).await;
+    let surface = Surface::new(app.state.clone());
+    let segments = surface.routed_segments();
+    assert!(segments.contains(&"api") && segments.contains(&"metrics") && segments.contains(&"health"), "{segments:?}");
+    for seg in segments {
+        assert!(is_reserved(seg), "/{seg} is a route but not a reserved word: a custom code could hide behind it");
+        assert!(!surface.is_direct(&Method::GET, &format!("/{seg}")), "/{seg}");
+    }
+    for path in ["/", "/METRICS", "/ab", "/a/b", "/abc/", "/a%20b", "abc"] {
+        assert!(!surface.is_direct(&Method::GET, path), "{path}");
+    }
+    assert!(surface.is_direct(&Method::GET, "/abc"));
+    assert!(surface.is_direct(&Method::HEAD, "/Ab_c-9"));
+    assert!(!surface.is_direct(&Method::POST, "/abc"), "other methods get the router's 405");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_added_at_a_code_shaped_path_is_served_by_its_handler() {
+    let app = spawn_app(None, |_| {}).await;
+    app.create_code("statz", "https://example.com/statz").await;
+    let surface = Surface::with_routes(app.state.clone(), |t| {
+        t.route("/stats", axum::routing::get(|| async { "the stats page" }))
+    });
+    assert!(!surface.is_direct(&Method::GET, "/stats"));
+    // Served for real: the connection layer in front of this surface, over TCP.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = shortener::net::Server::new(move |peer| surface.connection_service(peer), Duration::from_secs(2));
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            server.spawn(stream, peer);
+        }
+    });
+    let http = client();
+    let page = http.get(format!("http://{addr}/stats")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.text().await.unwrap(), "the stats page");
+    // Codes still go straight to the redirect.
+    let link = http.get(format!("http://{addr}/statz")).send().await.unwrap();
+    assert_eq!(link.status(), StatusCode::FOUND);
+    assert_eq!(link.headers()["location"], "https://example.com/statz");
 }
