@@ -341,6 +341,7 @@ async fn heads_split_across_packets_are_assembled_even_after_an_answered_request
     let first = read_responses(&mut conn, 1).await;
     assert_eq!(first[0].status, 302);
     for b in rest.bytes() {
+        // Pacing, not waiting: each byte must arrive as a packet of its own.
         tokio::time::sleep(Duration::from_millis(5)).await;
         conn.write_all(&[b]).await.unwrap();
     }
@@ -355,6 +356,7 @@ async fn a_post_body_in_two_packets_then_a_redirect_on_the_same_connection() {
     let body = br#"{"url":"https://example.com/posted","code":"posted"}"#;
     conn.write_all(post_links_head(&app.key, body.len()).as_bytes()).await.unwrap();
     conn.write_all(&body[..10]).await.unwrap();
+    // The scenario: the rest of the body comes later, in a packet of its own.
     tokio::time::sleep(Duration::from_millis(150)).await;
     conn.write_all(&body[10..]).await.unwrap();
     let r = read_responses(&mut conn, 1).await;
@@ -418,12 +420,29 @@ async fn http_1_0_and_connection_close_requests_get_their_answer_then_a_close() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_with_prior_knowledge_is_served() {
     let app = spawn_app(None, |_| {}).await;
-    let mut conn = TcpStream::connect(app.addr).await.unwrap();
-    // The client preface and an empty SETTINGS frame.
-    conn.write_all(H2_PREFACE).await.unwrap();
-    let mut frame = [0u8; 9];
-    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut frame)).await.unwrap().unwrap();
-    assert_eq!(frame[3], SETTINGS, "the server's first frame is SETTINGS: {frame:?}");
+    app.create_code("viah2", "https://example.com/over-h2").await;
+    let (h2, _conn) = h2_client(app.addr).await;
+    let mut h2 = h2.ready().await.unwrap();
+    // A redirect (straight to its handler) and an API call (through the router), on one
+    // connection.
+    let (redirect, _) = h2.send_request(h2_request(http::Method::GET, "/viah2"), true).unwrap();
+    let redirect = redirect.await.unwrap();
+    assert_eq!(redirect.status(), 302);
+    assert_eq!(redirect.headers()["location"], "https://example.com/over-h2");
+    let mut api = h2_request(http::Method::GET, "/api/v1/links/viah2");
+    api.headers_mut().insert("authorization", format!("Bearer {}", app.key).parse().unwrap());
+    let (link, _) = h2.ready().await.unwrap().send_request(api, true).unwrap();
+    let link = link.await.unwrap();
+    assert_eq!(link.status(), 200);
+    let mut body = link.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        bytes.extend_from_slice(&chunk);
+    }
+    let link: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(link["url"], "https://example.com/over-h2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
