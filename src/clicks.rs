@@ -29,8 +29,6 @@ use crate::{
     time_util::now_ms,
 };
 
-pub use crate::config::DEFAULT_BOT_PATTERNS;
-
 const REGISTRY_SHARDS: usize = 32;
 
 /// Registered links of one shard, by code.

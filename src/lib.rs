@@ -11,37 +11,43 @@
 //!   gates in front of them (limits, authentication, operator endpoints), and the one decision
 //!   which requests skip the router ([`http::Surface`]).
 //! - [`state`]: [`state::AppState`], the handles every handler may use.
-//! - [`error`]: [`error::ApiError`], the one JSON error envelope of the API.
-//! - The domain: [`links`] (short codes, target URLs, the read-through resolver), [`auth`] (key
-//!   verification and what is remembered about presented keys), [`clicks`] (counting without a
+//! - `error`: `error::ApiError`, the one JSON error envelope of the API.
+//! - The domain: [`links`] (short codes, target URLs, the read-through resolver), `auth` (key
+//!   verification and what is remembered about presented keys), `clicks` (counting without a
 //!   database write per redirect, and its flusher), [`ratelimit`] (GCRA limits shared through
 //!   Redis, with a per-process fallback).
-//! - [`cache`]: what the caches hold ([`cache::Resolved`]), the in-process L1 and the Redis tier
-//!   (pool, budgets, breaker, Lua scripts, invalidations and their replay).
+//! - [`cache`]: what the caches hold ([`cache::Resolved`]), the in-process L1 and the link cache
+//!   in Redis (batched reads, guarded write-backs); `invalidation`: the bus that carries every
+//!   change to every cache (publish, listen, replay from the outbox, acknowledgements).
+//! - `redis_client`: reaching Redis (pool, budgets, the breaker) and, in `redis_client::names`,
+//!   every key and channel name.
 //! - [`db`]: all SQL — pools, the group-committing writer, link and key queries. It knows no
 //!   cache: the writer announces committed changes through [`db::writer::Announce`].
-//! - Leaves: [`config`] (every setting, from the environment), [`observe`] (the Prometheus
-//!   registry; each component exports its own metrics into it), [`batch`] (coalescing concurrent
-//!   calls), [`striped`] (per-thread counters), [`time_util`], [`telemetry`] (logs to stderr),
+//! - Leaves: [`config`] (every setting, from the environment), `observe` (the Prometheus
+//!   registry; each component exports its own metrics into it), `batch` (coalescing concurrent
+//!   calls), `striped` (per-thread counters), [`time_util`], [`telemetry`] (logs to stderr),
 //!   [`net`] (connections: accept, park, timeouts, HTTP/1 and HTTP/2 for any hyper service).
+//!
+//! `pub` modules are what the binary, the CLI, the examples and the tests use; the others are
+//! `pub(crate)`.
 
-pub mod auth;
-pub mod batch;
+pub(crate) mod auth;
+pub(crate) mod batch;
 pub mod cache;
 pub mod cli;
-pub mod clicks;
+pub(crate) mod clicks;
 pub mod config;
 pub mod db;
-pub mod error;
+pub(crate) mod error;
 pub mod http;
-pub mod invalidation;
+pub(crate) mod invalidation;
 pub mod links;
 pub mod net;
-pub mod observe;
+pub(crate) mod observe;
 pub mod ratelimit;
-pub mod redis_client;
+pub(crate) mod redis_client;
 pub mod startup;
 pub mod state;
-pub mod striped;
+pub(crate) mod striped;
 pub mod telemetry;
 pub mod time_util;

@@ -3,7 +3,7 @@
 //! (`redis_client`); invalidating is the bus's (`invalidation`).
 //!
 //! # Batching
-//! Reads, fill leases and write-backs each go through a [`Batcher`]: everything waiting goes out
+//! Reads, fill leases and write-backs each go through a `Batcher` (`crate::batch`): everything waiting goes out
 //! as one `MGET` or one script call over many codes (up to 512 a call, 4 calls in flight). Under
 //! load a Redis hit costs a small fraction of a command; idle, a call carries one code and goes
 //! out at once. A failed or timed-out call is a miss (or "unavailable") for every code in it.
