@@ -80,6 +80,11 @@ impl Clicks {
         m.copy_counter("shortener_click_flushes_total", vec![], &c.flushes);
         m.copy_counter("shortener_click_flush_failures_total", vec![], &c.flush_failures);
         m.copy_counter("shortener_clicks_bots_skipped_total", vec![], &c.bots_skipped);
+        // Links with clicks not yet in the database: registered since the last flush, plus those
+        // a failed flush carries to the next one. 0 means nothing is buffered.
+        let carried = self.carry.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+        let pending = self.pending_links.load(Ordering::Relaxed) + carried;
+        m.gauge("shortener_clicks_pending_links", vec![]).set(pending as f64);
     }
 
     /// A buffer; `bot_patterns: None` counts every GET.

@@ -218,6 +218,11 @@ impl RateLimiter {
         self.local_fallbacks.load(Ordering::Relaxed)
     }
 
+    /// Copies the limiter's counters into `m`.
+    pub fn export_metrics(&self, m: &crate::observe::Metrics) {
+        m.copy_counter("shortener_rate_limit_local_fallbacks_total", vec![], &self.local_fallbacks);
+    }
+
     /// The client's address: the socket peer, or — only when the peer is a trusted proxy — the
     /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
     pub fn client_ip(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr> {

@@ -56,6 +56,7 @@ impl AppState {
         self.clicks.export_metrics(m);
         self.writer.stats.export_metrics(m);
         self.key_cache.export_metrics(m);
+        self.limiter.export_metrics(m);
         let pool = |s: &'static str| vec![metrics::Label::new("state", s)];
         m.gauge("shortener_db_read_pool_connections", pool("open")).set(f64::from(self.db.size()));
         m.gauge("shortener_db_read_pool_connections", pool("idle")).set(self.db.num_idle() as f64);

@@ -79,8 +79,10 @@ async fn ten_thousand_concurrent_gets_are_counted_exactly_and_heads_and_bots_not
     assert!(flushed, "flushed counts {:?} != {want:?}", db_clicks(&app.db_url).await);
     // A flush commits, then forgets what it committed: until then the API could count a click
     // in the database and in the buffer. Once nothing is buffered, the API reads the database.
-    let settled = eventually(Duration::from_secs(5), || async { app.state.clicks.pending_snapshot().is_empty() }).await;
-    assert!(settled, "clicks still buffered after the flush: {:?}", app.state.clicks.pending_snapshot());
+    let settled =
+        eventually(Duration::from_secs(5), || async { app.metric("shortener_clicks_pending_links").await == 0.0 })
+            .await;
+    assert!(settled, "clicks still buffered after the flush: {}", app.metric("shortener_clicks_pending_links").await);
     for c in &codes {
         assert_eq!(api_clicks(&app, c).await, want[c], "{c} counted twice after the flush?");
     }

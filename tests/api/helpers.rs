@@ -209,10 +209,24 @@ pub async fn create_admin_key(db_url: &str, name: &str) -> String {
     create_key_with(db_url, name, KeyRights { unlimited: false, admin: true }).await
 }
 
-/// Creates an API key with these rights directly in the database.
+/// Creates an API key with these rights, as an operator does: `shortener keys create`.
 pub async fn create_key_with(db_url: &str, name: &str, rights: KeyRights) -> String {
-    let mut conn = raw_conn(db_url).await;
-    db::keys::insert_key(&mut conn, name, rights, shortener::time_util::now_ms()).await.unwrap()
+    let mut args = vec!["keys", "create", name];
+    if rights.admin {
+        args.push("--admin");
+    }
+    if rights.unlimited {
+        args.push("--unlimited");
+    }
+    let (db_url, args): (String, Vec<String>) = (db_url.to_string(), args.iter().map(|a| a.to_string()).collect());
+    let out = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cli(&db_url, &args, &[("REDIS_ENABLED", "false")])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "keys create failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().last().expect("the key on the last line").to_string()
 }
 
 /// Inserts `n` links `{prefix}{i}` → `{url_base}{i}` by hand, with only the two original
@@ -299,6 +313,16 @@ impl TestApp {
     /// One integer field of `/health/cache`.
     pub async fn stat(&self, field: &str) -> u64 {
         self.cache_stats().await[field].as_u64().unwrap_or_else(|| panic!("no integer {field} in /health/cache"))
+    }
+
+    /// The value of an unlabelled sample in `/metrics` (`name value`), 0 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.client.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse::<f64>().unwrap())
+            .next()
+            .unwrap_or(0.0)
     }
 }
 

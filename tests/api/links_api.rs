@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{create_key, raw_conn, run_cli, spawn_app, RedisServer, TestApp};
+use crate::helpers::{create_key, run_cli, spawn_app, RedisServer, TestApp};
 
 async fn error_of(r: reqwest::Response) -> (StatusCode, String) {
     let status = r.status();
@@ -124,8 +124,8 @@ async fn keys_are_required_and_revoked_keys_are_refused() {
     let other = create_key(&app.db_url, "other", false).await;
     let ok = app.client.get(app.url("/api/v1/links")).bearer_auth(&other).send().await.unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
-    let mut conn = raw_conn(&app.db_url).await;
-    assert!(shortener::db::keys::revoke_key(&mut conn, "other", 1).await.unwrap());
+    let out = run_cli(&app.db_url, &["keys", "revoke", "other"], &[("REDIS_ENABLED", "false")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let revoked = app.client.get(app.url("/api/v1/links")).bearer_auth(&other).send().await.unwrap();
     assert_eq!(error_of(revoked).await, (StatusCode::FORBIDDEN, "forbidden".into()));
 }

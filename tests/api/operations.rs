@@ -153,7 +153,7 @@ async fn with_the_sqlite_file_unreadable_ready_is_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_move_by_exactly_the_traffic_sent() {
     let redis = RedisServer::start();
-    let app = spawn_app(Some(&redis), |c| c.clicks.flush_interval = Duration::from_secs(3600)).await;
+    let app = spawn_app(Some(&redis), |_| {}).await;
     app.create_code("counted", "https://example.com/c").await;
     let before = scrape(&app).await;
 
@@ -167,8 +167,14 @@ async fn metrics_parse_and_move_by_exactly_the_traffic_sent() {
         let r = app.api(Method::GET, "/links/counted").send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
     }
-    assert!(app.state.clicks.flush(&app.state.writer).await);
-    let after = scrape(&app).await;
+    // The flusher runs every CLICK_FLUSH_INTERVAL_MS (200 ms here): wait until it wrote them.
+    let flushed = |s: &Scrape| sample(s, "shortener_clicks_flushed_total", &[]);
+    let mut after = scrape(&app).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while flushed(&after) - flushed(&before) < 5.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = scrape(&app).await;
+    }
 
     let delta = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels) - sample(&before, name, labels);
     assert_eq!(delta("shortener_http_requests_total", &[("route", "/:code"), ("status", "302")]), 5.0);

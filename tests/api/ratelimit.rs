@@ -83,7 +83,7 @@ async fn with_redis_dead_limits_hold_per_process_and_sharing_resumes_after_resta
     .await;
     assert!(ok, "both breakers opened");
     assert_eq!((count_ok(&a, 12).await, count_ok(&b, 12).await), (5, 5), "each process enforces the limit alone");
-    assert!(a.state.limiter.local_fallbacks() > 0);
+    assert!(a.metric("shortener_rate_limit_local_fallbacks_total").await > 0.0);
 
     redis.restart();
     let ok = crate::helpers::eventually(Duration::from_secs(5), || async {
@@ -165,14 +165,14 @@ async fn five_hundred_simultaneous_requests_against_a_limit_of_100_accept_exactl
             other => panic!("unexpected {other}"),
         }
     }
-    let r = app.state.resolver.redis.as_ref().unwrap().client().snapshot().await;
+    let fallbacks = app.metric("shortener_rate_limit_local_fallbacks_total").await;
+    let redis: Value = app.client.get(app.url("/health/redis")).send().await.unwrap().json().await.unwrap();
     assert_eq!(
         (ok, limited),
         (100, 400),
-        "local fallbacks: {}, timeouts {} errors {}",
-        app.state.limiter.local_fallbacks(),
-        r.timeouts,
-        r.errors
+        "local fallbacks: {fallbacks}, redis timeouts {} errors {}",
+        redis["timeouts"],
+        redis["errors"]
     );
 }
 

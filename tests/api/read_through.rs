@@ -39,8 +39,7 @@ async fn single_flight(l1_capacity: u64) {
     let results = storm(&app, "stampede", 1000).await;
 
     assert!(results.iter().all(|r| r.as_deref() == Ok("https://example.com/hot")));
-    let r = app.state.resolver.redis.as_ref().unwrap();
-    assert_eq!(app.stat("db_lookups").await - before, 1, "{} redis {:?}", app.cache_stats().await, r.stats);
+    assert_eq!(app.stat("db_lookups").await - before, 1, "{}", app.cache_stats().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
