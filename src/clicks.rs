@@ -255,3 +255,167 @@ impl Clicks {
         }
     }
 }
+
+/// The flusher's own behaviour, against a real SQLite file and the real writer: when it runs is
+/// the test's choice, which the HTTP suite cannot make.
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use futures_util::future::BoxFuture;
+    use sqlx::ConnectOptions;
+
+    use super::*;
+    use crate::{
+        cache::Resolved,
+        db::{
+            self,
+            links::Scope,
+            writer::{Announce, Change},
+        },
+    };
+
+    /// No caches to tell: these tests have none.
+    struct NoCaches;
+
+    impl Announce for NoCaches {
+        fn committed<'a>(&'a self, _: &'a [String], _: &'a [i64]) -> BoxFuture<'a, ()> {
+            Box::pin(async {})
+        }
+        fn take_applied(&self) -> Vec<i64> {
+            Vec::new()
+        }
+        fn requeue_applied(&self, _: Vec<i64>) {}
+    }
+
+    struct Fixture {
+        url: String,
+        writer: Writer,
+        _stop: watch::Sender<bool>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A migrated database in a temp dir and its writer (busy timeout 100 ms).
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("clicks.db").display());
+        let conn = db::open_writer(&url, Duration::from_millis(100)).await.unwrap();
+        let (stop, rx) = watch::channel(false);
+        let (writer, _task) = Writer::spawn(conn, Arc::new(NoCaches), Arc::new(|| "unused".to_string()), 512, rx);
+        Fixture { url, writer, _stop: stop, _dir: dir }
+    }
+
+    impl Fixture {
+        async fn conn(&self) -> sqlx::SqliteConnection {
+            db::connect_options(&self.url, Duration::from_secs(5)).unwrap().connect().await.unwrap()
+        }
+
+        /// Creates the link and returns what a cache would hold for it.
+        async fn create(&self, code: &str) -> Arc<CachedLink> {
+            let url = format!("https://example.com/{code}");
+            let change = Change::Create {
+                code: Some(code.into()),
+                url: url.clone(),
+                status: 302,
+                expires_at: None,
+                created_by: None,
+            };
+            self.writer.submit(change).await.unwrap();
+            match Resolved::from_parts(code, &url, 302, None).unwrap() {
+                Resolved::Found(link) => link,
+                Resolved::Missing => unreachable!("from_parts of a valid row"),
+            }
+        }
+
+        async fn db_clicks(&self) -> HashMap<String, i64> {
+            sqlx::query_as::<_, (String, i64)>("SELECT short_code, clicks FROM link_mappings")
+                .fetch_all(&mut self.conn().await)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect()
+        }
+
+        /// What the API reports for a link: flushed plus still buffered.
+        async fn reported(&self, clicks: &Clicks, code: &str) -> u64 {
+            self.db_clicks().await.get(code).copied().unwrap_or(0) as u64 + clicks.pending_for(code)
+        }
+    }
+
+    fn clicks(interval: Duration) -> Arc<Clicks> {
+        Arc::new(Clicks::new(true, None, interval, 10_000))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_flusher_writes_100k_clicks_on_1000_codes_in_a_handful_of_transactions() {
+        let f = fixture().await;
+        let clicks = clicks(Duration::from_secs(1));
+        let mut links = Vec::new();
+        for i in 0..1000 {
+            links.push(f.create(&format!("bulk{i}")).await);
+        }
+        let (stop, rx) = watch::channel(false);
+        let flusher = {
+            let (c, w) = (clicks.clone(), f.writer.clone());
+            tokio::spawn(async move { c.run_flusher(w, rx).await })
+        };
+        let before = clicks.stats.flushes.load(Ordering::Relaxed);
+        for _ in 0..100 {
+            for l in &links {
+                clicks.record(l);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while f.db_clicks().await.values().sum::<i64>() != 100_000 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(f.db_clicks().await.values().sum::<i64>(), 100_000, "clicks flushed");
+        let txs = clicks.stats.flushes.load(Ordering::Relaxed) - before;
+        assert!((1..=5).contains(&txs), "{txs} flush transactions for 100,000 clicks");
+        assert!(f.db_clicks().await.values().all(|n| *n == 100));
+        let _ = stop.send(true);
+        flusher.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deleting_a_link_with_pending_clicks_does_not_fail_the_flush() {
+        let f = fixture().await;
+        let clicks = clicks(Duration::from_secs(3600));
+        let (doomed, keeper) = (f.create("doomed").await, f.create("keeper").await);
+        for _ in 0..5 {
+            clicks.record(&doomed);
+            clicks.record(&keeper);
+        }
+        f.writer.submit(Change::Delete { code: "doomed".into(), scope: Scope::Every }).await.unwrap();
+        assert!(clicks.flush(&f.writer).await);
+        assert_eq!(clicks.stats.flush_failures.load(Ordering::Relaxed), 0);
+        let got = f.db_clicks().await;
+        assert_eq!(got.get("keeper"), Some(&5));
+        assert!(!got.contains_key("doomed"));
+        // Re-created under the same code, it starts from zero.
+        f.create("doomed").await;
+        assert_eq!(f.reported(&clicks, "doomed").await, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_flush_keeps_its_counts_and_a_later_one_writes_them() {
+        let f = fixture().await;
+        let clicks = clicks(Duration::from_secs(3600));
+        let locked = f.create("locked").await;
+        for _ in 0..7 {
+            clicks.record(&locked);
+        }
+        // Another connection holds the write lock: the flush cannot commit.
+        let mut blocker = f.conn().await;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut blocker).await.unwrap();
+        assert!(!clicks.flush(&f.writer).await);
+        assert_eq!(clicks.stats.flush_failures.load(Ordering::Relaxed), 1);
+        assert_eq!(f.reported(&clicks, "locked").await, 7, "counts kept while the flush failed");
+        sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+
+        clicks.record(&locked);
+        assert!(clicks.flush(&f.writer).await);
+        assert_eq!(f.db_clicks().await["locked"], 8);
+        assert_eq!(f.reported(&clicks, "locked").await, 8);
+    }
+}

@@ -11,7 +11,6 @@ use std::{
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use shortener::cache::Resolved;
 use tokio::{sync::Semaphore, task::JoinSet};
 
 use crate::helpers::{client, eventually, raw_conn, seed_links, spawn_app, RedisServer, ServiceProcess, TestApp};
@@ -86,81 +85,6 @@ async fn ten_thousand_concurrent_gets_are_counted_exactly_and_heads_and_bots_not
     for c in &codes {
         assert_eq!(api_clicks(&app, c).await, want[c], "{c} counted twice after the flush?");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_flusher_writes_100k_clicks_on_1000_codes_in_a_handful_of_transactions() {
-    let app = spawn_app(None, |c| c.clicks.flush_interval = Duration::from_secs(1)).await;
-    seed_links(&app.db_url, "bulk", "https://example.com/", 1000).await;
-    let state = app.state.clone();
-    let mut links = Vec::new();
-    for i in 0..1000 {
-        match state.resolver.resolve(&format!("bulk{i}")).await.unwrap() {
-            Resolved::Found(l) => links.push(l),
-            Resolved::Missing => panic!("bulk{i} missing"),
-        }
-    }
-    let before = state.clicks.stats.flushes.load(Ordering::Relaxed);
-    for _ in 0..100 {
-        for l in &links {
-            state.clicks.record(l);
-        }
-    }
-    let db_url = app.db_url.clone();
-    let all_in = eventually(Duration::from_secs(10), || {
-        let db_url = db_url.clone();
-        async move { db_clicks(&db_url).await.values().sum::<i64>() == 100_000 }
-    })
-    .await;
-    assert!(all_in, "{} clicks flushed", db_clicks(&app.db_url).await.values().sum::<i64>());
-    let txs = state.clicks.stats.flushes.load(Ordering::Relaxed) - before;
-    assert!((1..=5).contains(&txs), "{txs} flush transactions for 100,000 clicks");
-    assert!(db_clicks(&app.db_url).await.values().all(|n| *n == 100));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_link_with_pending_clicks_does_not_fail_the_flush() {
-    let app = spawn_app(None, |c| c.clicks.flush_interval = Duration::from_secs(3600)).await;
-    app.create_code("doomed", "https://example.com/d").await;
-    app.create_code("keeper", "https://example.com/k").await;
-    for _ in 0..5 {
-        app.location("doomed").await.unwrap();
-        app.location("keeper").await.unwrap();
-    }
-    assert_eq!(app.delete("doomed").await, StatusCode::NO_CONTENT);
-    assert!(app.state.clicks.flush(&app.state.writer).await);
-    assert_eq!(app.state.clicks.stats.flush_failures.load(Ordering::Relaxed), 0);
-    let got = db_clicks(&app.db_url).await;
-    assert_eq!(got.get("keeper"), Some(&5));
-    assert!(!got.contains_key("doomed"));
-    // Re-created under the same code, it starts from zero.
-    app.create_code("doomed", "https://example.com/d2").await;
-    assert_eq!(api_clicks(&app, "doomed").await, 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_flush_keeps_its_counts_and_a_later_one_writes_them() {
-    let app = spawn_app(None, |c| {
-        c.clicks.flush_interval = Duration::from_secs(3600);
-        c.db.busy_timeout = Duration::from_millis(100);
-    })
-    .await;
-    app.create_code("locked", "https://example.com/l").await;
-    for _ in 0..7 {
-        app.location("locked").await.unwrap();
-    }
-    // Another process holds the write lock: the flush cannot commit.
-    let mut blocker = raw_conn(&app.db_url).await;
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut blocker).await.unwrap();
-    assert!(!app.state.clicks.flush(&app.state.writer).await);
-    assert_eq!(app.state.clicks.stats.flush_failures.load(Ordering::Relaxed), 1);
-    assert_eq!(api_clicks(&app, "locked").await, 7, "counts kept while the flush failed");
-    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
-
-    app.location("locked").await.unwrap();
-    assert!(app.state.clicks.flush(&app.state.writer).await);
-    assert_eq!(db_clicks(&app.db_url).await["locked"], 8);
-    assert_eq!(api_clicks(&app, "locked").await, 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,7 +197,9 @@ async fn with_l1_off_every_redis_copy_of_a_link_counts_into_one_place() {
     assert_eq!(ok, 400);
     assert!(app.stat("redis_hits").await > 300, "served from Redis: a fresh copy per request");
     assert_eq!(api_clicks(&app, "copies").await, 401);
-    assert_eq!(app.state.clicks.pending_snapshot().len(), 1, "one entry for the code, not one per copy");
-    assert!(app.state.clicks.flush(&app.state.writer).await);
+    assert_eq!(app.metric("shortener_clicks_pending_links").await, 1.0, "one entry for the code, not one per copy");
+    // A graceful stop flushes.
+    let mut app = Arc::try_unwrap(app).ok().expect("every request task is done");
+    app.stop().await;
     assert_eq!(db_clicks(&app.db_url).await["copies"], 401);
 }
