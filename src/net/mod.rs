@@ -3,11 +3,14 @@
 //! peer address) and imports nothing of the crate; which requests go where is `http`'s.
 //!
 //! # What is hyper-util's, and what is ours
-//! hyper-util's `auto` builder detects HTTP/2 by its preface and its `GracefulShutdown` drains
-//! connections through a watch channel, much like the code below; but `auto` hands out no
-//! `into_parts`, and parking an idle HTTP/1 connection (below) needs exactly that, so the
-//! HTTP/1 side drives `hyper::server::conn::http1` itself and the preface is peeked at here. The
-//! runtime glue (`TokioIo`, `TokioExecutor`, `TokioTimer`) is hyper-util's.
+//! Not hyper-util's `auto` builder: it detects HTTP/2 by its preface as we do, but hands out no
+//! `into_parts`, and parking an idle HTTP/1 connection (below) needs exactly that, so the HTTP/1
+//! side drives `hyper::server::conn::http1` itself and the preface is peeked at here. Not
+//! hyper-util's `GracefulShutdown` either: it watches one hyper connection future per
+//! connection, while ours alternates between a parked socket and a hyper connection, and must
+//! close a parked or silent one at once rather than wait for it; the drain below is the same
+//! idea (a watch channel whose receivers are the live connections). The runtime glue
+//! (`TokioIo`, `TokioExecutor`, `TokioTimer`) is hyper-util's.
 //!
 //! # Why not `serve_connection` for the connection's whole life
 //! hyper keeps its per-connection state for as long as the connection is open: an 8 KiB write
