@@ -96,10 +96,12 @@ pub enum ImportFormat {
 type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 /// Runs a parsed command line.
-pub async fn run(cli: Cli) -> CliResult {
+/// Runs a command; `inherited` are the listening sockets the process was started with
+/// (socket activation), which `serve` serves instead of binding `LISTEN_ADDR`.
+pub async fn run(cli: Cli, inherited: Vec<crate::net::listen::Inherited>) -> CliResult {
     let config = Config::from_env()?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config).await,
+        Command::Serve => serve(config, inherited).await,
         Command::Migrate => {
             db::migrate(&config.db.url).await?;
             println!("migrations applied to {}", config.db.url);
@@ -112,11 +114,11 @@ pub async fn run(cli: Cli) -> CliResult {
     }
 }
 
-async fn serve(config: Config) -> CliResult {
+async fn serve(config: Config, inherited: Vec<crate::net::listen::Inherited>) -> CliResult {
     tracing::info!(config = ?config, "starting");
     let signal = shutdown_signal()?;
-    let app = startup::build(config).await?;
-    tracing::info!(listen.addr = %app.addr(), "listening");
+    let app = startup::build_on(config, Default::default(), inherited).await?;
+    tracing::info!(listen.addrs = ?app.addrs(), listen.inherited = app.inherited(), "listening");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     app.run_until(async {
         signal.await;

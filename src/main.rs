@@ -1,4 +1,5 @@
-//! The `shortener` binary: load `.env`, start logging, parse the command line, dispatch.
+//! The `shortener` binary: take inherited sockets, load `.env`, start logging, parse the command
+//! line, dispatch.
 
 use std::process::ExitCode;
 
@@ -11,8 +12,18 @@ use shortener::{cli, telemetry};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before any thread exists: it takes the socket-activation variables out of the environment.
+    let inherited = shortener::net::listen::take_inherited();
     let dotenv = dotenvy::dotenv();
     telemetry::init();
+    let inherited = match inherited {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            tracing::error!(error = %e, "inherited sockets (LISTEN_FDS) are unusable");
+            eprintln!("shortener: inherited sockets (LISTEN_FDS) are unusable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Err(e) = &dotenv {
         if !e.not_found() {
             tracing::error!(error = %e, ".env could not be read");
@@ -27,7 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    match runtime.block_on(cli::run(cli, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "exiting");

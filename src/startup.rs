@@ -37,8 +37,9 @@ pub type StartupError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A built, bound service, ready to run.
 pub struct Application {
-    addr: SocketAddr,
-    listener: TcpListener,
+    addrs: Vec<SocketAddr>,
+    inherited: usize,
+    listeners: Vec<TcpListener>,
     surface: Arc<http::Surface>,
     state: AppState,
     shutdown_tx: watch::Sender<bool>,
@@ -64,6 +65,16 @@ pub async fn build(config: Config) -> Result<Application, StartupError> {
 
 /// [`build`] with test hooks in place (tests only: production builds take none).
 pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, StartupError> {
+    build_on(config, hooks, Vec::new()).await
+}
+
+/// [`build_with`] serving `inherited` listening sockets (socket activation); with none, it binds
+/// `LISTEN_ADDR` itself.
+pub async fn build_on(
+    config: Config,
+    hooks: Hooks,
+    inherited: Vec<crate::net::listen::Inherited>,
+) -> Result<Application, StartupError> {
     let writer_conn = db::open_writer(&config.db.url, config.db.busy_timeout)
         .await
         .map_err(|e| format!("opening database {}: {e}", config.db.url))?;
@@ -147,9 +158,20 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
         background.push(tokio::spawn(async move { c.run_flusher(w, rx).await }));
     }
 
-    let listener = bind(config.http.listen_addr, config.http.listen_backlog)
-        .map_err(|e| format!("binding LISTEN_ADDR={}: {e}", config.http.listen_addr))?;
-    let addr = listener.local_addr()?;
+    let inherited_count = inherited.len();
+    let listeners = if inherited.is_empty() {
+        vec![bind(config.http.listen_addr, config.http.listen_backlog)
+            .map_err(|e| format!("binding LISTEN_ADDR={}: {e}", config.http.listen_addr))?]
+    } else {
+        let mut listeners = Vec::with_capacity(inherited.len());
+        for socket in inherited {
+            socket.listener.set_nonblocking(true)?;
+            listeners.push(TcpListener::from_std(socket.listener)?);
+        }
+        listeners
+    };
+    let addrs = listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;
+    let addr = addrs[0];
     let db_inode = std::fs::metadata(&db_file).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     let metrics = Arc::new(Metrics::new());
     {
@@ -182,6 +204,7 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
         key_cache,
         redis_info: Default::default(),
         metrics,
+        connections: Default::default(),
         db_file,
         db_inode,
         started: std::time::Instant::now(),
@@ -193,7 +216,7 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Sta
         let s = state.clone();
         tokio::spawn(async move { warm_caches(&s, warm_top_n).await });
     }
-    Ok(Application { addr, listener, surface, state, shutdown_tx, background })
+    Ok(Application { addrs, inherited: inherited_count, listeners, surface, state, shutdown_tx, background })
 }
 
 /// Loads the most-clicked links through the normal read-through path (so every guard applies),
@@ -241,9 +264,20 @@ fn tune(stream: &TcpStream) {
 }
 
 impl Application {
-    /// The bound address (the real port when `LISTEN_ADDR` asked for port 0).
+    /// The bound address (the real port when `LISTEN_ADDR` asked for port 0); the first
+    /// inherited socket's when there are several.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[0]
+    }
+
+    /// Every address served.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// How many of the listening sockets were inherited (0: `LISTEN_ADDR` was bound here).
+    pub fn inherited(&self) -> usize {
+        self.inherited
     }
 
     /// The shared state (tests read counters through it).
@@ -255,15 +289,34 @@ impl Application {
     /// finish within `SHUTDOWN_TIMEOUT_SECS`, commits queued writes, stops background tasks and
     /// closes the pools.
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> std::io::Result<()> {
-        let Application { listener, surface, state, shutdown_tx, background, .. } = self;
+        let Application { listeners, surface, state, shutdown_tx, background, .. } = self;
         let cfg = &state.config;
-        let server =
-            crate::net::Server::new(move |peer| surface.connection_service(peer), cfg.http.header_read_timeout);
+        let server = crate::net::Server::new(
+            move |peer| surface.connection_service(peer),
+            cfg.http.header_read_timeout,
+            state.connections.clone(),
+        );
         let mut fd_warnings = FdWarnings::default();
         tokio::pin!(signal);
+        // Every listener is polled in turn, starting one further each time.
+        let mut next = 0usize;
+        let accept = |next: &mut usize| {
+            let listeners = &listeners;
+            let start = *next;
+            *next = next.wrapping_add(1);
+            std::future::poll_fn(move |cx| {
+                for i in 0..listeners.len() {
+                    let l = &listeners[(start + i) % listeners.len()];
+                    if let std::task::Poll::Ready(r) = l.poll_accept(cx) {
+                        return std::task::Poll::Ready(r);
+                    }
+                }
+                std::task::Poll::Pending
+            })
+        };
         loop {
             tokio::select! {
-                accepted = listener.accept() => match accepted {
+                accepted = accept(&mut next) => match accepted {
                     Ok((stream, peer)) => {
                         tune(&stream);
                         server.spawn(stream, peer);
@@ -273,8 +326,10 @@ impl Application {
                 _ = &mut signal => break,
             }
         }
-        drop(listener);
-        tracing::info!("shutdown: stopped accepting, draining in-flight requests");
+        // An inherited socket stays open in whoever else holds it (systemd, other processes):
+        // connections keep arriving in its backlog for the next process.
+        drop(listeners);
+        tracing::info!("shutdown: stopped accepting, draining connections");
         if !server.shutdown(cfg.http.shutdown_timeout).await {
             tracing::warn!(
                 shutdown.timeout_s = cfg.http.shutdown_timeout.as_secs(),

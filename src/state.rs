@@ -29,6 +29,8 @@ pub struct Inner {
     pub limiter: Arc<crate::ratelimit::RateLimiter>,
     /// The Prometheus registry of this instance.
     pub metrics: Arc<Metrics>,
+    /// Connections open and accepted (kept by `net`).
+    pub connections: Arc<crate::net::ConnStats>,
     /// The SQLite file (empty for an in-memory database), for readiness checks.
     pub db_file: PathBuf,
     /// Its inode when the service opened it: a replaced file makes the service unready.
@@ -61,6 +63,9 @@ impl AppState {
         m.gauge("shortener_db_read_pool_connections", pool("open")).set(f64::from(self.db.size()));
         m.gauge("shortener_db_read_pool_connections", pool("idle")).set(self.db.num_idle() as f64);
         m.gauge("shortener_uptime_seconds", vec![]).set(self.started.elapsed().as_secs_f64());
+        let conns = &self.connections;
+        m.gauge("shortener_connections_open", vec![]).set(conns.open.load(std::sync::atomic::Ordering::Relaxed) as f64);
+        m.copy_counter("shortener_connections_accepted_total", vec![], &conns.accepted);
     }
 }
 

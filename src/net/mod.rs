@@ -70,14 +70,20 @@
 //! for what 10,000 requests at the same pace cost (0.7 to 1.6 s of CPU either way).
 //!
 //! # Shutdown
-//! Every task holds a receiver of the connection shutdown channel. On shutdown, parked
-//! connections close at once (unless a request is already waiting in the socket: that one is
-//! served), and so does an HTTP/1 connection with nothing in flight or to write (a head that has
-//! not come whole is not waited for) or an HTTP/2 one that never opened a stream; active ones
-//! finish their request (hyper's graceful shutdown: HTTP/2 gets a GOAWAY). An HTTP/2 client that
-//! does not answer the GOAWAY's ping is not waited for: once no stream is in flight and nothing
-//! has been written for [`CLOSE_GRACE`], its connection is closed. The server waits until every
-//! receiver is gone.
+//! Every task holds a receiver of the connection shutdown channel. Shutdown never closes a
+//! keep-alive connection under a client that may be sending its next request at that moment,
+//! which the client would see as a reset: an HTTP/1 connection with nothing in flight (parked,
+//! or never used yet) waits up to [`IDLE_DRAIN`] for one more request, answers it with
+//! `Connection: close` and closes; one that stays quiet that long is closed then. A request in
+//! flight is finished and its response carries `Connection: close` (hyper's graceful shutdown);
+//! HTTP/2 gets a GOAWAY, and a client that does not answer the GOAWAY's ping is not waited for:
+//! once no stream is in flight and nothing has been written for [`CLOSE_GRACE`], its connection
+//! is closed. The head timeout still applies throughout, so a silent client holds shutdown no
+//! longer than [`IDLE_DRAIN`]. The accept loop (the caller's) stops accepting first: connections
+//! that arrive meanwhile wait in the listening socket's backlog for whichever process serves it
+//! next. The server waits until every receiver is gone.
+
+pub mod listen;
 
 use std::{
     convert::Infallible,
@@ -153,10 +159,38 @@ pub const MAX_ABANDONED: u64 = 100;
 /// hyper within a round trip; this bounds one that never does.
 pub const CLOSE_GRACE: Duration = Duration::from_millis(250);
 
+/// How long, once shutdown has begun, an HTTP/1 connection with nothing in flight is kept for
+/// the request its client may already be sending. A client that sends requests back to back (a
+/// load test, a page fetching its assets) gets its next one answered, with `Connection: close`,
+/// well within it, and reconnects to whichever process serves the socket next; a person who
+/// clicks every few seconds is unlikely to click inside the moment the connection closes.
+pub const IDLE_DRAIN: Duration = Duration::from_millis(500);
+
+/// Connection counters, shared with whoever exports them.
+#[derive(Default)]
+pub struct ConnStats {
+    /// Connections open now (accepted, not yet closed).
+    pub open: AtomicU64,
+    /// Connections accepted, ever.
+    pub accepted: AtomicU64,
+}
+
+/// Counts a connection as open for the life of its task.
+struct Open(Arc<ConnStats>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
 /// What every connection task shares.
 pub struct Server<M> {
     make: M,
     h1: http1::Builder,
+    /// The same, without keep-alive: for requests that arrive during shutdown.
+    h1_closing: http1::Builder,
+    stats: Arc<ConnStats>,
     h2: http2::Builder<TokioExecutor>,
     head_timeout: Duration,
     /// Set before `shutdown` is sent: tasks read this on every wake instead of polling their
@@ -168,10 +202,12 @@ pub struct Server<M> {
 
 impl<M: MakeService> Server<M> {
     /// Serves the services `make` makes. `head_timeout`: how long a connection may wait for a
-    /// request head (idle keep-alive included).
-    pub fn new(make: M, head_timeout: Duration) -> Arc<Self> {
+    /// request head (idle keep-alive included); `stats` are kept up to date.
+    pub fn new(make: M, head_timeout: Duration, stats: Arc<ConnStats>) -> Arc<Self> {
         let mut h1 = http1::Builder::new();
         h1.keep_alive(true);
+        let mut h1_closing = h1.clone();
+        h1_closing.keep_alive(false);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(256)
@@ -183,17 +219,24 @@ impl<M: MakeService> Server<M> {
             .max_local_error_reset_streams(1024);
         let (shutdown, _) = watch::channel(false);
         let stopping = AtomicBool::new(false);
-        Arc::new(Server { make, h1, h2, head_timeout, stopping, shutdown })
+        Arc::new(Server { make, h1, h1_closing, stats, h2, head_timeout, stopping, shutdown })
     }
 
     /// Serves an accepted connection on a task of its own.
     pub fn spawn(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let rx = self.shutdown.subscribe();
-        tokio::spawn(serve(self.clone(), stream, peer, rx));
+        self.stats.accepted.fetch_add(1, Relaxed);
+        self.stats.open.fetch_add(1, Relaxed);
+        let (open, server) = (Open(self.stats.clone()), self.clone());
+        tokio::spawn(async move {
+            serve(server, stream, peer, rx).await;
+            drop(open);
+        });
     }
 
-    /// Closes idle connections now, lets active ones finish their request, and waits up to
-    /// `timeout` for all of them. False if some were still open then.
+    /// Drains: idle connections get [`IDLE_DRAIN`] for one last request, active ones finish
+    /// theirs, all answer with `Connection: close`; waits up to `timeout` for all of them. False
+    /// if some were still open then.
     pub async fn shutdown(&self, timeout: Duration) -> bool {
         self.stopping.store(true, Release);
         self.shutdown.send_replace(true);
@@ -223,6 +266,11 @@ impl<F: Future> StopSignal<'_, F> {
         }
         false
     }
+
+    /// Whether shutdown was asked for, without registering for the news.
+    fn requested_now(&self) -> bool {
+        self.stopping.load(Acquire)
+    }
 }
 
 /// Serves one accepted connection until it closes, times out, or shutdown.
@@ -232,14 +280,14 @@ async fn serve<M: MakeService>(
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    if *shutdown.borrow() {
-        return;
-    }
     let flags = Arc::new(Flags::default());
     let changed = shutdown.changed();
     tokio::pin!(changed);
     let mut stop = StopSignal { changed, stopping: &server.stopping, registered: false };
     let mut stopped = false;
+    // Shutting down, waiting for the request a quiet HTTP/1 client may be sending: armed once,
+    // when the task first sees the shutdown.
+    let mut drain: Option<Pin<Box<Sleep>>> = None;
     let mut clock = HeadClock::new(server.head_timeout);
     let timer = tokio::time::sleep_until(clock.deadline());
     tokio::pin!(timer);
@@ -269,7 +317,12 @@ async fn serve<M: MakeService>(
                 if let Poll::Ready(readable) = readable {
                     return Poll::Ready(if readable { Wake::Readable } else { Wake::Stop });
                 }
-                if stop.requested(cx) || clock.expired(timer.as_mut(), &flags, cx) {
+                if drain.is_none() && stop.requested(cx) {
+                    drain = Some(Box::pin(tokio::time::sleep(IDLE_DRAIN)));
+                }
+                if drain.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready())
+                    || clock.expired(timer.as_mut(), &flags, cx)
+                {
                     return Poll::Ready(Wake::Stop);
                 }
                 Poll::Pending
@@ -286,30 +339,37 @@ async fn serve<M: MakeService>(
 
         // Active. With a partial head left over, this hyper connection keeps the socket at least
         // until that request starts: parking in the middle of a head would copy it out and back
-        // once per packet.
+        // once per packet. Shutting down, it serves one request without keep-alive (hyper says
+        // `Connection: close` and closes once the response is out).
+        let closing = drain.is_some() || stop.requested_now();
         let hold = (!leftover.is_empty()).then(|| flags.started.load(Relaxed));
         let io = TokioIo::new(Tracked { stream, leftover, flags: flags.clone() });
         let Some(service) = svc.take() else { return };
-        let mut conn = server.h1.serve_connection(io, service);
+        let builder = if closing { &server.h1_closing } else { &server.h1 };
+        let mut conn = builder.serve_connection(io, service);
         let outcome = poll_fn(|cx| {
             if Pin::new(&mut conn).poll(cx).is_ready() {
                 return Poll::Ready(Outcome::Closed);
             }
             // Only after hyper has read what is there (the leftover included): a graceful
             // shutdown of a connection that has not read yet would close it unanswered.
-            if !stopped && stop.requested(cx) {
+            if !closing && !stopped && stop.requested(cx) {
+                // Nothing in flight: park, and give the client `IDLE_DRAIN` for its next request.
+                if flags.idle() && hold.is_none() {
+                    return Poll::Ready(Outcome::Idle);
+                }
                 stopped = true;
                 Pin::new(&mut conn).graceful_shutdown();
                 if Pin::new(&mut conn).poll(cx).is_ready() {
                     return Poll::Ready(Outcome::Closed);
                 }
             }
-            // Shutting down, a connection with nothing in flight and nothing to write is not kept
-            // for a head that has not come whole.
+            // Shut down with a request in flight (or a body being read): once that is answered,
+            // a head that has not come whole is not waited for.
             if stopped && flags.quiet() {
                 return Poll::Ready(Outcome::Closed);
             }
-            if !stopped && flags.idle() && hold.is_none_or(|h| flags.started.load(Relaxed) != h) {
+            if !closing && !stopped && flags.idle() && hold.is_none_or(|h| flags.started.load(Relaxed) != h) {
                 return Poll::Ready(Outcome::Idle);
             }
             if clock.expired(timer.as_mut(), &flags, cx) {

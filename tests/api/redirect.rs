@@ -173,7 +173,11 @@ async fn a_route_added_at_a_code_shaped_path_is_served_by_its_handler() {
     // Served for real: the connection layer in front of this surface, over TCP.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = shortener::net::Server::new(move |peer| surface.connection_service(peer), Duration::from_secs(2));
+    let server = shortener::net::Server::new(
+        move |peer| surface.connection_service(peer),
+        Duration::from_secs(2),
+        Default::default(),
+    );
     tokio::spawn(async move {
         while let Ok((stream, peer)) = listener.accept().await {
             server.spawn(stream, peer);
