@@ -108,7 +108,16 @@ pub async fn build_on(
 
     let resolver = Arc::new(
         Resolver::new(
-            L1::new(config.cache.l1_capacity, config.cache.l1_ttl, config.cache.negative_ttl),
+            {
+                let l1 = L1::new(config.cache.l1_capacity, config.cache.l1_ttl, config.cache.negative_ttl);
+                // With Redis, other instances may change links behind this one's back: L1 is
+                // served only while the invalidation listener keeps up (`invalidation`).
+                if redis.is_some() {
+                    l1.shared()
+                } else {
+                    l1
+                }
+            },
             redis,
             read_pool.clone(),
             config.cache.negative_ttl,
@@ -128,12 +137,17 @@ pub async fn build_on(
                     r.l1.clear();
                     k.clear();
                 },
+                trust_until: |until| {
+                    r.l1.trust_until(until);
+                },
+                distrust: || r.l1.distrust(),
             };
             bus.listen(&url, listeners, subscribed_tx, rx).await
         }));
         // Subscribe before serving: the first subscription clears L1 (bumping every epoch), and
-        // doing that under traffic would split in-progress single-flights in two. Bounded: an
-        // unreachable Redis does not hold startup back.
+        // doing that under traffic would split in-progress single-flights in two; and L1 is
+        // trusted once the first ping has come back. Bounded: an unreachable Redis does not hold
+        // startup back (L1 then waits for it).
         let _ = tokio::time::timeout(connect_timeout, subscribed).await;
     }
     let code_length = config.links.code_length;

@@ -12,12 +12,22 @@
 //! and keeps what is being read.
 //!
 //! # The guard
-//! A fill reads the epoch of its code *before* it reads Redis or SQLite, inserts, then reads the
-//! epoch again and removes its own insert if the epoch moved. A writer bumps the epoch *after*
-//! the database commit and the Redis delete, and only then removes the L1 entry. Either the
-//! writer's removal comes after the fill's insert (and removes it), or the bump came before the
-//! fill's re-check (and the fill removes itself): an old value never outlives an acknowledged
-//! change, whether the fill took it from SQLite or from Redis.
+//! A fill reads the epoch of its code *before* it reads Redis or SQLite, and inserts only if the
+//! epoch is still the same, checked under the shard's write lock. A writer (or the invalidation
+//! listener, for another instance's change) bumps the epoch *after* the database commit and the
+//! Redis delete, and then removes the entry under the same lock. Either the fill's insert comes
+//! first (and the removal removes it), or the bump does (and the fill sees it and inserts
+//! nothing): an old value is never visible once the invalidation has returned, whether the fill
+//! took it from SQLite or from Redis.
+//!
+//! # Trust
+//! With several instances, an entry can be made stale by another instance's change, which
+//! reaches this one as a pub/sub message. The listener proves that it is keeping up by receiving
+//! its own pings (every message published before a ping is delivered before it): each ping
+//! extends [`L1::trust_until`], and a lost subscription ends the trust at once
+//! ([`L1::distrust`]). While the trust has lapsed, L1 answers nothing (lookups go to Redis and
+//! SQLite) — so a writer that waited that long for an instance that did not confirm its change
+//! knows that instance can no longer serve the old value from memory.
 
 use std::{
     collections::{hash_map::RandomState, HashMap},
@@ -53,6 +63,11 @@ pub struct L1 {
     epochs: Box<[AtomicU64]>,
     /// The epoch guard; off only in tests that show the race it closes ([`L1::without_guard`]).
     guard: bool,
+    /// Milliseconds since `born` until which entries may be served (`u64::MAX`: always, when no
+    /// other instance can change a link behind this one's back).
+    trusted_until_ms: AtomicU64,
+    /// Lookups refused because the trust had lapsed.
+    pub untrusted_lookups: AtomicU64,
 }
 
 impl L1 {
@@ -72,7 +87,33 @@ impl L1 {
             born: Instant::now(),
             epochs: (0..EPOCH_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             guard: true,
+            trusted_until_ms: AtomicU64::new(u64::MAX),
+            untrusted_lookups: AtomicU64::new(0),
         }
+    }
+
+    /// The same cache, serving entries only while [`L1::trust_until`] says so (it starts
+    /// untrusted): for an instance that shares its links with others.
+    pub fn shared(self) -> Self {
+        self.trusted_until_ms.store(0, Ordering::SeqCst);
+        self
+    }
+
+    /// Entries may be served until `deadline` (never shortens the trust).
+    pub fn trust_until(&self, deadline: Instant) -> u64 {
+        let ms = deadline.saturating_duration_since(self.born).as_millis() as u64;
+        self.trusted_until_ms.fetch_max(ms, Ordering::SeqCst);
+        ms
+    }
+
+    /// No entry may be served until the next [`L1::trust_until`].
+    pub fn distrust(&self) {
+        self.trusted_until_ms.store(0, Ordering::SeqCst);
+    }
+
+    /// Whether entries may be served now.
+    pub fn trusted(&self) -> bool {
+        self.now_ms() < self.trusted_until_ms.load(Ordering::SeqCst)
     }
 
     /// The same cache with the epoch guard off (tests only: it shows the race the guard closes).
@@ -102,9 +143,14 @@ impl L1 {
         if self.shards.is_empty() {
             return None;
         }
+        let now = self.now_ms();
+        if now >= self.trusted_until_ms.load(Ordering::Acquire) {
+            self.untrusted_lookups.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         let map = self.shard(code).read().unwrap_or_else(|e| e.into_inner());
         let slot = map.get(code)?;
-        if slot.expires_ms <= self.now_ms() {
+        if slot.expires_ms <= now {
             return None;
         }
         if !slot.referenced.load(Ordering::Relaxed) {
@@ -133,16 +179,15 @@ impl L1 {
         // Up to a fifth shorter, varying by code and time: entries filled together (a warm-up,
         // a burst) do not all expire in the same millisecond and send one burst to Redis.
         let ttl = ttl - fnv(code).wrapping_add(now) % (ttl / 5).max(1);
-        {
-            let mut map = self.shard(code).write().unwrap_or_else(|e| e.into_inner());
-            if map.len() >= self.shard_capacity && !map.contains_key(code) {
-                Self::make_room(&mut map, self.shard_capacity, now);
-            }
-            map.insert(code.into(), Slot { value, expires_ms: now + ttl, referenced: AtomicBool::new(false) });
-        }
+        let mut map = self.shard(code).write().unwrap_or_else(|e| e.into_inner());
+        // Under the lock that the invalidation's removal takes: see the module's doc.
         if guard && self.epoch(code) != epoch {
-            self.remove(code);
+            return;
         }
+        if map.len() >= self.shard_capacity && !map.contains_key(code) {
+            Self::make_room(&mut map, self.shard_capacity, now);
+        }
+        map.insert(code.into(), Slot { value, expires_ms: now + ttl, referenced: AtomicBool::new(false) });
     }
 
     /// Drops expired entries; if that is not enough, drops entries not read since the last

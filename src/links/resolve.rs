@@ -93,6 +93,9 @@ pub struct CacheReport {
     pub l1_entries: u64,
     /// Whether L1 is on.
     pub l1_enabled: bool,
+    /// Whether L1 may be served now: always with one instance, and with Redis while this
+    /// instance's invalidation subscription keeps up.
+    pub l1_trusted: bool,
     /// Whether Redis is on in this configuration.
     pub redis_enabled: bool,
     /// Redis breaker: `closed`, `open`, `replaying`, or `disabled`.
@@ -251,6 +254,8 @@ impl Resolver {
         m.set_counter("shortener_single_flight_waits_total", vec![], self.stats.flight_waits.get());
         m.set_counter("shortener_lookup_errors_total", vec![], self.stats.errors.get());
         m.gauge("shortener_l1_entries", vec![]).set(self.l1.len() as f64);
+        m.gauge("shortener_l1_trusted", vec![]).set(if self.l1.trusted() { 1.0 } else { 0.0 });
+        m.copy_counter("shortener_l1_untrusted_lookups_total", vec![], &self.l1.untrusted_lookups);
         if let Some(redis) = &self.redis {
             redis.export_metrics(m);
             redis.client().export_metrics(m);
@@ -275,7 +280,12 @@ impl Resolver {
             }
         }
         self.stats.misses.add(1);
-        let flight = self.join_flight(code, epoch);
+        // A flight is an in-process copy too: joining one that started before a change this
+        // instance has not heard of would answer the old target. While L1 is not trusted (the
+        // invalidation subscription is lost or lagging), every miss reads for itself (the reads
+        // are still batched into one query).
+        let shared = self.l1.trusted();
+        let flight = if shared { self.join_flight(code, epoch) } else { Arc::new(OnceCell::new()) };
         let mut led = false;
         let result = flight
             .get_or_init(|| {
@@ -285,7 +295,9 @@ impl Resolver {
             .await
             .clone();
         if led {
-            self.retire_flight(code, flight);
+            if shared {
+                self.retire_flight(code, flight);
+            }
         } else {
             self.stats.flight_waits.add(1);
         }
@@ -437,6 +449,7 @@ impl Resolver {
             write_backs: fills,
             l1_entries: self.l1.len(),
             l1_enabled: self.l1.enabled(),
+            l1_trusted: self.l1.trusted(),
             redis_enabled: self.redis.is_some(),
             redis_breaker: self.redis.as_ref().map_or("disabled", |r| r.client().breaker().as_str()),
         }

@@ -6,7 +6,9 @@
 //! | `{p}l:{code}` | a code's cached answer (`cache::entry` encoding) |
 //! | `{p}lease:{code}` | a fill's lease (the stale-set guard) |
 //! | `{p}rl:{kind}:{subject}` | a rate limit's GCRA timestamp |
-//! | `{p}invalidate` | channel: codes changed, space-separated |
+//! | `{p}invalidate` | channel: codes changed, space-separated, after `!<instance>:<nonce>` when the writer waits for confirmations |
+//! | `{p}presence` | channel: every instance's pings (`p <id> <ms>`) and goodbyes (`b <id> <ms>`) |
+//! | `{p}instance:{id}` | channel: confirmations of one instance's changes (`a <nonce> <confirming id>`) |
 //! | `{p}keys` | channel: an API key was revoked (`<name> <nonce>`) |
 //! | `{p}keys:ack:{nonce}` | counter: instances that applied that revocation |
 
@@ -40,6 +42,16 @@ impl Names {
     /// The channel on which every change to a link is announced.
     pub fn invalidation_channel(&self) -> String {
         format!("{}invalidate", self.prefix)
+    }
+
+    /// The channel on which every running instance pings (and says goodbye).
+    pub fn presence_channel(&self) -> String {
+        format!("{}presence", self.prefix)
+    }
+
+    /// The channel of one running instance: confirmations of its changes.
+    pub fn instance_channel(&self, instance: &str) -> String {
+        format!("{}instance:{instance}", self.prefix)
     }
 
     /// The channel on which `shortener keys revoke` announces revocations.

@@ -7,6 +7,7 @@ mod connections;
 mod faults;
 mod framing;
 mod helpers;
+mod instances;
 mod links_api;
 mod operations;
 mod ownership;

@@ -1,0 +1,389 @@
+//! Several instances: one SQLite file and one Redis shared by instances with an L1 each, and
+//! several processes serving one inherited listening socket.
+//!
+//! The guarantee under test: a change is acknowledged only when no live instance can still
+//! serve the old target — not from Redis, not from its L1 — even while Redis is being flushed
+//! and subscriptions are being killed.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use crate::helpers::*;
+
+/// Three instances on one database and one Redis, each with a large, long-lived L1.
+async fn three_instances(redis: &RedisServer, db: &tempfile::TempDir) -> Vec<Arc<TestApp>> {
+    let db_url = format!("sqlite://{}", db.path().join("shared.db").display());
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        let url = db_url.clone();
+        apps.push(Arc::new(
+            spawn_app(Some(redis), move |c| {
+                c.db.url = url;
+                c.cache.l1_capacity = 10_000;
+                c.cache.l1_ttl = Duration::from_secs(600);
+            })
+            .await,
+        ));
+    }
+    apps
+}
+
+/// Kills instances' subscription connections while the history runs: one at a time by id, and
+/// every fourth time all of them (`CLIENT KILL TYPE pubsub`). Returns how many were killed.
+async fn kill_subscriptions(url: String, stop: Arc<AtomicBool>) -> u64 {
+    let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let (mut round, mut killed) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        round += 1;
+        if round % 4 == 0 {
+            let n: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut c).await.unwrap();
+            killed += n as u64;
+        } else {
+            let list: String =
+                redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub").query_async(&mut c).await.unwrap();
+            let ids: Vec<&str> =
+                list.lines().filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id="))).collect();
+            if !ids.is_empty() {
+                let id = ids[round as usize % ids.len()];
+                let n: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut c).await.unwrap_or(0);
+                killed += n as u64;
+            }
+        }
+        // Pacing: a subscription lost every few hundred milliseconds, each long enough resubscribed
+        // for reads to use L1 again in between. (Every change in flight when one is killed waits
+        // out `CONFIRM_WITHIN`, so this also sets how many changes the run makes.)
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    killed
+}
+
+struct History {
+    reads: u64,
+    stale: u64,
+    writes: u64,
+    kills: u64,
+}
+
+/// Writers change links through the first instance while readers follow them through the other
+/// two and Redis is flushed every few milliseconds (and, with `kill`, subscriptions are killed);
+/// a read that started after a change was acknowledged and saw an older target is stale.
+async fn history(apps: &[Arc<TestApp>], redis: &RedisServer, kill: bool) -> History {
+    const CODES: usize = 8;
+    let writer = apps[0].clone();
+    let tag = if kill { "k" } else { "f" };
+    for i in 0..CODES {
+        writer.create_code(&format!("h{tag}{i}"), "https://example.com/h/0").await;
+    }
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..CODES).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = JoinSet::new();
+    let mut readers = JoinSet::new();
+    let mut others = JoinSet::new();
+    for i in 0..CODES {
+        let (app, acked, stop) = (writer.clone(), acked.clone(), stop.clone());
+        writers.spawn(async move {
+            let mut v = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                v += 1;
+                let s = app.patch(&format!("h{tag}{i}"), json!({"url": format!("https://example.com/h/{v}")})).await;
+                assert_eq!(s, StatusCode::OK);
+                acked[i].store(v, Ordering::SeqCst);
+                // Pacing: a steady stream of changes, not a SQLite-bound spin.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            v
+        });
+    }
+    {
+        let (url, stop) = (redis.url(), stop.clone());
+        others.spawn(async move {
+            let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+                // Pacing: Redis emptied every few milliseconds, between fills and reads.
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            0
+        });
+    }
+    if kill {
+        others.spawn(kill_subscriptions(redis.url(), stop.clone()));
+    }
+    for r in 0..8 {
+        let (app, acked, stop) = (apps[1 + r % 2].clone(), acked.clone(), stop.clone());
+        readers.spawn(async move {
+            let (mut reads, mut stale) = (0u64, 0u64);
+            let mut i = r % CODES;
+            while !stop.load(Ordering::Relaxed) {
+                i = (i + 1) % CODES;
+                let floor = acked[i].load(Ordering::SeqCst);
+                let loc = app.location(&format!("h{tag}{i}")).await.expect("always redirects");
+                let seen: u64 = loc.rsplit('/').next().unwrap().parse().unwrap();
+                reads += 1;
+                if seen < floor {
+                    stale += 1;
+                    eprintln!(
+                        "stale read through {}: h{tag}{i} gave v{seen} after v{floor} was acknowledged",
+                        app.addr
+                    );
+                }
+            }
+            (reads, stale)
+        });
+    }
+    // The scenario's length: four seconds of changes, flushes, kills and reads racing, every
+    // read checked against what was acknowledged before it started.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut h = History { reads: 0, stale: 0, writes: 0, kills: 0 };
+    while let Some(r) = readers.join_next().await {
+        let (reads, stale) = r.unwrap();
+        h.reads += reads;
+        h.stale += stale;
+    }
+    while let Some(w) = writers.join_next().await {
+        h.writes += w.unwrap();
+    }
+    while let Some(k) = others.join_next().await {
+        h.kills += k.unwrap();
+    }
+    h
+}
+
+async fn l1_hits(apps: &[Arc<TestApp>]) -> u64 {
+    let mut hits = 0;
+    for app in apps {
+        hits += app.stat("l1_hits").await;
+    }
+    hits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_never_serve_a_target_older_than_an_acknowledged_change() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let apps = three_instances(&redis, &db).await;
+    let h = history(&apps, &redis, false).await;
+    assert!(
+        h.reads > 1000 && h.writes > 100,
+        "too little traffic to mean anything: {} reads, {} writes",
+        h.reads,
+        h.writes
+    );
+    assert_eq!(h.stale, 0, "{} stale reads out of {}", h.stale, h.reads);
+    assert!(l1_hits(&apps[1..]).await > 0, "the readers' L1 was exercised");
+    let confirmed = apps[0].metric("shortener_invalidation_confirmations_total{outcome=\"confirmed\"}").await;
+    assert!(confirmed > 0.0, "changes were confirmed by the other instances");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_subscriptions_never_let_an_instance_serve_a_stale_target() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let apps = three_instances(&redis, &db).await;
+    let h = history(&apps, &redis, true).await;
+    assert!(
+        h.reads > 1000 && h.writes > 30,
+        "too little traffic to mean anything: {} reads, {} writes",
+        h.reads,
+        h.writes
+    );
+    assert!(h.kills >= 5, "subscriptions were killed during the run: {}", h.kills);
+    assert_eq!(h.stale, 0, "{} stale reads out of {} with {} subscriptions killed", h.stale, h.reads, h.kills);
+    assert!(l1_hits(&apps[1..]).await > 0, "the readers' L1 was exercised");
+    // Every instance subscribed again, and trusts its L1 again.
+    for app in &apps {
+        let app = app.clone();
+        let trusted = eventually(Duration::from_secs(5), || {
+            let app = app.clone();
+            async move { app.cache_stats().await["l1_trusted"] == json!(true) }
+        })
+        .await;
+        assert!(trusted, "{} resubscribed and trusts its L1 again", app.addr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_does_not_answer_delays_a_change_boundedly_and_never_serves_it_stale() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", db.path().join("shared.db").display());
+    let url = db_url.clone();
+    let writer = spawn_app(Some(&redis), move |c| c.db.url = url).await;
+    writer.create_code("frozen", "https://example.com/before").await;
+    let env = [("REDIS_URL", redis.url()), ("L1_TTL_MS", "600000".to_string())];
+    let other = ServiceProcess::start(&db_url, &env, "", db.path().join("other.log")).await;
+    let http = client();
+    let follow = || async {
+        let r = http.get(other.url("/frozen")).send().await.unwrap();
+        r.headers()["location"].to_str().unwrap().to_string()
+    };
+    // The other instance trusts its L1 and holds the link there.
+    let held = eventually(Duration::from_secs(5), || async {
+        let stats: serde_json::Value = http.get(other.url("/health/cache")).send().await.unwrap().json().await.unwrap();
+        stats["l1_trusted"] == json!(true)
+    })
+    .await;
+    assert!(held, "the other instance trusts its L1: {}", other.stderr());
+    for _ in 0..3 {
+        assert_eq!(follow().await, "https://example.com/before");
+    }
+    let hits: serde_json::Value = http.get(other.url("/health/cache")).send().await.unwrap().json().await.unwrap();
+    assert!(hits["l1_hits"].as_u64().unwrap() >= 1, "the link is in the other instance's L1: {hits}");
+
+    // Frozen: it receives the change's message but can neither apply nor confirm it.
+    other.signal("STOP");
+    let started = Instant::now();
+    let r = writer
+        .api(reqwest::Method::PATCH, "/links/frozen")
+        .json(&json!({"url": "https://example.com/after"}))
+        .send()
+        .await;
+    let r = r.unwrap();
+    let status = r.status();
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "after {took:?}: {}", r.text().await.unwrap());
+    assert!(took < Duration::from_secs(3), "the change waited {took:?} for an instance that does not answer");
+    let timed_out = writer.metric("shortener_invalidation_confirmations_total{outcome=\"timed_out\"}").await;
+    assert_eq!(timed_out, 1.0, "the change was answered without that instance's confirmation");
+
+    // Thawed: its L1 still holds the old target, but its trust ran out while it was stopped, so
+    // the very first request after the change goes past L1.
+    other.signal("CONT");
+    assert_eq!(follow().await, "https://example.com/after");
+    // And once it has caught up it trusts its L1 again.
+    let caught_up = eventually(Duration::from_secs(5), || async {
+        let stats: serde_json::Value = http.get(other.url("/health/cache")).send().await.unwrap().json().await.unwrap();
+        stats["l1_trusted"] == json!(true)
+    })
+    .await;
+    assert!(caught_up, "the thawed instance trusts its L1 again");
+    assert_eq!(follow().await, "https://example.com/after");
+}
+
+/// `loadtest/share_socket.py`: N copies of the binary on one listening socket.
+struct Shared {
+    launcher: Child,
+    addr: String,
+    pidfile: std::path::PathBuf,
+}
+
+impl Shared {
+    fn start(db_url: &str, copies: usize, dir: &std::path::Path) -> Self {
+        let pidfile = dir.join("pids");
+        let mut launcher = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/loadtest/share_socket.py"))
+            .arg("--pidfile")
+            .arg(&pidfile)
+            .args(["127.0.0.1:0", &copies.to_string(), "--", env!("CARGO_BIN_EXE_shortener"), "serve"])
+            .env("DATABASE_URL", db_url)
+            .env("REDIS_ENABLED", "false")
+            .env("RUST_LOG", "warn")
+            .env("HEADER_READ_TIMEOUT_MS", "30000")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("shared.log")).unwrap())
+            .spawn()
+            .expect("python3 runs loadtest/share_socket.py");
+        let mut line = String::new();
+        BufReader::new(launcher.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        Shared { launcher, addr: line.trim().to_string(), pidfile }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        std::fs::read_to_string(&self.pidfile).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.launcher.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.signal("TERM");
+        let _ = self.launcher.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_sharing_an_inherited_socket_restart_one_by_one_under_load_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("s.db").display());
+    assert!(run_cli(&db_url, &["migrate"], &[]).status.success());
+    let key = create_key(&db_url, "shared", true).await;
+    let shared = Shared::start(&db_url, 2, dir.path());
+    let base = format!("http://{}", shared.addr);
+    let http = client();
+    let up = eventually(Duration::from_secs(30), || {
+        let (http, url) = (http.clone(), format!("{base}/health"));
+        async move { http.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+    assert!(up, "the shared socket is served");
+    let created = http
+        .post(format!("{base}/api/v1/links"))
+        .bearer_auth(&key)
+        .json(&json!({"code": "roll", "url": "https://example.com/roll"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let before = shared.pids();
+    assert_eq!(before.len(), 2, "two processes serve the socket");
+
+    // Keep-alive clients that send their next request as soon as the answer arrives.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = JoinSet::new();
+    for _ in 0..32 {
+        let (http, url, stop) = (http.clone(), format!("{base}/roll"), stop.clone());
+        load.spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == StatusCode::FOUND => ok += 1,
+                    Ok(r) => failed.push(format!("status {}", r.status())),
+                    Err(e) => failed.push(format!("{e:?}")),
+                }
+            }
+            (ok, failed)
+        });
+    }
+    // Let the load settle on both processes, then restart them one at a time.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shared.signal("USR1");
+    let rolled = eventually(Duration::from_secs(30), || {
+        let (pids, before) = (shared.pids(), before.clone());
+        async move { pids.len() == 2 && pids.iter().all(|p| !before.contains(p)) }
+    })
+    .await;
+    assert!(rolled, "both processes were replaced: {:?} -> {:?}", before, shared.pids());
+    // Traffic reaches the new processes too before the load stops.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0u64, Vec::new());
+    while let Some(r) = load.join_next().await {
+        let (o, f) = r.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok > 500, "too few requests to mean anything: {ok}");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the restarts: {:?}",
+        failed.len(),
+        ok,
+        &failed[..failed.len().min(5)]
+    );
+}
