@@ -340,8 +340,10 @@ impl Application {
                 _ = &mut signal => break,
             }
         }
-        // An inherited socket stays open in whoever else holds it (systemd, other processes):
-        // connections keep arriving in its backlog for the next process.
+        // Connections learn of the shutdown first: from here on every answer says
+        // `Connection: close`. An inherited socket stays open in whoever else holds it (systemd,
+        // other processes): connections keep arriving in its backlog for the next process.
+        server.begin_shutdown();
         drop(listeners);
         tracing::info!("shutdown: stopped accepting, draining connections");
         if !server.shutdown(cfg.http.shutdown_timeout).await {

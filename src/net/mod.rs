@@ -238,9 +238,15 @@ impl<M: MakeService> Server<M> {
     /// theirs, all answer with `Connection: close`; waits up to `timeout` for all of them. False
     /// if some were still open then.
     pub async fn shutdown(&self, timeout: Duration) -> bool {
+        self.begin_shutdown();
+        tokio::time::timeout(timeout, self.shutdown.closed()).await.is_ok()
+    }
+
+    /// Tells every connection that shutdown has begun, without waiting. Call it before closing
+    /// the listener, so that no request answered after the close is answered with keep-alive.
+    pub fn begin_shutdown(&self) {
         self.stopping.store(true, Release);
         self.shutdown.send_replace(true);
-        tokio::time::timeout(timeout, self.shutdown.closed()).await.is_ok()
     }
 }
 

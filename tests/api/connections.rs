@@ -490,7 +490,7 @@ async fn an_http2_connection_without_requests_is_closed_after_the_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_closes_idle_connections_at_once() {
+async fn shutdown_closes_idle_connections_after_the_short_drain() {
     let mut app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_secs(30)).await;
     app.create_code("shut", "https://example.com/sd").await;
     let mut idle = Vec::new();
@@ -502,10 +502,46 @@ async fn shutdown_closes_idle_connections_at_once() {
     }
     let started = Instant::now();
     app.stop().await;
-    assert!(started.elapsed() < Duration::from_secs(3), "shutdown waited {:?} for idle connections", started.elapsed());
+    let took = started.elapsed();
+    // IDLE_DRAIN (500 ms) for a last request that never comes, not the 30 s head timeout.
+    assert!(took < Duration::from_secs(3), "shutdown waited {took:?} for idle connections");
+    assert!(took >= Duration::from_millis(400), "idle connections were closed without a drain ({took:?})");
     for conn in &mut idle {
         assert!(closed_within(conn, Duration::from_secs(1)).await.is_some());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_on_an_idle_connection_as_shutdown_begins_is_answered_with_connection_close() {
+    let mut app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_secs(30)).await;
+    app.create_code("last", "https://example.com/last").await;
+    // Keep-alive connections, idle after one answer, and one never used: the state of a busy
+    // client's connections at the moment a restart begins.
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        let mut conn = TcpStream::connect(app.addr).await.unwrap();
+        conn.write_all(get("/last").as_bytes()).await.unwrap();
+        assert_eq!(read_responses(&mut conn, 1).await[0].status, 302);
+        conns.push(conn);
+    }
+    conns.push(TcpStream::connect(app.addr).await.unwrap());
+    all_accepted(app.addr).await;
+    let addr = app.addr;
+    let stopping = tokio::spawn(async move { app.stop().await });
+    // Shutdown has begun once the listener is closed (new connections are refused); then the
+    // clients send their next requests.
+    let closed = eventually(Duration::from_secs(5), || async move { TcpStream::connect(addr).await.is_err() }).await;
+    assert!(closed, "the listener closed");
+    for conn in &mut conns {
+        conn.write_all(get("/last").as_bytes()).await.unwrap();
+    }
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let r = read_responses(conn, 1).await;
+        assert_eq!((r[0].status, r[0].header("location")), (302, Some("https://example.com/last")), "connection {i}");
+        assert_eq!(r[0].header("connection"), Some("close"), "connection {i}: told to reconnect: {:?}", r[0].headers);
+        assert!(closed_within(conn, Duration::from_secs(1)).await.is_some(), "connection {i} closed after it");
+    }
+    tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("shutdown ends").unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

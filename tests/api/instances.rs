@@ -387,3 +387,37 @@ async fn processes_sharing_an_inherited_socket_restart_one_by_one_under_load_wit
         &failed[..failed.len().min(5)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_dead_or_stalled_a_change_is_never_served_stale_by_another_instance() {
+    for fault in ["kill", "pause"] {
+        let mut redis = RedisServer::start();
+        let db = tempfile::tempdir().unwrap();
+        let db_url = format!("sqlite://{}", db.path().join("shared.db").display());
+        let (u1, u2) = (db_url.clone(), db_url.clone());
+        let writer = spawn_app(Some(&redis), move |c| c.db.url = u1).await;
+        let reader = spawn_app(Some(&redis), move |c| {
+            c.db.url = u2;
+            c.cache.l1_ttl = Duration::from_secs(600);
+        })
+        .await;
+        writer.create_code("dark", "https://example.com/before").await;
+        for _ in 0..3 {
+            assert_eq!(reader.location("dark").await.unwrap(), "https://example.com/before");
+        }
+        assert!(reader.stat("l1_hits").await >= 1, "{fault}: the reader holds the link in L1");
+        match fault {
+            "kill" => redis.kill(),
+            _ => redis.pause(),
+        }
+        // The change cannot be announced; it is answered once no instance can still trust an L1
+        // that might hold the old target.
+        assert_eq!(writer.patch("dark", json!({"url": "https://example.com/after"})).await, StatusCode::OK, "{fault}");
+        assert_eq!(reader.location("dark").await.unwrap(), "https://example.com/after", "{fault}");
+        let waited = writer.metric("shortener_invalidation_confirmations_total{outcome=\"unannounced\"}").await;
+        assert!(waited <= 1.0, "{fault}: at most the first change of the outage waits ({waited})");
+        if fault == "pause" {
+            redis.resume();
+        }
+    }
+}
