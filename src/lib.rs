@@ -18,7 +18,8 @@
 //!   Redis, with a per-process fallback).
 //! - [`cache`]: what the caches hold ([`cache::Resolved`]), the in-process L1 and the link cache
 //!   in Redis (batched reads, guarded write-backs); `invalidation`: the bus that carries every
-//!   change to every cache (publish, listen, replay from the outbox, acknowledgements).
+//!   change to every cache and waits for every instance to confirm it (publish, confirmations,
+//!   pings and L1 trust, listen, replay from the outbox, revocation acknowledgements).
 //! - `redis_client`: reaching Redis (pool, budgets, the breaker) and, in `redis_client::names`,
 //!   every key and channel name.
 //! - [`db`]: all SQL — pools, the group-committing writer, link and key queries. It knows no
@@ -26,7 +27,8 @@
 //! - Leaves: [`config`] (every setting, from the environment), `observe` (the Prometheus
 //!   registry; each component exports its own metrics into it), `batch` (coalescing concurrent
 //!   calls), `striped` (per-thread counters), [`time_util`], [`telemetry`] (logs to stderr),
-//!   [`net`] (connections: accept, park, timeouts, HTTP/1 and HTTP/2 for any hyper service).
+//!   [`net`] (connections: park, timeouts, drain, HTTP/1 and HTTP/2 for any hyper service;
+//!   sockets inherited by socket activation).
 //!
 //! `pub` modules are what the binary, the CLI, the examples and the tests use; the others are
 //! `pub(crate)`.
