@@ -276,6 +276,15 @@ impl Source<'_> {
     }
 }
 
+/// The scheme of a `DATABASE_URL` (`sqlite` in `sqlite://…`), or none for a plain file path.
+fn database_url_scheme(url: &str) -> Option<&str> {
+    let (scheme, _) = url.split_once(':')?;
+    let mut chars = scheme.chars();
+    let is_scheme = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    is_scheme.then_some(scheme)
+}
+
 fn check(ok: bool, var: &'static str, value: impl fmt::Display, reason: &str) -> Result<(), ConfigError> {
     if ok {
         Ok(())
@@ -397,6 +406,15 @@ impl Config {
         check(body >= 256, "MAX_BODY_BYTES", body, "must be at least 256")?;
         check(!self.clicks.flush_interval.is_zero(), "CLICK_FLUSH_INTERVAL_MS", 0, "must be above 0")?;
         check(!self.cache.l1_ttl.is_zero(), "L1_TTL_MS", 0, "must be above 0 (use L1_CAPACITY=0 to disable L1)")?;
+        // A scheme this build does not serve would otherwise be taken for a file name (a folder
+        // named `postgres:` in the working directory).
+        let scheme = database_url_scheme(&self.db.url);
+        check(
+            scheme.is_none_or(|s| s.eq_ignore_ascii_case("sqlite")),
+            "DATABASE_URL",
+            crate::config::redact_url(&self.db.url),
+            "has a scheme this build does not serve: use sqlite://PATH (or a plain file path)",
+        )?;
         check(
             self.http.header_read_timeout >= Duration::from_millis(100),
             "HEADER_READ_TIMEOUT_MS",
@@ -534,6 +552,15 @@ mod tests {
     fn from(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_source(&move |var| vars.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn a_database_url_with_a_scheme_not_served_stops_startup_naming_the_variable() {
+        let e = from(&[("DATABASE_URL", "postgres://u:secret@db/links")]).unwrap_err().to_string();
+        assert!(e.contains("DATABASE_URL") && !e.contains("secret"), "{e}");
+        for ok in ["sqlite://data/x.db", "sqlite::memory:", "data/x.db", "/var/lib/x.db", "SQLITE:///x.db"] {
+            assert!(from(&[("DATABASE_URL", ok)]).is_ok(), "{ok}");
+        }
     }
 
     #[test]
