@@ -127,6 +127,7 @@ pub async fn build_on(
     let key_cache = Arc::new(crate::auth::KeyCache::new(config.auth.cache_ttl));
     if let (Some(cache), Some(bus)) = (resolver.redis.clone(), resolver.bus.clone()) {
         let (r, k, rx, url) = (resolver.clone(), key_cache.clone(), shutdown_rx.clone(), config.redis.url.clone());
+        let outbox_bus = bus.clone();
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
         let connect_timeout = cache.client().connect_timeout();
         background.push(tokio::spawn(async move {
@@ -144,6 +145,20 @@ pub async fn build_on(
             };
             bus.listen(&url, listeners, subscribed_tx, rx).await
         }));
+        {
+            let (r, b, rx) = (resolver.clone(), outbox_bus, shutdown_rx.clone());
+            background.push(tokio::spawn(async move {
+                b.watch_outbox(
+                    |code: &str| r.forget_locally(code),
+                    || r.l1.clear(),
+                    |until| {
+                        r.l1.trust_until(until);
+                    },
+                    rx,
+                )
+                .await
+            }));
+        }
         // Subscribe before serving: the first subscription clears L1 (bumping every epoch), and
         // doing that under traffic would split in-progress single-flights in two; and L1 is
         // trusted once the first ping has come back. Bounded: an unreachable Redis does not hold

@@ -25,6 +25,15 @@
 //!   cannot announce: it waits until every instance's trust has run out (the last ping any of
 //!   them can have had is within [`PING_EVERY`] of this one's last) before answering, which only
 //!   the first changes of an outage pay.
+//! - **The outbox as a second channel**: every instance also reads the outbox every
+//!   [`OUTBOX_POLL`] and forgets every code queued since its last read; each read trusts L1 for
+//!   [`OUTBOX_TRUST`]. Rows stay queued while Redis cannot be reached (nothing acknowledges
+//!   them), so during a Redis outage every instance keeps serving from L1, and a change that
+//!   could not be announced is answered [`OUTBOX_TRUST`] after its commit, by when every
+//!   instance has read it (or stopped trusting its L1). Outbox ids only grow (AUTOINCREMENT), so
+//!   a read never skips a row, and a row stays [`OUTBOX_RETAIN`] after its change landed, so
+//!   an instance cut off from Redis (but not from the database) still reads every change; one
+//!   that has not read the outbox for that long starts its L1 over.
 //! - **Outbox and replay**: every change also has a row in `cache_invalidations`, written in the
 //!   change's own transaction. When the delete lands its ids are queued as acknowledged (the
 //!   writer deletes those rows, [`Bus::take_acked`]); when it does not, Redis is distrusted
@@ -37,10 +46,10 @@
 //! - **Revocation acks**: an instance that forgot its verified keys on a revocation increments
 //!   the announcement's counter, so `shortener keys revoke` can wait for every instance.
 //!
-//! What this does not cover: an instance whose circuit breaker is open while Redis still works
-//! for the others (a partition between one instance and Redis, not a Redis outage) cannot
-//! announce its changes until the breaker closes and the outbox is replayed; until then the
-//! others may serve the old target from L1 (at most `L1_TTL_MS`).
+//! What this does not cover: an instance cut off from Redis (not from the database) for longer
+//! than [`PRESENT_WITHIN`] while Redis still works for the others is no longer waited for, and
+//! learns of a change from the outbox only at its next read: it may serve the old target for up
+//! to one [`OUTBOX_POLL`] after the change was answered.
 
 use std::{
     collections::HashMap,
@@ -83,6 +92,18 @@ const PRESENT_WITHIN: Duration = Duration::from_millis(1500);
 
 /// Instances remembered at most (pruned by age first).
 const MAX_INSTANCES: usize = 1024;
+
+/// How long a row stays in the outbox after its change landed in Redis: an instance reading
+/// the outbox less often than this (a stalled or stopped one) starts its L1 over.
+pub const OUTBOX_RETAIN: Duration = Duration::from_secs(5);
+
+/// How often every instance reads the outbox for changes it may have missed.
+pub const OUTBOX_POLL: Duration = Duration::from_millis(100);
+
+/// How long a successful read of the outbox vouches for L1, counted from when it started; and
+/// how long a change that could not be announced waits after its commit (so that every instance
+/// has read it from the outbox, or stopped trusting its L1).
+pub const OUTBOX_TRUST: Duration = Duration::from_millis(300);
 
 /// What the listener calls; every callback is cheap and synchronous.
 pub struct Listeners<F, K, A, T, D> {
@@ -144,13 +165,17 @@ pub struct ConfirmStats {
 pub struct Bus {
     client: Arc<RedisClient>,
     outbox: Arc<dyn Outbox>,
-    acked: Mutex<Vec<i64>>,
+    /// Outbox rows known to have landed, each with when it may be deleted ([`OUTBOX_RETAIN`]).
+    acked: Mutex<Vec<(Instant, i64)>>,
     /// Invalidations replayed after outages.
     pub replayed: AtomicU64,
     /// This process' name on the bus (random, new at every start).
     instance: String,
     born: Instant,
     waiting: Mutex<HashMap<u64, Arc<Waiting>>>,
+    /// Outbox rows this instance has applied from an announcement, and when: the outbox reader
+    /// skips them (forgetting a code twice would split its single-flight in two).
+    applied: Mutex<HashMap<i64, Instant>>,
     /// Other instances, by name, and when their last ping arrived.
     presence: Mutex<HashMap<String, Instant>>,
     /// When (ms since `born`, plus one) the last ping that came back was sent; 0: none yet.
@@ -171,6 +196,7 @@ impl Bus {
             born: Instant::now(),
             waiting: Mutex::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
+            applied: Mutex::new(HashMap::new()),
             last_ping_sent: AtomicU64::new(0),
             confirms: ConfirmStats::default(),
         })
@@ -194,23 +220,85 @@ impl Bus {
         if codes.is_empty() {
             return true;
         }
-        let landed = self.client.is_up() && self.announce_confirmed(codes).await;
+        // This instance forgets them itself (the writer's caller does, after this).
+        self.mark_applied(ids.iter().copied());
+        let landed = self.client.is_up() && self.announce_confirmed(codes, ids).await;
         if landed {
-            self.acked.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(ids);
+            self.ack(ids.iter().copied());
         } else {
             self.client.distrust();
+            let committed = Instant::now();
             self.outlast_trust().await;
+            // Every instance reading the outbox has read this change by then, or stopped
+            // trusting its L1.
+            let read_by_all = committed + OUTBOX_TRUST;
+            if read_by_all > Instant::now() {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(read_by_all)).await;
+            }
         }
         landed
     }
 
+    /// Reads the outbox every [`OUTBOX_POLL`] until shutdown: `forget` gets every code queued
+    /// since the last read (at startup, every code queued), and each complete read trusts L1 for
+    /// [`OUTBOX_TRUST`] from when it started.
+    pub async fn watch_outbox<F: Fn(&str), A: Fn(), T: Fn(Instant)>(
+        &self,
+        forget: F,
+        forget_all: A,
+        trust_until: T,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut after = 0i64;
+        let mut last_read: Option<Instant> = None;
+        let mut ticks = tokio::time::interval(OUTBOX_POLL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let started = Instant::now();
+            let mut complete = false;
+            while let Ok(rows) = self.outbox.queued_after(after, 1000).await {
+                for (id, code) in &rows {
+                    if !self.was_applied(*id) {
+                        forget(code);
+                    }
+                    after = after.max(*id);
+                }
+                if rows.len() < 1000 {
+                    complete = true;
+                    break;
+                }
+            }
+            if !complete {
+                continue;
+            }
+            // Rows older than `OUTBOX_RETAIN` may have been deleted unread since the last read:
+            // start over (a second of slack for the writer's housekeeping).
+            if last_read.is_some_and(|t| started.duration_since(t) + Duration::from_secs(1) >= OUTBOX_RETAIN) {
+                forget_all();
+            }
+            last_read = Some(started);
+            trust_until(started + OUTBOX_TRUST);
+        }
+    }
+
     /// Announces `codes` with a nonce and waits for the confirmations; false if the announcement
     /// did not land.
-    async fn announce_confirmed(&self, codes: &[String]) -> bool {
+    async fn announce_confirmed(&self, codes: &[String], ids: &[i64]) -> bool {
         let nonce = rand::random::<u64>();
         let waiting = Arc::new(Waiting::default());
         self.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(nonce, waiting.clone());
-        let landed = self.delete_codes(codes, Some(&format!("!{}:{nonce:x}", self.instance))).await.is_some();
+        // The rows' ids ride along when they are one range (a batch's rows are), so that the
+        // receivers' outbox readers can skip them.
+        let (first, last) = (ids.iter().min().copied(), ids.iter().max().copied());
+        let tag = match (first, last) {
+            (Some(f), Some(l)) if (l - f + 1) as usize == ids.len() => format!("!{}:{nonce:x}:{f}-{l}", self.instance),
+            _ => format!("!{}:{nonce:x}", self.instance),
+        };
+        let landed = self.delete_codes(codes, Some(&tag)).await.is_some();
         let started = Instant::now();
         if landed {
             let deadline = tokio::time::Instant::from_std(started + CONFIRM_WITHIN);
@@ -274,6 +362,22 @@ impl Bus {
         Some(receivers.max(0) as usize)
     }
 
+    /// Outbox rows applied here from an announcement; entries older than the outbox keeps its
+    /// rows are dropped (their rows are gone).
+    fn mark_applied(&self, ids: impl Iterator<Item = i64>) {
+        let now = Instant::now();
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        applied.extend(ids.map(|id| (id, now)));
+        if applied.len() > 100_000 {
+            applied.retain(|_, at| now.duration_since(*at) < OUTBOX_RETAIN + Duration::from_secs(2));
+        }
+    }
+
+    /// Whether outbox row `id` was applied here from an announcement.
+    fn was_applied(&self, id: i64) -> bool {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&id)
+    }
+
     /// Records `from`'s confirmation of this instance's change `nonce`.
     fn confirmed(&self, nonce: u64, from: &str) {
         let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).get(&nonce).cloned();
@@ -325,12 +429,24 @@ impl Bus {
 
     /// Takes the ids of invalidations Redis acknowledged (the writer deletes their rows).
     pub fn take_acked(&self) -> Vec<i64> {
-        std::mem::take(&mut *self.acked.lock().unwrap_or_else(|e| e.into_inner()))
+        let now = Instant::now();
+        let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        let (due, kept): (Vec<_>, Vec<_>) = acked.drain(..).partition(|(at, _)| *at <= now);
+        *acked = kept;
+        due.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Puts back acknowledged ids whose cleanup transaction failed.
     pub fn requeue_acked(&self, ids: Vec<i64>) {
-        self.acked.lock().unwrap_or_else(|e| e.into_inner()).extend(ids);
+        let now = Instant::now();
+        self.acked.lock().unwrap_or_else(|e| e.into_inner()).extend(ids.into_iter().map(|id| (now, id)));
+    }
+
+    /// Rows that landed: deletable once every instance reading the outbox has had time to read
+    /// them.
+    fn ack(&self, ids: impl Iterator<Item = i64>) {
+        let at = Instant::now() + OUTBOX_RETAIN;
+        self.acked.lock().unwrap_or_else(|e| e.into_inner()).extend(ids.map(|id| (at, id)));
     }
 
     /// Re-applies every queued invalidation. Rows stay until the writer deletes them (it takes
@@ -349,8 +465,7 @@ impl Bus {
                 return Err("redis delete failed".into());
             }
             total += codes.len() as u64;
-            let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-            self.acked.lock().unwrap_or_else(|e| e.into_inner()).extend(ids);
+            self.ack(rows.iter().map(|r| r.0));
         }
         self.replayed.fetch_add(total, Ordering::Relaxed);
         Ok(total)
@@ -442,6 +557,14 @@ impl Bus {
         let tag = words.next_if(|w| w.starts_with('!')).and_then(|t| t[1..].split_once(':'));
         words.for_each(&listeners.forget);
         let Some((writer, nonce)) = tag else { return };
+        let (nonce, rows) = nonce.split_once(':').unwrap_or((nonce, ""));
+        if let Some((f, l)) = rows.split_once('-') {
+            if let (Ok(f), Ok(l)) = (f.parse::<i64>(), l.parse::<i64>()) {
+                if f <= l && l - f < 100_000 {
+                    self.mark_applied(f..=l);
+                }
+            }
+        }
         let Ok(nonce) = u64::from_str_radix(nonce, 16) else { return };
         if writer == self.instance {
             self.own_announcement_back(nonce);

@@ -314,7 +314,10 @@ impl Resolver {
     fn join_flight(&self, code: &str, epoch: u64) -> Flight {
         let mut table = self.flights.lock().unwrap_or_else(|e| e.into_inner());
         match table.map.get(code) {
-            Some(entry) if entry.epoch == epoch && entry.done_at.is_none_or(|t| t.elapsed() < FLIGHT_GRACE) => {
+            // A flight of a later epoch started after the change that moved the epoch, so it
+            // answers at least as new a target: a request from before the change may take it
+            // (rather than replace it with an older flight, and the two alternate).
+            Some(entry) if entry.epoch >= epoch && entry.done_at.is_none_or(|t| t.elapsed() < FLIGHT_GRACE) => {
                 entry.flight.clone()
             }
             _ => {

@@ -6,7 +6,7 @@
 //! | `{p}l:{code}` | a code's cached answer (`cache::entry` encoding) |
 //! | `{p}lease:{code}` | a fill's lease (the stale-set guard) |
 //! | `{p}rl:{kind}:{subject}` | a rate limit's GCRA timestamp |
-//! | `{p}invalidate` | channel: codes changed, space-separated, after `!<instance>:<nonce>` when the writer waits for confirmations |
+//! | `{p}invalidate` | channel: codes changed, space-separated, after `!<instance>:<nonce>[:<first row>-<last row>]` when the writer waits for confirmations |
 //! | `{p}presence` | channel: every instance's pings (`p <id> <ms>`) and goodbyes (`b <id> <ms>`) |
 //! | `{p}instance:{id}` | channel: confirmations of one instance's changes (`a <nonce> <confirming id>`) |
 //! | `{p}keys` | channel: an API key was revoked (`<name> <nonce>`) |

@@ -421,3 +421,34 @@ async fn with_redis_dead_or_stalled_a_change_is_never_served_stale_by_another_in
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_redis_outage_l1_keeps_serving_and_changes_arrive_through_the_outbox() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", db.path().join("shared.db").display());
+    let (u1, u2) = (db_url.clone(), db_url.clone());
+    let writer = spawn_app(Some(&redis), move |c| c.db.url = u1).await;
+    let reader = spawn_app(Some(&redis), move |c| {
+        c.db.url = u2;
+        c.cache.l1_ttl = Duration::from_secs(600);
+    })
+    .await;
+    writer.create_code("outage", "https://example.com/before").await;
+    assert_eq!(reader.location("outage").await.unwrap(), "https://example.com/before");
+    redis.pause();
+    let (hits, lookups) = (reader.stat("l1_hits").await, reader.stat("db_lookups").await);
+    // Reads spread over two seconds of the outage: longer than any ping's trust (1 s), so what
+    // keeps L1 trusted is the outbox.
+    for _ in 0..40 {
+        assert_eq!(reader.location("outage").await.unwrap(), "https://example.com/before");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reader.stat("l1_hits").await - hits, 40, "every read during the outage came from L1");
+    assert_eq!(reader.stat("db_lookups").await - lookups, 0, "none went to the database");
+    // A change made meanwhile cannot be announced; the reader learns of it from the outbox before
+    // it is answered.
+    assert_eq!(writer.patch("outage", json!({"url": "https://example.com/after"})).await, StatusCode::OK);
+    assert_eq!(reader.location("outage").await.unwrap(), "https://example.com/after");
+    redis.resume();
+}
