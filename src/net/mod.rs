@@ -73,8 +73,9 @@
 //! Every task holds a receiver of the connection shutdown channel. Shutdown never closes a
 //! keep-alive connection under a client that may be sending its next request at that moment,
 //! which the client would see as a reset: an HTTP/1 connection with nothing in flight (parked,
-//! or never used yet) waits up to [`IDLE_DRAIN`] for one more request, answers it with
-//! `Connection: close` and closes; one that stays quiet that long is closed then. A request in
+//! never used yet, or with only part of a head read) waits up to [`IDLE_DRAIN`] for one more
+//! request, answers it with `Connection: close` and closes; one that stays quiet that long is
+//! closed then. A request in
 //! flight is finished and its response carries `Connection: close` (hyper's graceful shutdown);
 //! HTTP/2 gets a GOAWAY, and a client that does not answer the GOAWAY's ping is not waited for:
 //! once no stream is in flight and nothing has been written for [`CLOSE_GRACE`], its connection
@@ -348,6 +349,9 @@ async fn serve<M: MakeService>(
         // once per packet. Shutting down, it serves one request without keep-alive (hyper says
         // `Connection: close` and closes once the response is out).
         let closing = drain.is_some() || stop.requested_now();
+        if closing && drain.is_none() {
+            drain = Some(Box::pin(tokio::time::sleep(IDLE_DRAIN)));
+        }
         let hold = (!leftover.is_empty()).then(|| flags.started.load(Relaxed));
         let io = TokioIo::new(Tracked { stream, leftover, flags: flags.clone() });
         let Some(service) = svc.take() else { return };
@@ -361,7 +365,9 @@ async fn serve<M: MakeService>(
             // shutdown of a connection that has not read yet would close it unanswered.
             if !closing && !stopped && stop.requested(cx) {
                 // Nothing in flight: park, and give the client `IDLE_DRAIN` for its next request.
-                if flags.idle() && hold.is_none() {
+                // A head that has come in part is replayed to a connection without keep-alive,
+                // which answers it once the rest comes (within `IDLE_DRAIN`).
+                if flags.idle() {
                     return Poll::Ready(Outcome::Idle);
                 }
                 stopped = true;
@@ -373,6 +379,11 @@ async fn serve<M: MakeService>(
             // Shut down with a request in flight (or a body being read): once that is answered,
             // a head that has not come whole is not waited for.
             if stopped && flags.quiet() {
+                return Poll::Ready(Outcome::Closed);
+            }
+            // Shutting down, no request has started on this connection within `IDLE_DRAIN`
+            // (nothing, or only part of a head, came): close.
+            if closing && flags.quiet() && drain.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready()) {
                 return Poll::Ready(Outcome::Closed);
             }
             if !closing && !stopped && flags.idle() && hold.is_none_or(|h| flags.started.load(Relaxed) != h) {

@@ -545,6 +545,37 @@ async fn a_request_sent_on_an_idle_connection_as_shutdown_begins_is_answered_wit
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_straddles_the_start_of_shutdown_is_answered_with_connection_close() {
+    let mut app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_secs(30)).await;
+    app.create_code("split", "https://example.com/split").await;
+    let head = get("/split");
+    let (first, rest) = head.as_bytes().split_at(22);
+    // A fresh connection and a keep-alive one, each with the first segment of a head sent.
+    let mut conns = Vec::new();
+    let mut used = TcpStream::connect(app.addr).await.unwrap();
+    used.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(read_responses(&mut used, 1).await[0].status, 302);
+    conns.push(used);
+    conns.push(TcpStream::connect(app.addr).await.unwrap());
+    for conn in &mut conns {
+        conn.write_all(first).await.unwrap();
+    }
+    all_accepted(app.addr).await;
+    let addr = app.addr;
+    let stopping = tokio::spawn(async move { app.stop().await });
+    let closed = eventually(Duration::from_secs(5), || async move { TcpStream::connect(addr).await.is_err() }).await;
+    assert!(closed, "the listener closed");
+    for conn in &mut conns {
+        conn.write_all(rest).await.unwrap();
+    }
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let r = read_responses(conn, 1).await;
+        assert_eq!((r[0].status, r[0].header("connection")), (302, Some("close")), "connection {i}");
+    }
+    tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("shutdown ends").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_falls_silent_in_any_state_is_closed_by_the_head_timeout() {
     let timeout = Duration::from_millis(500);
     let (app, pause) = app_with_pause(timeout).await;
