@@ -3,8 +3,9 @@
 #
 #   static  shellcheck on every *.sh in deploy/, tests/deploy/, loadtest/ and
 #           on .ci/run; `systemd-analyze verify --man=no` of
-#           systemd/shortener.service must print nothing at all; its
-#           `systemd-analyze security --offline=yes` exposure must be <= 2.0
+#           systemd/shortener.socket and systemd/shortener.service must print
+#           nothing at all; the service's `systemd-analyze security
+#           --offline=yes` exposure must be <= 2.0
 #   e2e     deploy/deploy.sh --local inside a booted Debian bookworm
 #           (systemd-nspawn -b) and the assertions listed in e2e() below
 #
@@ -95,24 +96,29 @@ static_checks() {
   log "shellcheck ${files[*]#"$REPO/"}"
   check "shellcheck clean (${#files[@]} files)" -- shellcheck -x "${files[@]}"
 
-  # (b) verify. It exits 0 on unknown keys and typos, so any output fails.
-  # It also insists that ExecStart's binary exists; rather than create
-  # /opt/shortener on this host, verify the unmodified unit inside a
-  # throw-away --root holding the host's unit library, the unit, and an
-  # executable at /opt/shortener/current/shortener.
-  local root out rc=0
+  # (b) verify, both units together (the socket names the service it
+  # triggers, the service requires the socket). It exits 0 on unknown keys
+  # and typos, so any output fails. It also insists that ExecStart's binary
+  # exists; rather than create /opt/shortener on this host, verify the
+  # unmodified units inside a throw-away --root holding the host's unit
+  # library, the units, and an executable at /opt/shortener/current/shortener.
+  # (deploy.sh's drop-in for the socket is verified inside the e2e container.)
+  local root out rc=0 unit
   root=$(mktemp -d /tmp/shortener-verify.XXXXXX)
   mkdir -p "$root/usr/lib/systemd" "$root/etc/systemd/system" "$root/opt/shortener/current"
   cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
-  cp "$REPO/systemd/shortener.service" "$root/etc/systemd/system/"
+  cp "$REPO/systemd/shortener.service" "$REPO/systemd/shortener.socket" "$root/etc/systemd/system/"
   cp /bin/true "$root/opt/shortener/current/shortener"
-  out=$(systemd-analyze verify --man=no --root="$root" shortener.service 2>&1) || rc=$?
+  for unit in shortener.socket shortener.service; do
+    rc=0
+    out=$(systemd-analyze verify --man=no --root="$root" "$unit" 2>&1) || rc=$?
+    if [[ $rc == 0 && -z $out ]]; then
+      pass "systemd-analyze verify --man=no $unit: no output"
+    else
+      fail "systemd-analyze verify --man=no $unit (rc=$rc) printed:"; printf '%s\n' "$out"
+    fi
+  done
   rm -rf "$root"
-  if [[ $rc == 0 && -z $out ]]; then
-    pass "systemd-analyze verify --man=no: no output"
-  else
-    fail "systemd-analyze verify --man=no (rc=$rc) printed:"; printf '%s\n' "$out"
-  fi
 
   # (c) security exposure <= 2.0
   local score
@@ -351,6 +357,26 @@ follows() {   # follows CODE: GET /CODE is a 302 to https://example.com/x
   [[ $out == "302 https://example.com/x" ]]
 }
 
+# The listening socket on $ADDR: its inode (the same one before and after a
+# restart means it was never closed) and the processes holding it.
+listener_ino() { ct ss -Hltne "sport = :${ADDR##*:}" | grep -o 'ino:[0-9]*' | head -n 1; }
+listener_holders() {
+  ct ss -Hltnp "sport = :${ADDR##*:}" | grep -o '"[^"]*",pid=[0-9]*' | sed 's/,pid=/:/; s/"//g' | sort -u | paste -sd' '
+}
+only_shortener_holds() { [[ $(listener_holders) =~ ^shortener:[0-9]+$ ]]; }
+# serves_inherited: the running process's `listening` line says it serves an
+# inherited socket (rather than one it bound itself).
+serves_inherited() {
+  ct journalctl -u shortener -b --no-pager -o cat | grep '"message":"listening"' | tail -n 1 \
+    | grep -q '"listen.inherited":1'
+}
+held_by_systemd_and_shortener() {
+  local h
+  h=$(listener_holders)
+  log "$ADDR is held by: ${h:-nobody}"
+  [[ " $h " == *" systemd:1 "* && " $h " == *" shortener:"* ]]
+}
+
 e2e() {
   need_root
   ensure_pkgs debootstrap:debootstrap systemd-nspawn:systemd-container nsenter:util-linux \
@@ -386,8 +412,10 @@ e2e() {
   # The repo files deploy.sh reads, and the binary, at /root/src inside.
   mkdir -p "$ROOTFS/root/src/deploy" "$ROOTFS/root/src/systemd"
   cp "$REPO"/deploy/deploy.sh "$REPO"/deploy/*.conf "$ROOTFS/root/src/deploy/"
-  cp "$REPO/systemd/shortener.service" "$ROOTFS/root/src/systemd/"
+  cp "$REPO/systemd/shortener.service" "$REPO/systemd/shortener.socket" "$ROOTFS/root/src/systemd/"
   cp "$REPO/.env.production" "$ROOTFS/root/src/.env.production"
+  # A copy: every deploy below (--host included) uses this one, even if
+  # $BINARY is rebuilt meanwhile.
   install -m 0755 "$BINARY" "$ROOTFS/root/src/shortener"
   # A hostname of its own (debootstrap copied this host's), resolvable for sudo.
   echo shortener-e2e >"$ROOTFS/etc/hostname"
@@ -439,14 +467,18 @@ e2e() {
   check "current -> a release dir ($v)" -- ct test -x "$v/shortener"
   local good_release=$v
   check "ports: service on $ADDR, redis on loopback only" -- listeners_ok
+  check "shortener.socket is enabled and active" -- \
+    test "$(ct systemctl is-enabled shortener.socket)/$(ct systemctl is-active shortener.socket)" = enabled/active
+  check "$ADDR is held by systemd (PID 1) and passed to shortener" -- held_by_systemd_and_shortener
   check "POST /api/v1/links with the admin key -> 201 with a code" -- create_link "$key"
   local code=$LINK_CODE
   check "GET /$code -> 302 Location https://example.com/x" -- follows "$code"
 
   # --- 2. second deploy: a no-op ------------------------------------------
   t=$SECONDS
-  local before_app before_redis env_before
+  local before_app before_redis env_before before_sock
   before_app=$(svc_fingerprint shortener); before_redis=$(svc_fingerprint redis-server)
+  before_sock="$(svc_fingerprint shortener.socket) $(listener_ino)"
   env_before=$(ct sha256sum /etc/shortener/shortener.env)
   log "deploy #2 (same binary: must change nothing)"
   deploy --binary /root/src/shortener --set "LISTEN_ADDR=127.0.0.1:9" --health-timeout 60
@@ -457,6 +489,8 @@ e2e() {
   check "second deploy prints no admin key" -- lacks ADMIN_API_KEY "$DEPLOY_OUT"
   check "shortener not restarted (MainPID, ActiveEnterTimestamp: $before_app)" -- test "$(svc_fingerprint shortener)" = "$before_app"
   check "redis not restarted ($before_redis)" -- test "$(svc_fingerprint redis-server)" = "$before_redis"
+  check "socket not restarted, same listener ($before_sock)" -- \
+    test "$(svc_fingerprint shortener.socket) $(listener_ino)" = "$before_sock"
   check "env file untouched (--set ignored once it exists)" -- test "$(ct sha256sum /etc/shortener/shortener.env)" = "$env_before"
 
   # --- 2b. the same through --host (workstation mode) ---------------------
@@ -468,12 +502,14 @@ e2e() {
   log "deploy #2b via --host (ssh/scp shims; same binary: must change nothing)"
   DEPLOY_RC=0
   DEPLOY_OUT=$(PATH="$WORK/shims:$PATH" bash "$REPO/deploy/deploy.sh" --host root@container \
-    --binary "$BINARY" --set "NOTE=has spaces and 'quotes'" 2>"$WORK/deploy.err") || DEPLOY_RC=$?
+    --binary "$ROOTFS/root/src/shortener" --set "NOTE=has spaces and 'quotes'" 2>"$WORK/deploy.err") || DEPLOY_RC=$?
   DEPLOY_ERR=$(cat "$WORK/deploy.err")
   sed 's/^/      | /' "$WORK/deploy.err"; printf '%s\n' "$DEPLOY_OUT" | sed 's/^/      > /'
   timing "deploy #2b via --host (no-op)" $((SECONDS - t))
   check "--host deploy exits 0 with 'no change'" -- grep -q 'no change' <<<"$DEPLOY_OUT"
   check "--host deploy did not restart shortener" -- test "$(svc_fingerprint shortener)" = "$before_app"
+  check "--host deploy did not restart the socket" -- \
+    test "$(svc_fingerprint shortener.socket) $(listener_ino)" = "$before_sock"
   check "--host deploy removed its remote temp dir" -- \
     test -z "$(ct find /tmp -maxdepth 1 -name 'shortener-deploy.*' -print -quit)"
 
@@ -487,6 +523,7 @@ e2e() {
   for _ in $(seq 1 30); do ct systemctl is-active --quiet shortener && break; sleep 0.5; done
   check "after reboot: redis-server active" -- ct systemctl is-active --quiet redis-server
   check "after reboot: shortener active" -- ct systemctl is-active --quiet shortener
+  check "after reboot: $ADDR held by systemd and shortener" -- held_by_systemd_and_shortener
   check "after reboot: redis maxmemory still 209715200" -- test "$(redis_get maxmemory)" = 209715200
   check "after reboot: /$code still redirects" -- follows "$code"
 
@@ -499,8 +536,26 @@ e2e() {
   check "redis stopped: /$code still redirects (degraded, from SQLite)" -- follows "$code"
   ct systemctl start redis-server
 
+  # --- 3c. the socket as systemd holds it ---------------------------------
+  v=$(ct systemctl show -p Listen -p FileDescriptorName -p Backlog -p NoDelay -p FreeBind -p Accept \
+        shortener.socket | sort | paste -sd' ')
+  log "shortener.socket: $v"
+  check "socket: ListenStream=$ADDR (deploy.sh's drop-in), FileDescriptorName=http, Backlog=65535, NoDelay, FreeBind, Accept=no" -- \
+    test "$v" = "Accept=no Backlog=65535 FileDescriptorName=http FreeBind=yes Listen=$ADDR (Stream) NoDelay=yes"
+  v=$(ct systemd-analyze verify --man=no shortener.socket shortener.service 2>&1) || true
+  check "systemd-analyze verify of the installed units (drop-in included) prints nothing${v:+: $v}" -- test -z "$v"
+  local somaxconn backlog
+  somaxconn=$(ct sysctl -n net.core.somaxconn)
+  backlog=$(ct ss -Hltn "sport = :${ADDR##*:}" | awk '{ print $3; exit }')
+  check "accept queue of $ADDR is $backlog = min(Backlog=65535, net.core.somaxconn=$somaxconn)" -- \
+    test "$backlog" = $((somaxconn < 65535 ? somaxconn : 65535))
+  check "shortener serves the inherited socket (journal: listen.inherited 1)" -- serves_inherited
+
   # --- 4. broken releases are rolled back ---------------------------------
   # (a) starts fine but never answers on LISTEN_ADDR: health check fails.
+  #     It ignores the socket it is given and listens elsewhere, so the
+  #     socket's backlog holds every connection until deploy.sh gives up on
+  #     the health check (--health-timeout) and rolls back.
   # (b) exits 1 at start: systemctl restart fails.
   # Both answer --version/migrate/keys like the real binary (so the deploy
   # gets as far as the switch) and differ in bytes (so each is a new release).
@@ -509,7 +564,7 @@ e2e() {
     t=$SECONDS
     mkdir -p "$ROOTFS/root/broken"
     local serve_line='echo "broken release: exiting 1" >&2; exit 1'
-    [[ $kind == wrong-port ]] && serve_line="LISTEN_ADDR=127.0.0.1:18999 exec GOOD serve"
+    [[ $kind == wrong-port ]] && serve_line="unset LISTEN_PID LISTEN_FDS LISTEN_FDNAMES; LISTEN_ADDR=127.0.0.1:18999 exec GOOD serve"
     sed -e "s|SERVE_LINE|${serve_line//&/\\&}|" -e "s|GOOD|$good_release/shortener|g" -e "s|KIND|$kind|" \
       >"$ROOTFS/root/broken/shortener" <<'EOF'
 #!/bin/sh
@@ -540,6 +595,47 @@ EOF
   check "good binary after a rollback: exits 0" -- test "$DEPLOY_RC" = 0
   check "good binary after a rollback: 'no change'" -- grep -q 'no change' <<<"$DEPLOY_OUT"
   check "good binary after a rollback: no restart" -- test "$(svc_fingerprint shortener)" = "$before_app"
+
+  # --- 6. a new LISTEN_ADDR moves the socket --------------------------------
+  # The one change that restarts the socket: deploy.sh rewrites the drop-in
+  # and restarts shortener.socket and, with it (Requires=), the service.
+  t=$SECONDS
+  local old_addr=$ADDR
+  ct sed -i 's/^LISTEN_ADDR=.*/LISTEN_ADDR=127.0.0.1:8081/' /etc/shortener/shortener.env
+  deploy --binary /root/src/shortener
+  ADDR=127.0.0.1:8081
+  timing "deploy with a new LISTEN_ADDR" $((SECONDS - t))
+  check "new LISTEN_ADDR: deploy exits 0" -- test "$DEPLOY_RC" = 0
+  check "new LISTEN_ADDR: deploy restarted the socket" -- grep -q 'changed: restarted shortener.socket' <<<"$DEPLOY_ERR"
+  check "new LISTEN_ADDR: $ADDR held by systemd and shortener" -- held_by_systemd_and_shortener
+  check "new LISTEN_ADDR: nothing listens on $old_addr any more" -- \
+    test -z "$(ct ss -Hltn "sport = :${old_addr##*:}")"
+  check "new LISTEN_ADDR: /$code redirects on $ADDR" -- follows "$code"
+  before_sock="$(svc_fingerprint shortener.socket) $(listener_ino)"
+  deploy --binary /root/src/shortener
+  check "new LISTEN_ADDR, deployed again: 'no change', socket not restarted" -- \
+    test "$(grep -c 'no change' <<<"$DEPLOY_OUT")/$(svc_fingerprint shortener.socket) $(listener_ino)" = "1/$before_sock"
+
+  # --- 7. a host deployed before shortener.socket existed ------------------
+  # There the service binds LISTEN_ADDR itself (its unit had no socket). The
+  # next deploy must stop it before the socket can bind, then start it on
+  # the socket. Such a host is made here from the current one: the service
+  # unit without its socket lines, no socket unit, no drop-in.
+  t=$SECONDS
+  ct systemctl disable --quiet --now shortener.socket
+  ct sed -i '/^Requires=shortener.socket$/d; /^After=shortener.socket$/d' /etc/systemd/system/shortener.service
+  ct rm -rf /etc/systemd/system/shortener.socket /etc/systemd/system/shortener.socket.d /opt/shortener/.socket-listen
+  ct systemctl daemon-reload
+  ct systemctl start shortener
+  check "pre-socket host: the service binds $ADDR itself ($(listener_holders))" -- only_shortener_holds
+  deploy --binary /root/src/shortener
+  timing "deploy onto a pre-socket host" $((SECONDS - t))
+  check "pre-socket host: deploy exits 0" -- test "$DEPLOY_RC" = 0
+  check "pre-socket host: shortener.socket enabled and active" -- \
+    test "$(ct systemctl is-enabled shortener.socket)/$(ct systemctl is-active shortener.socket)" = enabled/active
+  check "pre-socket host: $ADDR now held by systemd and shortener" -- held_by_systemd_and_shortener
+  check "pre-socket host: shortener serves the inherited socket" -- serves_inherited
+  check "pre-socket host: /$code redirects" -- follows "$code"
 
   t=$SECONDS
   poweroff
