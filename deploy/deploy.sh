@@ -21,12 +21,18 @@
 #   5. system user `shortener`, data dir /var/lib/shortener (0750)
 #   6. binary -> /opt/shortener/releases/<version>-<sha256[:12]>/shortener
 #   7. /etc/shortener/shortener.env from .env.production, ONCE (0600 root)
-#   8. /etc/systemd/system/shortener.service (+ daemon-reload if changed)
+#   8. /etc/systemd/system/shortener.service, /etc/systemd/system/shortener.socket
+#      and its drop-in shortener.socket.d/listen.conf (ListenStream= from
+#      LISTEN_ADDR in the env file) (+ daemon-reload if any changed)
 #   9. `shortener migrate` with the new binary (as the service user, env loaded)
 #      and, the first time only, `shortener keys create admin --admin` (key -> stdout)
 #  10. atomic switch of /opt/shortener/current (ln -sfn tmp + mv -T)
-#  11. enable redis-server + shortener; restart shortener only if the binary,
-#      unit or env file changed since the last good deploy (or it is down)
+#  11. enable redis-server, shortener.socket + shortener; restart
+#      shortener.socket (and with it the service) only if LISTEN_ADDR changed
+#      since the socket was last started; otherwise restart shortener only if
+#      the binary, unit or env file changed since the last good deploy (or it
+#      is down). A service restart leaves the socket open: connections made
+#      meanwhile wait in its backlog for the new process, none is refused.
 #  12. health check with retries; on failure switch `current` back to the
 #      previous release, restart, and exit non-zero
 #
@@ -50,6 +56,11 @@ readonly ENV_FILE=$ETC_DIR/shortener.env
 readonly ADMIN_KEY_MARKER=$ETC_DIR/.admin-key-issued
 readonly DATA_DIR=/var/lib/shortener
 readonly UNIT_DEST=/etc/systemd/system/shortener.service
+readonly SOCKET_DEST=/etc/systemd/system/shortener.socket
+readonly SOCKET_DROPIN=/etc/systemd/system/shortener.socket.d/listen.conf
+# The ListenStream= shortener.socket was last (re)started with by this script:
+# what it really listens on, whatever its unit files say by now.
+readonly SOCKET_STATE=$OPT_DIR/.socket-listen
 readonly REDIS_CONF=/etc/redis/shortener.conf
 readonly REDIS_DISTRO_CONF=/etc/redis/redis.conf
 readonly REDIS_DROPIN=/etc/systemd/system/redis-server.service.d/shortener.conf
@@ -133,7 +144,8 @@ deploy_remote() {
   scp -q "$SCRIPT_DIR/deploy.sh" "$SCRIPT_DIR/redis-shortener.conf" \
     "$SCRIPT_DIR/sysctl-shortener.conf" "$SCRIPT_DIR/limits-shortener.conf" \
     "$HOST:$remote_tmp/deploy/"
-  scp -q "$REPO_DIR/systemd/shortener.service" "$HOST:$remote_tmp/systemd/"
+  scp -q "$REPO_DIR/systemd/shortener.service" "$REPO_DIR/systemd/shortener.socket" \
+    "$HOST:$remote_tmp/systemd/"
   scp -q "$REPO_DIR/.env.production" "$HOST:$remote_tmp/"
 
   local -a args=(--local --binary "$remote_tmp/$APP"
@@ -159,7 +171,7 @@ command -v systemctl >/dev/null || die "systemd is required"
 [[ -f $BINARY && -x $BINARY ]] || die "binary not found or not executable: $BINARY"
 for f in "$SCRIPT_DIR/redis-shortener.conf" "$SCRIPT_DIR/sysctl-shortener.conf" \
          "$SCRIPT_DIR/limits-shortener.conf" "$REPO_DIR/systemd/shortener.service" \
-         "$REPO_DIR/.env.production"; do
+         "$REPO_DIR/systemd/shortener.socket" "$REPO_DIR/.env.production"; do
   [[ -f $f ]] || die "missing $f (run from a checkout, or use --host)"
 done
 
@@ -207,6 +219,18 @@ env_get() {
 }
 
 sha256() { sha256sum "$1" | cut -d' ' -f1; }
+
+# listen_addr: LISTEN_ADDR from the env file (the binary's default when unset),
+# checked to be an address both the binary and ListenStream= read the same
+# way: IPv4:port or [IPv6]:port.
+listen_addr() {
+  local addr
+  addr=$(env_get LISTEN_ADDR)
+  addr=${addr:-127.0.0.1:8080}
+  [[ $addr =~ ^([0-9]{1,3}(\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$ ]] \
+    || die "LISTEN_ADDR in $ENV_FILE must be IPv4:PORT or [IPv6]:PORT, got '$addr'"
+  printf '%s' "$addr"
+}
 
 # run_as_service BINARY ARGS...: run the binary the way the service runs it —
 # same user, same EnvironmentFile parsing (systemd's own), same working dir,
@@ -434,12 +458,34 @@ create_env_file() {
   note_change "created $ENV_FILE from .env.production${SETS:+ (with ${#SETS[@]} --set)}"
 }
 
-# ---- 8. unit file
-install_unit() {
+# ---- 8. unit files
+# LISTEN_ADDR lives in the env file, which systemd does not read for a socket
+# unit: a drop-in carries it into shortener.socket (whose own ListenStream= is
+# only the default). It takes effect when the socket is next started; main()
+# restarts the socket when the address differs from the one it was started
+# with.
+SOCKET_UNIT_CHANGED=0
+install_units() {
+  local reload=0 addr
+  addr=$(listen_addr)
   if write_if_changed "$UNIT_DEST" 0644 root:root <"$REPO_DIR/systemd/shortener.service"; then
-    note_change "$UNIT_DEST"
-    systemctl daemon-reload
+    note_change "$UNIT_DEST"; reload=1
   fi
+  if write_if_changed "$SOCKET_DEST" 0644 root:root <"$REPO_DIR/systemd/shortener.socket"; then
+    note_change "$SOCKET_DEST"; reload=1; SOCKET_UNIT_CHANGED=1
+  fi
+  if write_if_changed "$SOCKET_DROPIN" 0644 root:root <<EOF
+# Managed by shortener deploy/deploy.sh: LISTEN_ADDR from $ENV_FILE.
+# Edit LISTEN_ADDR there and re-run deploy.sh, which rewrites this file and
+# restarts shortener.socket (and shortener.service) on the new address.
+[Socket]
+ListenStream=
+ListenStream=$addr
+EOF
+  then
+    note_change "$SOCKET_DROPIN (ListenStream=$addr)"; reload=1
+  fi
+  if ((reload)); then systemctl daemon-reload; fi
 }
 
 # ---- 9. migrations and the admin key
@@ -473,8 +519,7 @@ switch_current() {   # switch_current TARGET_DIR
 # ---- 12. health
 health_base_url() {
   local addr host port
-  addr=$(env_get LISTEN_ADDR)
-  addr=${addr:-127.0.0.1:8080}
+  addr=$(listen_addr)
   port=${addr##*:}
   host=${addr%:*}
   # A wildcard listener is reached through loopback.
@@ -509,6 +554,15 @@ health_check() {
     fi
     sleep 1
   done
+}
+
+# record_socket: remember the address shortener.socket was started with, if
+# it is up (deploy.sh's drop-in is what it read).
+record_socket() {
+  if systemctl is-active --quiet shortener.socket; then
+    listen_addr >"$SOCKET_STATE"
+    chmod 0644 "$SOCKET_STATE"
+  fi
 }
 
 fingerprint() {
@@ -547,8 +601,10 @@ rollback_and_exit() {
   fi
   log "rolling back: $CURRENT_LINK -> $PREVIOUS"
   switch_current "$PREVIOUS"
-  # A crashing release may have used up the unit's start limit.
-  systemctl reset-failed shortener 2>/dev/null || true
+  # A crashing release may have used up the unit's start limit (and, with it,
+  # failed the socket: systemd closes a socket whose service hit its start
+  # limit). The restart below brings the socket back (Requires=).
+  systemctl reset-failed shortener shortener.socket 2>/dev/null || true
   if systemctl restart shortener && health_check; then
     record_good_state
     log "rolled back to $(basename "$PREVIOUS"), healthy at $HEALTH_URL"
@@ -571,7 +627,7 @@ main() {
   configure_sysctl
   configure_limits
   install_release
-  install_unit
+  install_units
   migrate_and_admin_key
 
   PREVIOUS=$(readlink "$CURRENT_LINK" 2>/dev/null || true)
@@ -581,22 +637,55 @@ main() {
     note_change "current -> $RELEASE (was $(basename "${PREVIOUS:-nothing}"))"
   fi
 
-  if ! systemctl is-enabled --quiet shortener; then
-    systemctl enable --quiet shortener
-    note_change "enabled shortener"
-  fi
+  local u
+  for u in shortener.socket shortener; do
+    if ! systemctl is-enabled --quiet "$u"; then
+      systemctl enable --quiet "$u"
+      note_change "enabled $u"
+    fi
+  done
 
-  local restarted=0
-  if [[ $(cat "$FINGERPRINT_FILE" 2>/dev/null || true) != "$(fingerprint)" ]]; then
-    log "restarting shortener (binary, unit or env file changed)"
-    systemctl restart shortener || rollback_and_exit "shortener failed to start with $RELEASE"
-    restarted=1
-  elif ! systemctl is-active --quiet shortener; then
-    log "shortener is not running: starting it"
-    systemctl start shortener || rollback_and_exit "shortener failed to start with $RELEASE"
-    restarted=1
+  # The socket first. Restarting it closes it (what waits in its backlog is
+  # reset), so only when the address it listens on must change; Requires=
+  # restarts the service with it, onto the new socket.
+  local restarted=0 socket_started=0 listen listening_on why=""
+  listen=$(listen_addr)
+  listening_on=$(cat "$SOCKET_STATE" 2>/dev/null || true)
+  if systemctl is-active --quiet shortener.socket; then
+    if [[ $listening_on != "$listen" ]]; then
+      log "restarting shortener.socket and shortener (LISTEN_ADDR ${listening_on:-unknown} -> $listen; connections waiting on the old socket are reset)"
+      socket_started=1
+      systemctl restart shortener.socket shortener.service \
+        || { record_socket; rollback_and_exit "shortener.socket or shortener failed to restart with $RELEASE"; }
+      restarted=1
+      note_change "restarted shortener.socket (ListenStream=$listen)"
+    elif ((SOCKET_UNIT_CHANGED)); then
+      warn "$SOCKET_DEST changed, its address did not: the running socket keeps its old settings until 'systemctl restart shortener.socket' (which resets the connections waiting on it) or the next boot"
+    fi
+  else
+    # First deploy, or a host deployed before shortener.socket existed, whose
+    # running service binds LISTEN_ADDR itself: the socket can bind only once
+    # that process is gone, and a restart of the service does it in that
+    # order (its stop first, then the socket it requires, then the new process).
+    socket_started=1
   fi
-  ((restarted)) && note_change "restarted shortener"
+  if ((!restarted)); then
+    if [[ $(cat "$FINGERPRINT_FILE" 2>/dev/null || true) != "$(fingerprint)" ]]; then
+      why="binary, unit or env file changed"
+    elif ((socket_started)); then
+      why="shortener.socket is not listening"
+    elif ! systemctl is-active --quiet shortener; then
+      why="it is not running"
+    fi
+    if [[ -n $why ]]; then
+      log "restarting shortener ($why)"
+      systemctl restart shortener \
+        || { record_socket; rollback_and_exit "shortener failed to start with $RELEASE"; }
+      restarted=1
+    fi
+  fi
+  if ((socket_started)); then record_socket; fi
+  if ((restarted)); then note_change "restarted shortener"; fi
 
   if ! health_check; then
     if ((restarted)); then
