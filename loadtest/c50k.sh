@@ -134,6 +134,7 @@ log "network namespace $(readlink /proc/self/ns/net): lo up, ports $PORT_RANGE, 
   "$(cat /proc/sys/net/core/somaxconn), tcp_max_syn_backlog $(cat /proc/sys/net/ipv4/tcp_max_syn_backlog)," \
   "tcp_tw_reuse $(cat /proc/sys/net/ipv4/tcp_tw_reuse); $NOFILE descriptors per process"
 read -r -a STEP_LIST <<<"$STEPS"
+((OHA_PROCS >= 1 && OHA_PROCS <= 254)) || die "OHA_PROCS must be 1..254 (one loopback address each)"
 for c in "${STEP_LIST[@]}"; do
   (((c + OHA_PROCS - 1) / OHA_PROCS + 500 <= NOFILE)) \
     || die "step $c: $((c / OHA_PROCS)) connections per oha process exceed the descriptor limit $NOFILE; raise OHA_PROCS"
@@ -182,7 +183,7 @@ ln -s "$BIN" "$WORK/c50k-service"
 # only: oha reads the same variable); empty, the runtime's default, one per core.
 # shellcheck disable=SC2016 # $0, $1 and $2 are the inner shell's
 python3 "$LT/share_socket.py" --no-rolling --backlog "$BACKLOG" --pidfile "$WORK/svc.pids" --private 127.0.0.1:0 \
-  127.0.0.1:0 "$SERVERS" -- sh -c 'if [ -n "$2" ]; then export TOKIO_WORKER_THREADS="$2"; fi; exec "$0" serve >>"$1" 2>&1' \
+  0.0.0.0:0 "$SERVERS" -- sh -c 'if [ -n "$2" ]; then export TOKIO_WORKER_THREADS="$2"; fi; exec "$0" serve >>"$1" 2>&1' \
   "$WORK/c50k-service" "$WORK/service.log" "$SVC_THREADS" \
   >"$WORK/svc.addrs" 2>>"$WORK/launcher.log" &
 SVC_PID=$!
@@ -191,8 +192,9 @@ for ((i = 0; i < 100; i++)); do
   kill -0 "$SVC_PID" 2>/dev/null || die "share_socket.py failed (see $WORK/launcher.log)"
   sleep 0.1
 done
-SVC_ADDR=$(head -n1 "$WORK/svc.addrs")
-SVC_PORT=${SVC_ADDR##*:}
+SVC_PORT=$(head -n1 "$WORK/svc.addrs")
+SVC_PORT=${SVC_PORT##*:}
+SVC_ADDR="127.0.0.1:$SVC_PORT"
 SVC_ADMIN=$(tail -n +2 "$WORK/svc.addrs" | paste -sd, -)
 for a in ${SVC_ADMIN//,/ }; do
   for ((i = 0; i < 300; i++)); do
@@ -218,6 +220,10 @@ pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
 events {
   worker_connections $((NOFILE - 200));
+  # Accept every pending connection at each wakeup: with the default (one per event-loop turn)
+  # busy workers took seconds to accept a few thousand new connections under the saturating load,
+  # which left them in the backlog, established but not served.
+  multi_accept on;
 }
 http {
   access_log off;
@@ -229,7 +235,7 @@ http {
   uwsgi_temp_path $WORK/nginx/uwsgi;
   scgi_temp_path $WORK/nginx/scgi;
   server {
-    listen 127.0.0.1:$NGINX_PORT backlog=$BACKLOG;
+    listen $NGINX_PORT backlog=$BACKLOG;
     location / {
       return 302 https://example.com/0?utm=x;
     }
@@ -299,8 +305,13 @@ measure() {
   local specs=()
   for ((i = 0; i < OHA_PROCS; i++)); do
     n=$((c / OHA_PROCS + (i < c % OHA_PROCS ? 1 : 0)))
+    # Each oha process connects to a loopback address of its own (127.0.0.1+i; the servers listen
+    # on all of them): connect() takes its local port from one parity of the range first, so
+    # past about 32,000 connections to one address:port it scans that whole half for every new
+    # connection, which stalled 50,000 connections at 32,000 and took most of the machine.
     local args=(--no-tui --output-format json -o "$RAW/$name.oha$i.json" --db-url "$WORK/$name.oha$i.db"
-      -c "$n" -w -t 30s --connect-timeout 30s --urls-from-file "$urls")
+      -c "$n" -w -t 30s --connect-timeout 30s --urls-from-file "$urls"
+      --connect-to "127.0.0.1:$port:127.0.0.$((i + 1)):$port")
     if [[ -n "$rate" ]]; then
       q=$(python3 -c "print(round($n / $PEAK_PERIOD, 3))")
       args+=(-q "$q")
