@@ -217,23 +217,28 @@ def server_pids(args):
 
 
 def snapshot(args, scraper, memory=False):
+    """Everything about the servers at one moment. The CPU counters first, then the connection
+    counts, and the slower reads (memory of every socket) last: on a saturated machine the whole
+    snapshot takes seconds, and must be over before the clients stop."""
     s = {"t": time.time()}
-    s["server"] = scraper.read()
-    pids = server_pids(args)
-    s["server_procs"] = procs(pids)
+    s["server_procs"] = procs(server_pids(args))
     if args.redis_pid:
         s["redis_proc"] = procs([args.redis_pid])
-        if args.redis_port:
-            mem = lt.redis_info(args.redis_port, "memory")
-            s["redis"] = {"used_memory": int(mem["used_memory"]), "used_memory_rss": int(mem["used_memory_rss"])}
     s["oha_procs"] = procs(args.oha_pids)
-    s["ss"] = ss_established(args.port, memory=memory)
-    if memory:
-        s["ss_clients"] = ss_established(args.port, memory=True, side="dport")
-    s["sockstat"] = sockstat()
+    s["machine"] = lt.machine_ticks()
+    s["ss"] = ss_established(args.port)
+    s["server"] = scraper.read()
     s["tcp"] = snmp_tcp()
     s["tcpext"] = lt.tcp_counters()
-    s["machine"] = lt.machine_ticks()
+    s["sockstat"] = sockstat()
+    if args.redis_pid and args.redis_port:
+        mem = lt.redis_info(args.redis_port, "memory")
+        s["redis"] = {"used_memory": int(mem["used_memory"]), "used_memory_rss": int(mem["used_memory_rss"])}
+    if memory:
+        full = ss_established(args.port, memory=True)
+        s["ss"]["skmem"], s["ss"]["count_with_memory"] = full["skmem"], full["count"]
+        s["ss_clients"] = ss_established(args.port, memory=True, side="dport")
+    s["t_done"] = time.time()
     return s
 
 
@@ -350,7 +355,8 @@ def cmd_analyze(args):
     secs = b["t"] - a["t"]
     run = {"target": args.target, "workload": args.workload, "c": args.c, "rate": args.rate,
            "oha_procs": len(args.oha), "window_s": round(secs, 2), "reached": w["reached"],
-           "established_after_s": w["established_after_s"]}
+           "established_after_s": w["established_after_s"],
+           "closing_snapshot_s": round(b["t_done"] - b["t"], 2) if "t_done" in b else None}
     # oha, whole run (errors and statuses) and the window (latency, rps): each oha's rows are in
     # seconds from its own start, which is its launch time within a few milliseconds.
     durations, in_window, non3xx_window = [], 0, 0

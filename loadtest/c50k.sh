@@ -66,7 +66,9 @@ PEAK_WINDOW=${PEAK_WINDOW:-20}
 # peak connections one at each first request, so over one period after its own start.
 SAT_RAMP=${SAT_RAMP:-$((RAMP_GAP * (OHA_PROCS - 1) + 6))}
 PEAK_RAMP=${PEAK_RAMP:-$((RAMP_GAP * (OHA_PROCS - 1) + PEAK_PERIOD + 2))}
-TAIL=2 # the oha processes stop this long after the window's latest end
+# The oha processes stop this long after the window's latest end: the closing snapshot takes a
+# few seconds on a saturated machine, and must see every connection still open.
+TAIL=8
 LINKS=${LINKS:-100000}
 # The design's person follows a link about every PEAK_PERIOD s: connections must outlive that
 # pause. The production default (10,000 ms) equals it, so a person a little slower than the
