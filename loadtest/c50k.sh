@@ -224,8 +224,11 @@ events {
   worker_connections $((NOFILE - 200));
   # Accept every pending connection at each wakeup: with the default (one per event-loop turn)
   # busy workers took seconds to accept a few thousand new connections under the saturating load,
-  # which left them in the backlog, established but not served.
+  # which left them in the backlog, established but not served. With the accept mutex, a worker
+  # whose connections are 7/8 used stops taking new ones; without it one worker took more than its
+  # worker_connections at 50,000 and closed keep-alive connections to make room ("reusing").
   multi_accept on;
+  accept_mutex on;
 }
 http {
   access_log off;
