@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # 50,000 concurrent connections on this 2-core machine, the service beside nginx, in one run.
 #
-#   CONNS=50000 bash loadtest/c50k.sh        # steps 1000 10000 25000 50000 (~12 min, the whole machine)
+#   CONNS=50000 bash loadtest/c50k.sh        # steps 1000 10000 25000 50000 (~13 min, the whole machine)
 #   CONNS=5000 STEPS="1000 5000" SAT_WINDOW=5 PEAK_WINDOW=8 bash loadtest/c50k.sh   # a quick one
 #
 # A process may hold at most 20,000 descriptors here, so the connections are spread over several
