@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Several processes serving one listening socket, handed over the systemd way.
 
-    share_socket.py [--backlog N] [--name NAME] [--pidfile FILE] ADDR:PORT N -- CMD [ARG...]
+    share_socket.py [--backlog N] [--name NAME] [--pidfile FILE] [--private ADDR:PORT [--private-name NAME]]
+                    [--no-rolling] ADDR:PORT N -- CMD [ARG...]
 
 Binds ADDR:PORT (port 0: any free port) with a listen backlog of N (default 65535; the kernel caps
 it at net.core.somaxconn), prints the bound `addr:port` on stdout, then starts N copies of CMD,
@@ -15,6 +16,7 @@ and replaced once it has exited), which is what a rolling restart of several ins
 socket looks like. `--pidfile` gets the copies' pids, one per line, rewritten on every change.
 """
 
+import fcntl
 import os
 import signal
 import socket
@@ -22,11 +24,14 @@ import sys
 
 
 def parse(argv):
-    backlog, name, pidfile = 65535, "http", None
+    backlog, name, pidfile, private, private_name, rolling = 65535, "http", None, None, "admin", True
     while argv and argv[0].startswith("--"):
         flag = argv.pop(0)
         if flag == "--":
             break
+        if flag == "--no-rolling":
+            rolling = False
+            continue
         if not argv:
             sys.exit(f"share_socket.py: {flag} needs a value")
         value = argv.pop(0)
@@ -36,27 +41,53 @@ def parse(argv):
             name = value
         elif flag == "--pidfile":
             pidfile = value
+        elif flag == "--private":
+            private = split_addr(value)
+        elif flag == "--private-name":
+            private_name = value
         else:
             sys.exit(f"share_socket.py: unknown flag {flag}")
     if len(argv) < 4 or argv[2] != "--":
-        sys.exit(__doc__.strip().splitlines()[2].strip())
-    addr, copies, cmd = argv[0], int(argv[1]), argv[3:]
+        sys.exit("usage: " + " ".join(line.strip() for line in __doc__.strip().splitlines()[2:4]))
+    host, port = split_addr(argv[0])
+    copies, cmd = int(argv[1]), argv[3:]
+    return host, port, copies, cmd, backlog, name, pidfile, private, private_name, rolling
+
+
+def split_addr(addr):
     host, _, port = addr.rpartition(":")
-    return host.strip("[]"), int(port), copies, cmd, backlog, name, pidfile
+    return host.strip("[]"), int(port)
 
 
-def start(sock, cmd, name, index):
+def listen(host, port, backlog):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    bound = sock.getsockname()
+    shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
+    return sock, f"{shown}:{bound[1]}"
+
+
+def start(sock, cmd, name, index, private=None, private_name=None):
     pid = os.fork()
     if pid == 0:
         try:
-            if sock.fileno() != 3:
-                os.dup2(sock.fileno(), 3)
-            os.set_inheritable(3, True)  # dup2 onto itself would leave FD_CLOEXEC set
+            # The sockets become descriptors 3, 4 in order. Copied above them first, so that
+            # placing one cannot overwrite another that sits at 3 or 4 already; dup2 leaves the
+            # new descriptor without FD_CLOEXEC (dup2 onto itself would not clear it).
+            socks = [sock] + ([private] if private is not None else [])
+            high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD, 3 + len(socks)) for s in socks]
+            for i, fd in enumerate(high):
+                os.dup2(fd, 3 + i)
+                os.close(fd)
+            signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # an ignored signal would stay ignored
             env = dict(os.environ)
             env.update(
-                LISTEN_FDS="1",
+                LISTEN_FDS=str(len(socks)),
                 LISTEN_PID=str(os.getpid()),
-                LISTEN_FDNAMES=name,
+                LISTEN_FDNAMES=name if private is None else f"{name}:{private_name}",
                 SHARE_SOCKET_INDEX=str(index),
             )
             os.execvpe(cmd[0], cmd, env)
@@ -67,15 +98,19 @@ def start(sock, cmd, name, index):
 
 
 def main():
-    host, port, copies, cmd, backlog, name, pidfile = parse(sys.argv[1:])
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(backlog)
-    bound = sock.getsockname()
-    shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
-    print(f"{shown}:{bound[1]}", flush=True)
+    host, port, copies, cmd, backlog, name, pidfile, private, private_name, rolling_on = parse(sys.argv[1:])
+    sock, shown = listen(host, port, backlog)
+    privates = []
+    if private is not None:
+        for i in range(copies):
+            privates.append(listen(private[0], private[1] + i if private[1] else 0, backlog))
+    print(shown, flush=True)
+    for _, addr in privates:
+        print(addr, flush=True)
+
+    def spawn(index):
+        own = privates[index][0] if privates else None
+        return start(sock, cmd, name, index, own, private_name)
 
     children = {}  # pid -> index
     stopping = False
@@ -115,9 +150,9 @@ def main():
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGUSR1, roll)
+    signal.signal(signal.SIGUSR1, roll if rolling_on else signal.SIG_IGN)
     for i in range(copies):
-        children[start(sock, cmd, name, i)] = i
+        children[spawn(i)] = i
     write_pids()
     while children:
         try:
@@ -132,7 +167,7 @@ def main():
         code = os.waitstatus_to_exitcode(code)
         if rolling and rolling[0] == index and not stopping:
             rolling.pop(0)
-            children[start(sock, cmd, name, index)] = index
+            children[spawn(index)] = index
             write_pids()
             next_roll()
             continue
