@@ -94,13 +94,7 @@ cleanup() {
   stop_pid "$SVC_PID"
   stop_pid "$NGINX_PID"
   stop_pid "$REDIS_PID"
-  if [[ -n "$WORK" && -d "$WORK" ]]; then
-    if [[ "$KEEP_WORK" == 1 || $rc -ne 0 ]]; then
-      log "work directory kept: $WORK"
-    else
-      rm -rf "$WORK"
-    fi
-  fi
+  remove_work "$rc"
   exit "$rc"
 }
 trap cleanup EXIT

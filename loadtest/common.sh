@@ -26,6 +26,17 @@ stop_pid() {
   wait "$pid" 2>/dev/null || true
 }
 
+# remove_work RC: removes the work directory $WORK, unless KEEP_WORK=1 or RC (the script's exit
+# status) is not 0: then it is kept, and its path logged, for a look at what went wrong.
+remove_work() {
+  [[ -n "${WORK:-}" && -d "$WORK" ]] || return 0
+  if [[ "${KEEP_WORK:-0}" == 1 || $1 -ne 0 ]]; then
+    log "work directory kept: $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+}
+
 # find_oha install|require: sets OHA to the oha binary ($OHA, then PATH, then ~/.cargo/bin);
 # when there is none, `install` runs `cargo install oha --locked` and `require` dies.
 find_oha() {

@@ -75,6 +75,14 @@ struct History {
     kills: u64,
 }
 
+impl History {
+    /// Fails unless the run made enough reads and `writes` changes to mean anything.
+    fn enough(&self, writes: u64) {
+        let (r, w) = (self.reads, self.writes);
+        assert!(r > 1000 && w > writes, "too little traffic to mean anything: {r} reads, {w} writes");
+    }
+}
+
 /// Writers change links through the first instance while readers follow them through the other
 /// two and Redis is flushed every few milliseconds (and, with `kill`, subscriptions are killed);
 /// a read that started after a change was acknowledged and saw an older target is stale.
@@ -175,12 +183,7 @@ async fn three_instances_never_serve_a_target_older_than_an_acknowledged_change(
     let db = tempfile::tempdir().unwrap();
     let apps = three_instances(&redis, &db).await;
     let h = history(&apps, &redis, false).await;
-    assert!(
-        h.reads > 1000 && h.writes > 100,
-        "too little traffic to mean anything: {} reads, {} writes",
-        h.reads,
-        h.writes
-    );
+    h.enough(100);
     assert_eq!(h.stale, 0, "{} stale reads out of {}", h.stale, h.reads);
     assert!(l1_hits(&apps[1..]).await > 0, "the readers' L1 was exercised");
     let confirmed = apps[0].metric("shortener_invalidation_confirmations_total{outcome=\"confirmed\"}").await;
@@ -193,12 +196,7 @@ async fn killed_subscriptions_never_let_an_instance_serve_a_stale_target() {
     let db = tempfile::tempdir().unwrap();
     let apps = three_instances(&redis, &db).await;
     let h = history(&apps, &redis, true).await;
-    assert!(
-        h.reads > 1000 && h.writes > 30,
-        "too little traffic to mean anything: {} reads, {} writes",
-        h.reads,
-        h.writes
-    );
+    h.enough(30);
     assert!(h.kills >= 5, "subscriptions were killed during the run: {}", h.kills);
     assert_eq!(h.stale, 0, "{} stale reads out of {} with {} subscriptions killed", h.stale, h.reads, h.kills);
     assert!(l1_hits(&apps[1..]).await > 0, "the readers' L1 was exercised");
