@@ -155,7 +155,7 @@ pub struct ConfirmStats {
     pub confirmed: AtomicU64,
     /// Changes answered after `CONFIRM_WITHIN` without every confirmation.
     pub timed_out: AtomicU64,
-    /// Changes that could not be announced (Redis unreachable) and waited out the trust.
+    /// Changes that could not be announced (Redis unreachable) and waited for pings' trust to run out.
     pub unannounced: AtomicU64,
     /// Total time changes spent waiting, in microseconds.
     pub wait_us: AtomicU64,
@@ -202,11 +202,6 @@ impl Bus {
         })
     }
 
-    /// This process' name on the bus.
-    pub fn instance(&self) -> &str {
-        &self.instance
-    }
-
     fn names(&self) -> &Names {
         self.client.names()
     }
@@ -227,14 +222,7 @@ impl Bus {
             self.ack(ids.iter().copied());
         } else {
             self.client.distrust();
-            let committed = Instant::now();
             self.outlast_trust().await;
-            // Every instance reading the outbox has read this change by then, or stopped
-            // trusting its L1.
-            let read_by_all = committed + OUTBOX_TRUST;
-            if read_by_all > Instant::now() {
-                tokio::time::sleep_until(tokio::time::Instant::from_std(read_by_all)).await;
-            }
         }
         landed
     }
@@ -298,7 +286,7 @@ impl Bus {
             (Some(f), Some(l)) if (l - f + 1) as usize == ids.len() => format!("!{}:{nonce:x}:{f}-{l}", self.instance),
             _ => format!("!{}:{nonce:x}", self.instance),
         };
-        let landed = self.delete_codes(codes, Some(&tag)).await.is_some();
+        let landed = self.delete_codes(codes, Some(&tag)).await;
         let started = Instant::now();
         if landed {
             let deadline = tokio::time::Instant::from_std(started + CONFIRM_WITHIN);
@@ -326,27 +314,31 @@ impl Bus {
     }
 
     /// A change that could not be announced: waits until no instance can still be trusting an L1
-    /// that may hold the old target. Their last pings were sent before Redis went away, at most
-    /// `PING_EVERY` after this instance's last one (which were sent every `PING_EVERY`), so their
-    /// trust runs out by this instance's plus `PING_EVERY` (twice, for slack).
+    /// that may hold the old target. Every instance reading the outbox has read the change
+    /// [`OUTBOX_TRUST`] after its commit (which came just before this), or stopped trusting its L1.
+    /// And an instance trusting its L1 on pings: their last pings were sent before Redis went
+    /// away, at most `PING_EVERY` after this instance's last one (which were sent every
+    /// `PING_EVERY`), so their trust runs out by this instance's plus `PING_EVERY` (twice, for
+    /// slack). `unannounced` counts the changes that waited for the pings.
     async fn outlast_trust(&self) {
+        let started = Instant::now();
+        let mut until = started + OUTBOX_TRUST;
         let last = self.last_ping_sent.load(Ordering::SeqCst);
-        if last == 0 {
-            return;
+        if last != 0 {
+            let pings_run_out = self.born + Duration::from_millis(last - 1) + TRUST_FOR + 2 * PING_EVERY;
+            if pings_run_out > until {
+                self.confirms.unannounced.fetch_add(1, Ordering::Relaxed);
+                until = pings_run_out;
+            }
         }
-        let until = self.born + Duration::from_millis(last - 1) + TRUST_FOR + 2 * PING_EVERY;
-        if until > Instant::now() {
-            self.confirms.unannounced.fetch_add(1, Ordering::Relaxed);
-            let started = Instant::now();
-            tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
-            self.confirms.wait_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        }
+        tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+        self.confirms.wait_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Deletes the codes' entries and leases, and announces the codes to every instance (their
     /// L1 caches), in one round trip, after `tag` when the writer waits for confirmations.
-    /// Returns how many subscribers received the announcement.
-    async fn delete_codes(&self, codes: &[String], tag: Option<&str>) -> Option<usize> {
+    /// Returns whether it landed.
+    async fn delete_codes(&self, codes: &[String], tag: Option<&str>) -> bool {
         let names = self.names();
         let mut pipe = redis::pipe();
         let del = pipe.cmd("DEL");
@@ -357,9 +349,8 @@ impl Bus {
             Some(tag) => format!("{tag} {}", codes.join(" ")),
             None => codes.join(" "),
         };
-        pipe.ignore().cmd("PUBLISH").arg(names.invalidation_channel()).arg(payload);
-        let (receivers,): (i64,) = self.client.run(|mut c| async move { pipe.query_async(&mut c).await }).await?;
-        Some(receivers.max(0) as usize)
+        pipe.ignore().cmd("PUBLISH").arg(names.invalidation_channel()).arg(payload).ignore();
+        self.client.run(|mut c| async move { pipe.query_async::<()>(&mut c).await }).await.is_some()
     }
 
     /// Outbox rows applied here from an announcement; entries older than the outbox keeps its
@@ -461,7 +452,7 @@ impl Bus {
             let codes: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
             // Instances that missed the original announcement have resubscribed since, and
             // started over: this one needs no confirmations.
-            if self.delete_codes(&codes, None).await.is_none() {
+            if !self.delete_codes(&codes, None).await {
                 return Err("redis delete failed".into());
             }
             total += codes.len() as u64;

@@ -489,17 +489,33 @@ async fn an_http2_connection_without_requests_is_closed_after_the_timeout() {
     }
 }
 
+/// `n` keep-alive connections, each idle after one answered `GET path` (a 302).
+async fn idle_after_one_answer(addr: std::net::SocketAddr, path: &str, n: usize) -> Vec<TcpStream> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(get(path).as_bytes()).await.unwrap();
+        assert_eq!(read_responses(&mut conn, 1).await[0].status, 302);
+        conns.push(conn);
+    }
+    conns
+}
+
+/// Starts a graceful shutdown in the background and returns once it has begun: the listener is
+/// closed (new connections are refused).
+async fn begin_stop(mut app: TestApp) -> JoinHandle<()> {
+    let addr = app.addr;
+    let stopping = tokio::spawn(async move { app.stop().await });
+    let closed = eventually(Duration::from_secs(5), || async move { TcpStream::connect(addr).await.is_err() }).await;
+    assert!(closed, "the listener closed");
+    stopping
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_idle_connections_after_the_short_drain() {
     let mut app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_secs(30)).await;
     app.create_code("shut", "https://example.com/sd").await;
-    let mut idle = Vec::new();
-    for _ in 0..20 {
-        let mut conn = TcpStream::connect(app.addr).await.unwrap();
-        conn.write_all(get("/shut").as_bytes()).await.unwrap();
-        assert_eq!(read_responses(&mut conn, 1).await[0].status, 302);
-        idle.push(conn);
-    }
+    let mut idle = idle_after_one_answer(app.addr, "/shut", 20).await;
     let started = Instant::now();
     app.stop().await;
     let took = started.elapsed();
@@ -513,25 +529,15 @@ async fn shutdown_closes_idle_connections_after_the_short_drain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_sent_on_an_idle_connection_as_shutdown_begins_is_answered_with_connection_close() {
-    let mut app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_secs(30)).await;
+    let app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_secs(30)).await;
     app.create_code("last", "https://example.com/last").await;
     // Keep-alive connections, idle after one answer, and one never used: the state of a busy
     // client's connections at the moment a restart begins.
-    let mut conns = Vec::new();
-    for _ in 0..10 {
-        let mut conn = TcpStream::connect(app.addr).await.unwrap();
-        conn.write_all(get("/last").as_bytes()).await.unwrap();
-        assert_eq!(read_responses(&mut conn, 1).await[0].status, 302);
-        conns.push(conn);
-    }
+    let mut conns = idle_after_one_answer(app.addr, "/last", 10).await;
     conns.push(TcpStream::connect(app.addr).await.unwrap());
     all_accepted(app.addr).await;
-    let addr = app.addr;
-    let stopping = tokio::spawn(async move { app.stop().await });
-    // Shutdown has begun once the listener is closed (new connections are refused); then the
-    // clients send their next requests.
-    let closed = eventually(Duration::from_secs(5), || async move { TcpStream::connect(addr).await.is_err() }).await;
-    assert!(closed, "the listener closed");
+    // Then the clients send their next requests.
+    let stopping = begin_stop(app).await;
     for conn in &mut conns {
         conn.write_all(get("/last").as_bytes()).await.unwrap();
     }
@@ -546,25 +552,18 @@ async fn a_request_sent_on_an_idle_connection_as_shutdown_begins_is_answered_wit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_that_straddles_the_start_of_shutdown_is_answered_with_connection_close() {
-    let mut app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_secs(30)).await;
+    let app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_secs(30)).await;
     app.create_code("split", "https://example.com/split").await;
     let head = get("/split");
     let (first, rest) = head.as_bytes().split_at(22);
     // A fresh connection and a keep-alive one, each with the first segment of a head sent.
-    let mut conns = Vec::new();
-    let mut used = TcpStream::connect(app.addr).await.unwrap();
-    used.write_all(head.as_bytes()).await.unwrap();
-    assert_eq!(read_responses(&mut used, 1).await[0].status, 302);
-    conns.push(used);
+    let mut conns = idle_after_one_answer(app.addr, "/split", 1).await;
     conns.push(TcpStream::connect(app.addr).await.unwrap());
     for conn in &mut conns {
         conn.write_all(first).await.unwrap();
     }
     all_accepted(app.addr).await;
-    let addr = app.addr;
-    let stopping = tokio::spawn(async move { app.stop().await });
-    let closed = eventually(Duration::from_secs(5), || async move { TcpStream::connect(addr).await.is_err() }).await;
-    assert!(closed, "the listener closed");
+    let stopping = begin_stop(app).await;
     for conn in &mut conns {
         conn.write_all(rest).await.unwrap();
     }

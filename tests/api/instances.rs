@@ -21,9 +21,27 @@ use tokio::task::JoinSet;
 
 use crate::helpers::*;
 
+/// The database file the instances of a test share, in `db`.
+fn shared_db_url(db: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", db.path().join("shared.db").display())
+}
+
+/// Two instances on one database and one Redis: one to change links through, and one whose
+/// long-lived L1 holds them.
+async fn writer_and_reader(redis: &RedisServer, db: &tempfile::TempDir) -> (TestApp, TestApp) {
+    let (u1, u2) = (shared_db_url(db), shared_db_url(db));
+    let writer = spawn_app(Some(redis), move |c| c.db.url = u1).await;
+    let reader = spawn_app(Some(redis), move |c| {
+        c.db.url = u2;
+        c.cache.l1_ttl = Duration::from_secs(600);
+    })
+    .await;
+    (writer, reader)
+}
+
 /// Three instances on one database and one Redis, each with a large, long-lived L1.
 async fn three_instances(redis: &RedisServer, db: &tempfile::TempDir) -> Vec<Arc<TestApp>> {
-    let db_url = format!("sqlite://{}", db.path().join("shared.db").display());
+    let db_url = shared_db_url(db);
     let mut apps = Vec::new();
     for _ in 0..3 {
         let url = db_url.clone();
@@ -216,7 +234,7 @@ async fn killed_subscriptions_never_let_an_instance_serve_a_stale_target() {
 async fn an_instance_that_does_not_answer_delays_a_change_boundedly_and_never_serves_it_stale() {
     let redis = RedisServer::start();
     let db = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", db.path().join("shared.db").display());
+    let db_url = shared_db_url(&db);
     let url = db_url.clone();
     let writer = spawn_app(Some(&redis), move |c| c.db.url = url).await;
     writer.create_code("frozen", "https://example.com/before").await;
@@ -391,14 +409,7 @@ async fn with_redis_dead_or_stalled_a_change_is_never_served_stale_by_another_in
     for fault in ["kill", "pause"] {
         let mut redis = RedisServer::start();
         let db = tempfile::tempdir().unwrap();
-        let db_url = format!("sqlite://{}", db.path().join("shared.db").display());
-        let (u1, u2) = (db_url.clone(), db_url.clone());
-        let writer = spawn_app(Some(&redis), move |c| c.db.url = u1).await;
-        let reader = spawn_app(Some(&redis), move |c| {
-            c.db.url = u2;
-            c.cache.l1_ttl = Duration::from_secs(600);
-        })
-        .await;
+        let (writer, reader) = writer_and_reader(&redis, &db).await;
         writer.create_code("dark", "https://example.com/before").await;
         for _ in 0..3 {
             assert_eq!(reader.location("dark").await.unwrap(), "https://example.com/before");
@@ -424,14 +435,7 @@ async fn with_redis_dead_or_stalled_a_change_is_never_served_stale_by_another_in
 async fn during_a_redis_outage_l1_keeps_serving_and_changes_arrive_through_the_outbox() {
     let redis = RedisServer::start();
     let db = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", db.path().join("shared.db").display());
-    let (u1, u2) = (db_url.clone(), db_url.clone());
-    let writer = spawn_app(Some(&redis), move |c| c.db.url = u1).await;
-    let reader = spawn_app(Some(&redis), move |c| {
-        c.db.url = u2;
-        c.cache.l1_ttl = Duration::from_secs(600);
-    })
-    .await;
+    let (writer, reader) = writer_and_reader(&redis, &db).await;
     writer.create_code("outage", "https://example.com/before").await;
     assert_eq!(reader.location("outage").await.unwrap(), "https://example.com/before");
     redis.pause();
