@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::SqlitePool;
+use crate::db::Db;
 
 use crate::db::{
     keys::{self, ApiKeyRow},
@@ -130,7 +130,7 @@ impl KeyCache {
 
     /// Checks a presented key by its hash: memory first (verified keys, then recent failures),
     /// the database only for a key seen neither way.
-    pub async fn verify(&self, db: &SqlitePool, hash: &[u8]) -> Result<ApiKeyRow, AuthError> {
+    pub async fn verify(&self, db: &Db, hash: &[u8]) -> Result<ApiKeyRow, AuthError> {
         if let Some(row) = self.get(hash) {
             return Ok(row);
         }

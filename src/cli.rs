@@ -9,7 +9,6 @@ use std::{
 };
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sqlx::{ConnectOptions, SqliteConnection};
 
 use crate::{
     config::Config,
@@ -104,7 +103,7 @@ pub async fn run(cli: Cli, inherited: Vec<crate::net::listen::Inherited>) -> Cli
         Command::Serve => serve(config, inherited).await,
         Command::Migrate => {
             db::migrate(&config.db.url).await?;
-            println!("migrations applied to {}", config.db.url);
+            println!("migrations applied to {}", crate::config::redact_url(&config.db.url));
             Ok(())
         }
         Command::Keys(cmd) => run_keys(&config, cmd).await,
@@ -143,13 +142,13 @@ pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()
     })
 }
 
-async fn connect(config: &Config) -> Result<SqliteConnection, sqlx::Error> {
-    db::migrate(&config.db.url).await?;
-    db::connect_options(&config.db.url, Duration::from_secs(10))?.connect().await
+async fn connect(config: &Config) -> Result<db::OwnedConn, sqlx::Error> {
+    db::OwnedConn::open(&config.db.url).await
 }
 
 async fn run_keys(config: &Config, cmd: KeysCommand) -> CliResult {
-    let mut conn = connect(config).await?;
+    let mut owned = connect(config).await?;
+    let mut conn = owned.conn();
     match cmd {
         KeysCommand::Create { name, unlimited, admin } => {
             let name = name.trim();
@@ -288,7 +287,8 @@ async fn import(config: &Config, file: &str, format: Option<ImportFormat>, batch
         let len = f.metadata().ok().map(|m| m.len());
         (Box::new(std::io::BufReader::with_capacity(1 << 20, f)), len)
     };
-    let mut conn = connect(config).await?;
+    let mut owned = connect(config).await?;
+    let mut conn = owned.conn();
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let (mut read_bytes, mut lines, mut inserted, mut rejected) = (0u64, 0u64, 0u64, 0u64);

@@ -80,20 +80,35 @@ impl fmt::Debug for Http {
 }
 
 /// The database.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Db {
-    /// `DATABASE_URL`: SQLite URL or path. Default `sqlite://data/shortener.db`; the file and its
-    /// folder are created when missing.
+    /// `DATABASE_URL`: `sqlite://PATH` (or a plain path) or `postgres://USER:PASSWORD@HOST/DB`.
+    /// Default `sqlite://data/shortener.db`; a SQLite file and its folder are created when
+    /// missing. May carry a password (redacted in Debug and in messages).
     pub url: String,
-    /// `DB_READ_POOL_SIZE`: read connections. Default: 2 per core, at least 4.
+    /// `DB_READ_POOL_SIZE`: read connections (SQLite); on PostgreSQL the pool has this many
+    /// plus one for the writer. Default: 2 per core, at least 4.
     pub read_pool_size: u32,
     /// `DB_ACQUIRE_TIMEOUT_MS`: longest wait for a read connection before the request is shed
     /// with 503. Default 1000.
     pub acquire_timeout: Duration,
-    /// `DB_BUSY_TIMEOUT_MS`: SQLite busy timeout. Default 5000.
+    /// `DB_BUSY_TIMEOUT_MS`: SQLite busy timeout; on PostgreSQL the `lock_timeout` and
+    /// `statement_timeout` of every connection. Default 5000.
     pub busy_timeout: Duration,
     /// `WRITE_BATCH_MAX`: most changes the writer commits in one transaction. Default 512.
     pub write_batch_max: usize,
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db")
+            .field("url", &redact_url(&self.url))
+            .field("read_pool_size", &self.read_pool_size)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("busy_timeout", &self.busy_timeout)
+            .field("write_batch_max", &self.write_batch_max)
+            .finish()
+    }
 }
 
 /// Redis.
@@ -410,10 +425,10 @@ impl Config {
         // named `postgres:` in the working directory).
         let scheme = database_url_scheme(&self.db.url);
         check(
-            scheme.is_none_or(|s| s.eq_ignore_ascii_case("sqlite")),
+            scheme.is_none_or(|s| ["sqlite", "postgres", "postgresql"].iter().any(|k| s.eq_ignore_ascii_case(k))),
             "DATABASE_URL",
             crate::config::redact_url(&self.db.url),
-            "has a scheme this build does not serve: use sqlite://PATH (or a plain file path)",
+            "has a scheme this build does not serve: use sqlite://PATH (or a plain file path) or postgres://USER:PASSWORD@HOST/DB",
         )?;
         check(
             self.http.header_read_timeout >= Duration::from_millis(100),
@@ -556,9 +571,19 @@ mod tests {
 
     #[test]
     fn a_database_url_with_a_scheme_not_served_stops_startup_naming_the_variable() {
-        let e = from(&[("DATABASE_URL", "postgres://u:secret@db/links")]).unwrap_err().to_string();
-        assert!(e.contains("DATABASE_URL") && !e.contains("secret"), "{e}");
-        for ok in ["sqlite://data/x.db", "sqlite::memory:", "data/x.db", "/var/lib/x.db", "SQLITE:///x.db"] {
+        for bad in ["mysql://u:secret@db/links", "redis://u:secret@db/0", "mssql://sa:secret@db/links"] {
+            let e = from(&[("DATABASE_URL", bad)]).unwrap_err().to_string();
+            assert!(e.contains("DATABASE_URL") && !e.contains("secret"), "{e}");
+        }
+        for ok in [
+            "sqlite://data/x.db",
+            "sqlite::memory:",
+            "data/x.db",
+            "/var/lib/x.db",
+            "SQLITE:///x.db",
+            "postgres://u:p@db/links",
+            "postgresql://db/links",
+        ] {
             assert!(from(&[("DATABASE_URL", ok)]).is_ok(), "{ok}");
         }
     }

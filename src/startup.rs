@@ -47,7 +47,7 @@ pub struct Application {
 }
 
 /// The invalidation bus's view of the database's outbox.
-struct DbOutbox(sqlx::SqlitePool);
+struct DbOutbox(db::Db);
 
 impl Outbox for DbOutbox {
     fn queued_after(&self, after: i64, limit: i64) -> BoxFuture<'_, Result<Vec<(i64, String)>, String>> {
@@ -75,13 +75,12 @@ pub async fn build_on(
     hooks: Hooks,
     inherited: Vec<crate::net::listen::Inherited>,
 ) -> Result<Application, StartupError> {
-    let writer_conn = db::open_writer(&config.db.url, config.db.busy_timeout)
-        .await
-        .map_err(|e| format!("opening database {}: {e}", config.db.url))?;
-    let read_pool =
-        db::open_read_pool(&config.db.url, config.db.read_pool_size, config.db.acquire_timeout, config.db.busy_timeout)
+    let shown_url = crate::config::redact_url(&config.db.url);
+    let (read_pool, writer_conn) =
+        db::open(&config.db.url, config.db.read_pool_size, config.db.acquire_timeout, config.db.busy_timeout)
             .await
-            .map_err(|e| format!("opening read pool on {}: {e}", config.db.url))?;
+            .map_err(|e| format!("opening database {shown_url}: {e}"))?;
+    tracing::info!(db.backend = read_pool.backend().as_str(), db.url = %shown_url, "database open");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut background = Vec::new();
@@ -170,7 +169,13 @@ pub async fn build_on(
     let (writer, writer_task) =
         Writer::spawn(writer_conn, resolver.clone(), new_code, config.db.write_batch_max, shutdown_rx.clone());
     background.push(writer_task);
-    let db_file = db::connect_options(&config.db.url, config.db.busy_timeout)?.get_filename().to_path_buf();
+    // SQLite's file (its checks in /health and its checkpointer); none on PostgreSQL.
+    let db_file = match read_pool.backend() {
+        db::Backend::Sqlite => {
+            db::connect_options(&config.db.url, config.db.busy_timeout)?.get_filename().to_path_buf()
+        }
+        db::Backend::Postgres => std::path::PathBuf::new(),
+    };
     if !db_file.as_os_str().is_empty() && !db_file.to_string_lossy().starts_with(':') {
         let (url, busy, rx) = (config.db.url.clone(), config.db.busy_timeout, shutdown_rx.clone());
         background.push(tokio::spawn(db::run_checkpointer(url, busy, Duration::from_millis(500), rx)));

@@ -2,8 +2,8 @@
 
 use std::{ops::Deref, path::PathBuf, sync::Arc, time::Instant};
 
+use crate::db::Db;
 use axum::http::HeaderValue;
-use sqlx::SqlitePool;
 
 use crate::{clicks::Clicks, config::Config, db::writer::Writer, links::resolve::Resolver, observe::Metrics};
 
@@ -16,7 +16,7 @@ pub struct Inner {
     /// The configuration the service started with.
     pub config: Config,
     /// The read pool (API reads, key lookups, health).
-    pub db: SqlitePool,
+    pub db: Db,
     /// The read-through resolver (L1, Redis, SQLite) and its counters.
     pub resolver: Arc<Resolver>,
     /// The single writer (group commit).
@@ -60,8 +60,8 @@ impl AppState {
         self.key_cache.export_metrics(m);
         self.limiter.export_metrics(m);
         let pool = |s: &'static str| vec![metrics::Label::new("state", s)];
-        m.gauge("shortener_db_read_pool_connections", pool("open")).set(f64::from(self.db.size()));
-        m.gauge("shortener_db_read_pool_connections", pool("idle")).set(self.db.num_idle() as f64);
+        m.gauge("shortener_db_read_pool_connections", pool("open")).set(f64::from(self.db.pool_stats().0));
+        m.gauge("shortener_db_read_pool_connections", pool("idle")).set(self.db.pool_stats().1 as f64);
         m.gauge("shortener_uptime_seconds", vec![]).set(self.started.elapsed().as_secs_f64());
         let conns = &self.connections;
         m.gauge("shortener_connections_open", vec![]).set(conns.open.load(std::sync::atomic::Ordering::Relaxed) as f64);

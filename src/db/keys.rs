@@ -2,9 +2,9 @@
 
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use sqlx::{FromRow, SqliteConnection, SqlitePool};
+use sqlx::FromRow;
 
-use super::DbError;
+use super::{on_db, Conn, Db, DbError};
 
 /// An API key as the API sees it after authentication.
 #[derive(Debug, Clone, FromRow)]
@@ -39,13 +39,10 @@ pub fn generate_key() -> String {
 }
 
 /// Looks a key up by its hash.
-pub async fn find_key_by_hash(pool: &SqlitePool, hash: &[u8]) -> Result<Option<ApiKeyRow>, DbError> {
-    Ok(sqlx::query_as::<_, ApiKeyRow>(
-        "SELECT id, name, key_prefix, unlimited, admin, created_at, revoked_at FROM api_keys WHERE key_hash = ?",
-    )
-    .bind(hash)
-    .fetch_optional(pool)
-    .await?)
+pub async fn find_key_by_hash(db: &Db, hash: &[u8]) -> Result<Option<ApiKeyRow>, DbError> {
+    const SQL: &str =
+        "SELECT id, name, key_prefix, unlimited, admin, created_at, revoked_at FROM api_keys WHERE key_hash = $1";
+    Ok(on_db!(pool db, p => sqlx::query_as::<_, ApiKeyRow>(SQL).bind(hash).fetch_optional(p).await)?)
 }
 
 /// What a new key may do.
@@ -58,57 +55,50 @@ pub struct KeyRights {
 }
 
 /// Creates a key; returns the plaintext key (shown once). Fails when the name is taken.
-pub async fn insert_key(
-    conn: &mut SqliteConnection,
-    name: &str,
-    rights: KeyRights,
-    now: i64,
-) -> Result<String, sqlx::Error> {
+pub async fn insert_key(conn: &mut Conn<'_>, name: &str, rights: KeyRights, now: i64) -> Result<String, sqlx::Error> {
+    const SQL: &str =
+        "INSERT INTO api_keys (name, key_hash, key_prefix, unlimited, admin, created_at) VALUES ($1, $2, $3, $4, $5, $6)";
     let key = generate_key();
-    sqlx::query(
-        "INSERT INTO api_keys (name, key_hash, key_prefix, unlimited, admin, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(name)
-    .bind(hash_key(&key))
-    .bind(&key[..7])
-    .bind(rights.unlimited)
-    .bind(rights.admin)
-    .bind(now)
-    .execute(conn)
-    .await?;
+    on_db!(conn conn, c => sqlx::query(SQL)
+        .bind(name)
+        .bind(hash_key(&key))
+        .bind(&key[..7])
+        .bind(rights.unlimited)
+        .bind(rights.admin)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(drop))?;
     Ok(key)
 }
 
 /// All keys, oldest first.
-pub async fn find_keys(conn: &mut SqliteConnection) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
-    sqlx::query_as::<_, ApiKeyRow>(
-        "SELECT id, name, key_prefix, unlimited, admin, created_at, revoked_at FROM api_keys ORDER BY id",
-    )
-    .fetch_all(conn)
-    .await
+pub async fn find_keys(conn: &mut Conn<'_>) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
+    const SQL: &str = "SELECT id, name, key_prefix, unlimited, admin, created_at, revoked_at FROM api_keys ORDER BY id";
+    on_db!(conn conn, c => sqlx::query_as::<_, ApiKeyRow>(SQL).fetch_all(c).await)
 }
 
 /// Revokes a key by name; false when no active key has that name.
-pub async fn revoke_key(conn: &mut SqliteConnection, name: &str, now: i64) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
-        .bind(now)
-        .bind(name)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected() > 0)
+pub async fn revoke_key(conn: &mut Conn<'_>, name: &str, now: i64) -> Result<bool, sqlx::Error> {
+    const SQL: &str = "UPDATE api_keys SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL";
+    let done = on_db!(conn conn, c => sqlx::query(SQL).bind(now).bind(name).execute(c).await?.rows_affected());
+    Ok(done > 0)
 }
 
 /// The names of the keys with these ids (ids of keys that no longer exist are absent).
-pub async fn find_key_names(pool: &SqlitePool, ids: &[i64]) -> Result<std::collections::HashMap<i64, String>, DbError> {
+pub async fn find_key_names(db: &Db, ids: &[i64]) -> Result<std::collections::HashMap<i64, String>, DbError> {
     if ids.is_empty() {
         return Ok(Default::default());
     }
-    let sql = format!("SELECT id, name FROM api_keys WHERE id IN ({})", vec!["?"; ids.len()].join(", "));
-    let mut q = sqlx::query_as::<_, (i64, String)>(&sql).persistent(false);
-    for id in ids {
-        q = q.bind(id);
-    }
-    Ok(q.fetch_all(pool).await?.into_iter().collect())
+    let sql = format!("SELECT id, name FROM api_keys WHERE id IN ({})", super::links::placeholders(1, ids.len(), 1));
+    let rows = on_db!(pool db, p => {
+        let mut q = sqlx::query_as::<_, (i64, String)>(&sql).persistent(false);
+        for id in ids {
+            q = q.bind(id);
+        }
+        q.fetch_all(p).await
+    })?;
+    Ok(rows.into_iter().collect())
 }
 
 impl ApiKeyRow {

@@ -1,8 +1,9 @@
-//! Queries on `link_mappings`. Reads take the read pool; writes take the writer's connection.
+//! Queries on `link_mappings`, `link_clicks_daily` and `cache_invalidations`. Reads take the
+//! read pool ([`Db`]); writes take the writer's connection ([`Conn`]).
 
-use sqlx::{FromRow, SqliteConnection, SqlitePool};
+use sqlx::FromRow;
 
-use super::DbError;
+use super::{on_db, Conn, Db, DbError};
 
 /// One link as stored.
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]
@@ -47,7 +48,7 @@ impl Scope {
         }
     }
 
-    /// The binds of [`SCOPED`]: (every?, key id).
+    /// The binds of a scoped statement's `($n OR created_by = $n+1)`: (every?, key id).
     fn binds(self) -> (bool, i64) {
         match self {
             Scope::Every => (true, 0),
@@ -55,9 +56,6 @@ impl Scope {
         }
     }
 }
-
-/// The condition a [`Scope`] adds to a statement; bind [`Scope::binds`] in order.
-const SCOPED: &str = "(? OR created_by = ?)";
 
 /// What the redirect path needs of a link.
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]
@@ -71,12 +69,32 @@ pub struct Target {
 }
 
 /// Most values one `IN (…)` list or multi-row `VALUES` carries (SQLite allows 32,766 parameters a
-/// statement).
+/// statement, PostgreSQL 65,535).
 const MAX_LIST: usize = 10_000;
 
-/// `n` copies of a placeholder group, comma-separated: `?, ?, ?` or `(?, ?), (?, ?)`.
-fn placeholders(n: usize, group: &str) -> String {
-    vec![group; n].join(", ")
+/// `rows` numbered placeholder groups of `width`, comma-separated, the first numbered `first`:
+/// `$1, $2, $3` (width 1) or `($1, $2), ($3, $4)`. Both drivers read `$N`.
+pub(crate) fn placeholders(first: usize, rows: usize, width: usize) -> String {
+    let mut out = String::with_capacity(rows * (width * 6 + 4));
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        if width > 1 {
+            out.push('(');
+        }
+        for k in 0..width {
+            if k > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(first + r * width + k).to_string());
+        }
+        if width > 1 {
+            out.push(')');
+        }
+    }
+    out
 }
 
 const COLUMNS: &str =
@@ -84,19 +102,22 @@ const COLUMNS: &str =
 
 /// The redirect path's fallback read for many codes at once (the resolver batches concurrent
 /// misses): one statement, a primary-key probe per code. Codes without a link are absent.
-pub async fn find_targets_by_codes(pool: &SqlitePool, codes: &[String]) -> Result<Vec<(String, Target)>, DbError> {
+pub async fn find_targets_by_codes(db: &Db, codes: &[String]) -> Result<Vec<(String, Target)>, DbError> {
     let mut found = Vec::with_capacity(codes.len());
     for chunk in codes.chunks(MAX_LIST) {
-        let list = placeholders(chunk.len(), "?");
+        let list = placeholders(1, chunk.len(), 1);
         let sql = format!(
             "SELECT short_code, original_url, redirect_status, expires_at FROM link_mappings WHERE short_code IN ({list})"
         );
-        // Not cached: the text varies with the batch size.
-        let mut q = sqlx::query_as::<_, (String, String, i64, Option<i64>)>(&sql).persistent(false);
-        for code in chunk {
-            q = q.bind(code);
-        }
-        for (code, original_url, redirect_status, expires_at) in q.fetch_all(pool).await? {
+        let rows = on_db!(pool db, p => {
+            // Not cached: the text varies with the batch size.
+            let mut q = sqlx::query_as::<_, (String, String, i64, Option<i64>)>(&sql).persistent(false);
+            for code in chunk {
+                q = q.bind(code);
+            }
+            q.fetch_all(p).await
+        })?;
+        for (code, original_url, redirect_status, expires_at) in rows {
             found.push((code, Target { original_url, redirect_status, expires_at }));
         }
     }
@@ -104,43 +125,27 @@ pub async fn find_targets_by_codes(pool: &SqlitePool, codes: &[String]) -> Resul
 }
 
 /// The whole link, for the API.
-pub async fn find_link_by_code(pool: &SqlitePool, code: &str) -> Result<Option<LinkRow>, DbError> {
-    Ok(sqlx::query_as::<_, LinkRow>(&format!("SELECT {COLUMNS} FROM link_mappings WHERE short_code = ?"))
-        .bind(code)
-        .fetch_optional(pool)
-        .await?)
+pub async fn find_link_by_code(db: &Db, code: &str) -> Result<Option<LinkRow>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM link_mappings WHERE short_code = $1");
+    Ok(on_db!(pool db, p => sqlx::query_as::<_, LinkRow>(&sql).bind(code).fetch_optional(p).await)?)
 }
 
 /// A page of the links in `scope`, ordered by code, starting after `after` (keyset pagination:
 /// stable under concurrent inserts, one range scan per page: of the primary key for every link,
 /// of `link_mappings_by_creator` for one key's).
-pub async fn find_links_page(
-    pool: &SqlitePool,
-    scope: Scope,
-    after: Option<&str>,
-    limit: u32,
-) -> Result<Vec<LinkRow>, DbError> {
+pub async fn find_links_page(db: &Db, scope: Scope, after: Option<&str>, limit: u32) -> Result<Vec<LinkRow>, DbError> {
     let after = after.unwrap_or("");
     let limit = i64::from(limit);
     Ok(match scope {
         Scope::Every => {
-            sqlx::query_as::<_, LinkRow>(&format!(
-                "SELECT {COLUMNS} FROM link_mappings WHERE short_code > ? ORDER BY short_code LIMIT ?"
-            ))
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
+            let sql = format!("SELECT {COLUMNS} FROM link_mappings WHERE short_code > $1 ORDER BY short_code LIMIT $2");
+            on_db!(pool db, p => sqlx::query_as::<_, LinkRow>(&sql).bind(after).bind(limit).fetch_all(p).await)?
         }
         Scope::CreatedBy(id) => {
-            sqlx::query_as::<_, LinkRow>(&format!(
-            "SELECT {COLUMNS} FROM link_mappings WHERE created_by = ? AND short_code > ? ORDER BY short_code LIMIT ?"
-        ))
-            .bind(id)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
+            let sql = format!(
+                "SELECT {COLUMNS} FROM link_mappings WHERE created_by = $1 AND short_code > $2 ORDER BY short_code LIMIT $3"
+            );
+            on_db!(pool db, p => sqlx::query_as::<_, LinkRow>(&sql).bind(id).bind(after).bind(limit).fetch_all(p).await)?
         }
     })
 }
@@ -158,94 +163,140 @@ pub struct LinkPatch {
 
 /// Applies a patch; `None` when there is no such link in `scope`.
 pub async fn update_link(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     code: &str,
     scope: Scope,
     patch: &LinkPatch,
     now: i64,
 ) -> Result<Option<LinkRow>, sqlx::Error> {
     let (every, id) = scope.binds();
-    sqlx::query_as::<_, LinkRow>(&format!(
+    let sql = format!(
         "UPDATE link_mappings SET
-            original_url = COALESCE(?, original_url),
-            redirect_status = COALESCE(?, redirect_status),
-            expires_at = CASE WHEN ? THEN ? ELSE expires_at END,
-            updated_at = ?
-         WHERE short_code = ? AND {SCOPED} RETURNING {COLUMNS}"
-    ))
-    .bind(patch.url.as_deref())
-    .bind(patch.redirect_status)
-    .bind(patch.expires_at.is_some())
-    .bind(patch.expires_at.flatten())
-    .bind(now)
-    .bind(code)
-    .bind(every)
-    .bind(id)
-    .fetch_optional(conn)
-    .await
-}
-
-/// Deletes a link in `scope` and its daily click rows; false when there was no such link.
-pub async fn delete_link(conn: &mut SqliteConnection, code: &str, scope: Scope) -> Result<bool, sqlx::Error> {
-    let (every, id) = scope.binds();
-    let done = sqlx::query(&format!("DELETE FROM link_mappings WHERE short_code = ? AND {SCOPED}"))
+            original_url = COALESCE($1, original_url),
+            redirect_status = COALESCE($2, redirect_status),
+            expires_at = CASE WHEN $3 THEN $4 ELSE expires_at END,
+            updated_at = $5
+         WHERE short_code = $6 AND ($7 OR created_by = $8) RETURNING {COLUMNS}"
+    );
+    on_db!(conn conn, c => sqlx::query_as::<_, LinkRow>(&sql)
+        .bind(patch.url.as_deref())
+        .bind(patch.redirect_status)
+        .bind(patch.expires_at.is_some())
+        .bind(patch.expires_at.flatten())
+        .bind(now)
         .bind(code)
         .bind(every)
         .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    if done.rows_affected() == 0 {
+        .fetch_optional(c)
+        .await)
+}
+
+/// Deletes a link in `scope` and its daily click rows; false when there was no such link.
+pub async fn delete_link(conn: &mut Conn<'_>, code: &str, scope: Scope) -> Result<bool, sqlx::Error> {
+    let (every, id) = scope.binds();
+    let deleted = on_db!(conn conn, c => sqlx::query(
+        "DELETE FROM link_mappings WHERE short_code = $1 AND ($2 OR created_by = $3)"
+    )
+    .bind(code)
+    .bind(every)
+    .bind(id)
+    .execute(c)
+    .await?
+    .rows_affected());
+    if deleted == 0 {
         return Ok(false);
     }
-    sqlx::query("DELETE FROM link_clicks_daily WHERE short_code = ?").bind(code).execute(&mut *conn).await?;
+    on_db!(conn conn, c => sqlx::query("DELETE FROM link_clicks_daily WHERE short_code = $1").bind(code).execute(c).await.map(drop))?;
     Ok(true)
 }
 
 /// Adds buffered clicks — (code, count, last click epoch ms) — to their links and to their rows
 /// for `day`; codes whose link no longer exists are skipped. Two statements per 20,000 codes,
-/// each taking the whole chunk as one JSON parameter (`json_each`): the statements' text is fixed
-/// (prepared once, no SQL to parse per flush). A statement per code meant two round trips to
-/// SQLite's thread per clicked code, which under a load spread over 100,000 codes was a third of
-/// the service's CPU; this costs about 10 µs of SQLite's time per code.
-pub async fn add_clicks(
-    conn: &mut SqliteConnection,
-    batch: &[(String, u64, i64)],
-    day: &str,
-) -> Result<(), sqlx::Error> {
-    // Codes are unique within a flush, but summing keeps this right if they were not.
-    const CLICKED: &str = "WITH s AS (SELECT value ->> 0 AS code, SUM(value ->> 1) AS n, MAX(value ->> 2) AS last
-                           FROM json_each(?) GROUP BY 1)";
+/// each taking the whole chunk as fixed-shape parameters (SQLite: one JSON text read with
+/// `json_each`; PostgreSQL: three arrays read with `unnest`): the statements' text is fixed
+/// (prepared once, no SQL to parse per flush). A statement per code meant two round trips per
+/// clicked code, which under a load spread over 100,000 codes was a third of the service's CPU.
+pub async fn add_clicks(conn: &mut Conn<'_>, batch: &[(String, u64, i64)], day: &str) -> Result<(), sqlx::Error> {
     for chunk in batch.chunks(20_000) {
         let rows: Vec<(&str, i64, i64)> =
             chunk.iter().map(|(code, n, last)| (code.as_str(), i64::try_from(*n).unwrap_or(i64::MAX), *last)).collect();
-        let json = serde_json::to_string(&rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        sqlx::query(&format!(
-            "{CLICKED} INSERT INTO link_clicks_daily (short_code, day, clicks)
-             SELECT s.code, ?, s.n FROM s JOIN link_mappings m ON m.short_code = s.code WHERE true
-             ON CONFLICT (short_code, day) DO UPDATE SET clicks = clicks + excluded.clicks"
-        ))
-        .bind(&json)
-        .bind(day)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(&format!(
-            "{CLICKED} UPDATE link_mappings SET clicks = clicks + s.n, last_clicked_at = MAX(COALESCE(last_clicked_at, 0), s.last)
-             FROM s WHERE link_mappings.short_code = s.code"
-        ))
-        .bind(&json)
-        .execute(&mut *conn)
-        .await?;
+        match conn {
+            Conn::Sqlite(c) => add_clicks_sqlite(c, &rows, day).await?,
+            Conn::Postgres(c) => add_clicks_pg(c, &rows, day).await?,
+        }
     }
     Ok(())
 }
 
+async fn add_clicks_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    rows: &[(&str, i64, i64)],
+    day: &str,
+) -> Result<(), sqlx::Error> {
+    // Codes are unique within a flush, but summing keeps this right if they were not.
+    const CLICKED: &str = "WITH s AS (SELECT value ->> 0 AS code, SUM(value ->> 1) AS n, MAX(value ->> 2) AS last
+                           FROM json_each($1) GROUP BY 1)";
+    let json = serde_json::to_string(rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(&format!(
+        "{CLICKED} INSERT INTO link_clicks_daily (short_code, day, clicks)
+         SELECT s.code, $2, s.n FROM s JOIN link_mappings m ON m.short_code = s.code WHERE true
+         ON CONFLICT (short_code, day) DO UPDATE SET clicks = clicks + excluded.clicks"
+    ))
+    .bind(&json)
+    .bind(day)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(&format!(
+        "{CLICKED} UPDATE link_mappings SET clicks = clicks + s.n, last_clicked_at = MAX(COALESCE(last_clicked_at, 0), s.last)
+         FROM s WHERE link_mappings.short_code = s.code"
+    ))
+    .bind(&json)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn add_clicks_pg(conn: &mut sqlx::PgConnection, rows: &[(&str, i64, i64)], day: &str) -> Result<(), sqlx::Error> {
+    const CLICKED: &str = "WITH s AS (SELECT code, SUM(n)::bigint AS n, MAX(last) AS last
+                           FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS t(code, n, last) GROUP BY code)";
+    let codes: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let counts: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    let lasts: Vec<i64> = rows.iter().map(|r| r.2).collect();
+    // Several instances flush clicks of the same links: each takes the rows' locks in code order
+    // first, so two flushes wait for each other instead of deadlocking.
+    sqlx::query("SELECT 1 FROM link_mappings WHERE short_code = ANY($1) ORDER BY short_code FOR UPDATE")
+        .bind(&codes)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!(
+        "{CLICKED} INSERT INTO link_clicks_daily (short_code, day, clicks)
+         SELECT s.code, $4, s.n FROM s JOIN link_mappings m ON m.short_code = s.code
+         ON CONFLICT (short_code, day) DO UPDATE SET clicks = link_clicks_daily.clicks + excluded.clicks"
+    ))
+    .bind(&codes)
+    .bind(&counts)
+    .bind(&lasts)
+    .bind(day)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(&format!(
+        "{CLICKED} UPDATE link_mappings
+         SET clicks = link_mappings.clicks + s.n,
+             last_clicked_at = GREATEST(COALESCE(link_mappings.last_clicked_at, 0), s.last)
+         FROM s WHERE link_mappings.short_code = s.code"
+    ))
+    .bind(&codes)
+    .bind(&counts)
+    .bind(&lasts)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Daily click counts of a link from `since_day` (YYYY-MM-DD) on.
-pub async fn find_clicks_daily(pool: &SqlitePool, code: &str, since_day: &str) -> Result<Vec<(String, i64)>, DbError> {
-    Ok(sqlx::query_as("SELECT day, clicks FROM link_clicks_daily WHERE short_code = ? AND day >= ? ORDER BY day")
-        .bind(code)
-        .bind(since_day)
-        .fetch_all(pool)
-        .await?)
+pub async fn find_clicks_daily(db: &Db, code: &str, since_day: &str) -> Result<Vec<(String, i64)>, DbError> {
+    const SQL: &str = "SELECT day, clicks FROM link_clicks_daily WHERE short_code = $1 AND day >= $2 ORDER BY day";
+    Ok(on_db!(pool db, p => sqlx::query_as(SQL).bind(code).bind(since_day).fetch_all(p).await)?)
 }
 
 /// A link to insert.
@@ -281,30 +332,47 @@ impl NewLink<'_> {
 }
 
 /// Inserts many links; codes that are taken (or repeated within `rows`: the first wins) are
-/// skipped. Returns the rows that were inserted.
+/// skipped. Returns the rows that were inserted. Runs inside the writer's transaction.
 ///
-/// No `RETURNING`: sqlx's SQLite driver hands every result row from its worker thread to the
-/// task separately, and a thousand rows meant about a thousand thread wake-ups per batch (most
-/// of a create's CPU in the profile). Instead one query finds the codes that are taken (normally
-/// none), the rest go in with one `INSERT`, and the rows are built from what was inserted. The
-/// caller holds the write lock (`BEGIN IMMEDIATE`), so nothing can take a code in between.
-pub async fn insert_links(
-    conn: &mut SqliteConnection,
-    rows: &[NewLink<'_>],
-    now: i64,
-) -> Result<Vec<LinkRow>, sqlx::Error> {
-    let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
-    for chunk in rows.chunks(MAX_LIST) {
-        let list = placeholders(chunk.len(), "?");
-        let sql = format!("SELECT short_code FROM link_mappings WHERE short_code IN ({list})");
-        let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(false);
-        for r in chunk {
-            q = q.bind(r.code);
-        }
-        taken.extend(q.fetch_all(&mut *conn).await?);
-    }
+/// SQLite: no `RETURNING`. sqlx's SQLite driver hands every result row from its worker thread to
+/// the task separately, and a thousand rows meant about a thousand thread wake-ups per batch
+/// (most of a create's CPU in the profile). Instead one query finds the codes that are taken
+/// (normally none), the rest go in with one `INSERT`, and the rows are built from what was
+/// inserted. The caller holds the write lock (`BEGIN IMMEDIATE`), so nothing can take a code in
+/// between.
+///
+/// PostgreSQL: writers of other instances commit beside this one, so "taken" is only known by
+/// the insert itself: `ON CONFLICT DO NOTHING RETURNING short_code` (a conflicting insert of
+/// another transaction in flight is waited for, then decides).
+pub async fn insert_links(conn: &mut Conn<'_>, rows: &[NewLink<'_>], now: i64) -> Result<Vec<LinkRow>, sqlx::Error> {
     let mut seen = std::collections::HashSet::new();
-    let fresh: Vec<&NewLink<'_>> = rows.iter().filter(|r| !taken.contains(r.code) && seen.insert(r.code)).collect();
+    let unique: Vec<&NewLink<'_>> = rows.iter().filter(|r| seen.insert(r.code)).collect();
+    if let Conn::Postgres(c) = conn {
+        let mut inserted = Vec::with_capacity(unique.len());
+        for chunk in unique.chunks(MAX_ROWS_PER_INSERT) {
+            let (sql, _) = insert_sql(chunk.len(), " RETURNING short_code");
+            let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(false);
+            for r in chunk {
+                q = q.bind(r.code).bind(r.url).bind(r.status).bind(now).bind(now).bind(r.expires_at).bind(r.created_by);
+            }
+            let codes: std::collections::HashSet<String> = q.fetch_all(&mut **c).await?.into_iter().collect();
+            inserted.extend(chunk.iter().filter(|r| codes.contains(r.code)).map(|r| r.row(now)));
+        }
+        return Ok(inserted);
+    }
+    let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for chunk in unique.chunks(MAX_LIST) {
+        let sql =
+            format!("SELECT short_code FROM link_mappings WHERE short_code IN ({})", placeholders(1, chunk.len(), 1));
+        taken.extend(on_db!(conn conn, c => {
+            let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(false);
+            for r in chunk {
+                q = q.bind(r.code);
+            }
+            q.fetch_all(c).await
+        })?);
+    }
+    let fresh: Vec<&NewLink<'_>> = unique.into_iter().filter(|r| !taken.contains(r.code)).collect();
     for chunk in fresh.chunks(MAX_ROWS_PER_INSERT) {
         if insert_links_skipping_taken(conn, chunk, now).await? != chunk.len() as u64 {
             return Err(sqlx::Error::Protocol("a code was taken while the write lock was held".into()));
@@ -316,11 +384,23 @@ pub async fn insert_links(
 /// Most rows one `INSERT` takes: 7 parameters a row, and SQLite allows 32,766 a statement.
 pub const MAX_ROWS_PER_INSERT: usize = 4000;
 
+/// The multi-row insert of `n` links, skipping taken codes, with `tail` appended.
+fn insert_sql(n: usize, tail: &str) -> (String, usize) {
+    let values = placeholders(1, n, 7);
+    (
+        format!(
+            "INSERT INTO link_mappings (short_code, original_url, redirect_status, created_at, updated_at, expires_at, created_by)
+             VALUES {values} ON CONFLICT (short_code) DO NOTHING{tail}"
+        ),
+        n * 7,
+    )
+}
+
 /// Inserts at most [`MAX_ROWS_PER_INSERT`] links with one statement, skipping codes that are
 /// taken; returns how many went in. Outside a transaction the statement commits on its own, all
-/// or nothing, so a batch of creates is one round trip to SQLite's thread.
+/// or nothing, so a batch of creates is one round trip.
 pub async fn insert_links_skipping_taken(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     rows: &[&NewLink<'_>],
     now: i64,
 ) -> Result<u64, sqlx::Error> {
@@ -328,39 +408,40 @@ pub async fn insert_links_skipping_taken(
     if rows.is_empty() {
         return Ok(0);
     }
-    let values = placeholders(rows.len(), "(?, ?, ?, ?, ?, ?, ?)");
-    let sql = format!(
-        "INSERT INTO link_mappings (short_code, original_url, redirect_status, created_at, updated_at, expires_at, created_by)
-         VALUES {values} ON CONFLICT (short_code) DO NOTHING"
-    );
-    // Not cached: the text varies with the batch size.
-    let mut q = sqlx::query(&sql).persistent(false);
-    for r in rows {
-        q = q.bind(r.code).bind(r.url).bind(r.status).bind(now).bind(now).bind(r.expires_at).bind(r.created_by);
-    }
-    Ok(q.execute(&mut *conn).await?.rows_affected())
+    let (sql, _) = insert_sql(rows.len(), "");
+    on_db!(conn conn, c => {
+        // Not cached: the text varies with the batch size.
+        let mut q = sqlx::query(&sql).persistent(false);
+        for r in rows {
+            q = q.bind(r.code).bind(r.url).bind(r.status).bind(now).bind(now).bind(r.expires_at).bind(r.created_by);
+        }
+        Ok(q.execute(c).await?.rows_affected())
+    })
 }
 
 /// Of `rows`, inserted at `now` by [`insert_links_skipping_taken`], the codes whose stored link
 /// is a different one: those codes were taken before. (A stored row equal to ours in URL, status,
 /// expiry, creator and creation millisecond is ours, or indistinguishable from it.)
 pub async fn find_taken_by_others(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn<'_>,
     rows: &[&NewLink<'_>],
     now: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
     let mut stored = std::collections::HashMap::new();
     for chunk in rows.chunks(MAX_LIST) {
-        let list = placeholders(chunk.len(), "?");
         let sql = format!(
             "SELECT short_code, original_url, redirect_status, created_at, expires_at, created_by
-             FROM link_mappings WHERE short_code IN ({list})"
+             FROM link_mappings WHERE short_code IN ({})",
+            placeholders(1, chunk.len(), 1)
         );
-        let mut q = sqlx::query_as::<_, (String, String, i64, i64, Option<i64>, Option<i64>)>(&sql).persistent(false);
-        for r in chunk {
-            q = q.bind(r.code);
-        }
-        for (code, url, status, created, expires, by) in q.fetch_all(&mut *conn).await? {
+        let found = on_db!(conn conn, c => {
+            let mut q = sqlx::query_as::<_, (String, String, i64, i64, Option<i64>, Option<i64>)>(&sql).persistent(false);
+            for r in chunk {
+                q = q.bind(r.code);
+            }
+            q.fetch_all(c).await
+        })?;
+        for (code, url, status, created, expires, by) in found {
             stored.insert(code, (url, status, created, expires, by));
         }
     }
@@ -381,92 +462,110 @@ pub async fn find_taken_by_others(
         .collect())
 }
 
-/// Queues cache invalidations for `codes` in the current transaction; returns their ids. Rowids
-/// of one multi-row insert into a table without AUTOINCREMENT are consecutive, ending at
-/// `last_insert_rowid()` (and the caller holds the write lock), so no `RETURNING` is needed.
-pub async fn insert_invalidations(
-    conn: &mut SqliteConnection,
-    codes: &[String],
-    now: i64,
-) -> Result<Vec<i64>, sqlx::Error> {
+/// The advisory lock that PostgreSQL writers hold from their first outbox insert to their
+/// commit ("shortener outbox" in ASCII, folded to 63 bits).
+const OUTBOX_LOCK: i64 = 0x7368_6f72_7462_6f78;
+
+/// Queues cache invalidations for `codes` in the current transaction; returns their ids.
+///
+/// SQLite: rowids of one multi-row insert are consecutive, ending at `last_insert_rowid()` (the
+/// caller holds the write lock), so no `RETURNING` is needed.
+///
+/// PostgreSQL: writers of several instances insert here at once, and identity values are taken
+/// at insert but become visible at commit, so without care a reader could see id 10 before id 9
+/// commits and then skip 9 for good (readers ask for ids above the last one they saw). Each
+/// writer takes a transaction-scoped advisory lock before its first insert and keeps it until it
+/// commits, so ids become visible in the order they were taken. Only batches that change
+/// existing links take it; creates under random codes never do.
+pub async fn insert_invalidations(conn: &mut Conn<'_>, codes: &[String], now: i64) -> Result<Vec<i64>, sqlx::Error> {
     let mut ids = Vec::with_capacity(codes.len());
+    if codes.is_empty() {
+        return Ok(ids);
+    }
+    if let Conn::Postgres(c) = conn {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_LOCK).execute(&mut **c).await?;
+    }
     for chunk in codes.chunks(MAX_LIST) {
-        let values = placeholders(chunk.len(), "(?, ?)");
-        let sql = format!("INSERT INTO cache_invalidations (short_code, queued_at) VALUES {values}");
-        let mut q = sqlx::query(&sql).persistent(false);
-        for c in chunk {
-            q = q.bind(c).bind(now);
+        let values = placeholders(1, chunk.len(), 2);
+        match conn {
+            Conn::Sqlite(c) => {
+                let sql = format!("INSERT INTO cache_invalidations (short_code, queued_at) VALUES {values}");
+                let mut q = sqlx::query(&sql).persistent(false);
+                for code in chunk {
+                    q = q.bind(code).bind(now);
+                }
+                let last = q.execute(&mut **c).await?.last_insert_rowid();
+                ids.extend((last - chunk.len() as i64 + 1)..=last);
+            }
+            Conn::Postgres(c) => {
+                let sql =
+                    format!("INSERT INTO cache_invalidations (short_code, queued_at) VALUES {values} RETURNING id");
+                let mut q = sqlx::query_scalar::<_, i64>(&sql).persistent(false);
+                for code in chunk {
+                    q = q.bind(code).bind(now);
+                }
+                let mut got = q.fetch_all(&mut **c).await?;
+                got.sort_unstable();
+                ids.extend(got);
+            }
         }
-        let last = q.execute(&mut *conn).await?.last_insert_rowid();
-        ids.extend((last - chunk.len() as i64 + 1)..=last);
     }
     Ok(ids)
 }
 
 /// Removes invalidations that Redis acknowledged.
-pub async fn delete_invalidations(conn: &mut SqliteConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+pub async fn delete_invalidations(conn: &mut Conn<'_>, ids: &[i64]) -> Result<(), sqlx::Error> {
     for chunk in ids.chunks(500) {
-        let list = placeholders(chunk.len(), "?");
-        let sql = format!("DELETE FROM cache_invalidations WHERE id IN ({list})");
-        let mut q = sqlx::query(&sql);
-        for id in chunk {
-            q = q.bind(id);
-        }
-        q.execute(&mut *conn).await?;
+        let sql = format!("DELETE FROM cache_invalidations WHERE id IN ({})", placeholders(1, chunk.len(), 1));
+        on_db!(conn conn, c => {
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.execute(c).await.map(drop)
+        })?;
     }
     Ok(())
 }
 
 /// Queued invalidations with an id above `after`, oldest first: (id, code).
-pub async fn find_invalidations_after(
-    pool: &SqlitePool,
-    after: i64,
-    limit: i64,
-) -> Result<Vec<(i64, String)>, DbError> {
-    Ok(sqlx::query_as("SELECT id, short_code FROM cache_invalidations WHERE id > ? ORDER BY id LIMIT ?")
-        .bind(after)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?)
+pub async fn find_invalidations_after(db: &Db, after: i64, limit: i64) -> Result<Vec<(i64, String)>, DbError> {
+    const SQL: &str = "SELECT id, short_code FROM cache_invalidations WHERE id > $1 ORDER BY id LIMIT $2";
+    Ok(on_db!(pool db, p => sqlx::query_as(SQL).bind(after).bind(limit).fetch_all(p).await)?)
 }
 
 /// The codes of the `n` most-clicked links (cache warm-up).
-pub async fn find_most_clicked_codes(pool: &SqlitePool, n: u32) -> Result<Vec<String>, DbError> {
-    Ok(sqlx::query_scalar("SELECT short_code FROM link_mappings ORDER BY clicks DESC LIMIT ?")
-        .bind(i64::from(n))
-        .fetch_all(pool)
-        .await?)
+pub async fn find_most_clicked_codes(db: &Db, n: u32) -> Result<Vec<String>, DbError> {
+    const SQL: &str = "SELECT short_code FROM link_mappings ORDER BY clicks DESC LIMIT $1";
+    Ok(on_db!(pool db, p => sqlx::query_scalar(SQL).bind(i64::from(n)).fetch_all(p).await)?)
 }
 
 /// A read that touches the links table (readiness).
-pub async fn probe(pool: &SqlitePool) -> Result<(), DbError> {
-    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM (SELECT 1 FROM link_mappings LIMIT 1)").fetch_one(pool).await?;
+pub async fn probe(db: &Db) -> Result<(), DbError> {
+    const SQL: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM link_mappings LIMIT 1) AS one";
+    on_db!(pool db, p => sqlx::query_scalar::<_, i64>(SQL).fetch_one(p).await)?;
     Ok(())
 }
 
 /// Inserts many links (302, no expiry, no creator) in one transaction, skipping codes that
 /// exist; returns how many were new. Multi-row statements: a statement per link made an import
 /// of 600,000 links take 46 s.
-pub async fn insert_links_bulk(
-    conn: &mut SqliteConnection,
-    rows: &[(String, String)],
-    now: i64,
-) -> Result<u64, sqlx::Error> {
+pub async fn insert_links_bulk(conn: &mut Conn<'_>, rows: &[(String, String)], now: i64) -> Result<u64, sqlx::Error> {
     let links: Vec<NewLink<'_>> =
         rows.iter().map(|(code, url)| NewLink { code, url, status: 302, expires_at: None, created_by: None }).collect();
     let refs: Vec<&NewLink<'_>> = links.iter().collect();
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    super::begin(conn).await?;
     let mut inserted = 0;
     for chunk in refs.chunks(MAX_ROWS_PER_INSERT) {
         match insert_links_skipping_taken(conn, chunk, now).await {
             Ok(n) => inserted += n,
             Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                super::rollback(conn).await;
                 return Err(e);
             }
         }
     }
-    sqlx::query("COMMIT").execute(&mut *conn).await?;
+    super::commit(conn).await?;
     Ok(inserted)
 }
 
@@ -474,7 +573,7 @@ pub async fn insert_links_bulk(
 mod tests {
     use super::*;
 
-    async fn fresh_db() -> (tempfile::TempDir, SqliteConnection) {
+    async fn fresh_db() -> (tempfile::TempDir, sqlx::SqliteConnection) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let conn = crate::db::open_writer(&url, std::time::Duration::from_secs(5)).await.unwrap();
@@ -489,7 +588,7 @@ mod tests {
     async fn a_batch_insert_skips_taken_codes_and_the_taken_ones_are_found() {
         let (_dir, mut conn) = fresh_db().await;
         let earlier = link("taken01", "https://example.com/earlier");
-        assert_eq!(insert_links_skipping_taken(&mut conn, &[&earlier], 1).await.unwrap(), 1);
+        assert_eq!(insert_links_skipping_taken(&mut Conn::Sqlite(&mut conn), &[&earlier], 1).await.unwrap(), 1);
 
         let rows = [
             link("fresh01", "https://example.com/a"),
@@ -497,8 +596,11 @@ mod tests {
             link("fresh02", "https://example.com/c"),
         ];
         let refs: Vec<&NewLink<'_>> = rows.iter().collect();
-        assert_eq!(insert_links_skipping_taken(&mut conn, &refs, 2).await.unwrap(), 2);
-        assert_eq!(find_taken_by_others(&mut conn, &refs, 2).await.unwrap(), vec!["taken01".to_string()]);
+        assert_eq!(insert_links_skipping_taken(&mut Conn::Sqlite(&mut conn), &refs, 2).await.unwrap(), 2);
+        assert_eq!(
+            find_taken_by_others(&mut Conn::Sqlite(&mut conn), &refs, 2).await.unwrap(),
+            vec!["taken01".to_string()]
+        );
         // The earlier link is untouched.
         let url: String = sqlx::query_scalar("SELECT original_url FROM link_mappings WHERE short_code = 'taken01'")
             .fetch_one(&mut conn)
@@ -512,12 +614,12 @@ mod tests {
         let (_dir, mut conn) = fresh_db().await;
         let rows = [link("clk0001", "https://example.com/1"), link("clk0002", "https://example.com/2")];
         let refs: Vec<&NewLink<'_>> = rows.iter().collect();
-        insert_links_skipping_taken(&mut conn, &refs, 1).await.unwrap();
+        insert_links_skipping_taken(&mut Conn::Sqlite(&mut conn), &refs, 1).await.unwrap();
         let batch =
             vec![("clk0001".to_string(), 3, 100), ("gone000".to_string(), 5, 100), ("clk0002".to_string(), 1, 50)];
-        add_clicks(&mut conn, &batch, "2026-11-22").await.unwrap();
-        add_clicks(&mut conn, &[("clk0001".to_string(), 2, 90)], "2026-11-22").await.unwrap();
-        add_clicks(&mut conn, &[("clk0001".to_string(), 4, 200)], "2026-11-23").await.unwrap();
+        add_clicks(&mut Conn::Sqlite(&mut conn), &batch, "2026-11-22").await.unwrap();
+        add_clicks(&mut Conn::Sqlite(&mut conn), &[("clk0001".to_string(), 2, 90)], "2026-11-22").await.unwrap();
+        add_clicks(&mut Conn::Sqlite(&mut conn), &[("clk0001".to_string(), 4, 200)], "2026-11-23").await.unwrap();
         let totals: Vec<(String, i64, Option<i64>)> =
             sqlx::query_as("SELECT short_code, clicks, last_clicked_at FROM link_mappings ORDER BY short_code")
                 .fetch_all(&mut conn)

@@ -1,4 +1,4 @@
-//! The single writer: one SQLite connection that commits concurrent changes together.
+//! The single writer: one connection that commits concurrent changes together.
 //!
 //! Handlers submit a [`Change`] and wait for its [`Outcome`]. The writer takes every change that
 //! is waiting (up to `WRITE_BATCH_MAX`) and commits them together (group commit: one fsync for
@@ -11,6 +11,11 @@
 //!
 //! The writer runs on a thread of its own with a single-threaded runtime, so the round trips to
 //! SQLite's thread do not queue behind the HTTP connections on the shared runtime.
+//!
+//! On PostgreSQL each instance has such a writer, and each batch takes a connection from the
+//! pool for its transaction. Writers of several instances commit side by side; a batch that
+//! PostgreSQL aborted to break a deadlock between them is tried again (the other one went
+//! through), a few times at most.
 
 use std::{
     sync::{
@@ -20,12 +25,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::SqliteConnection;
+use sqlx::{pool::PoolConnection, Postgres};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     links::{self, LinkPatch, LinkRow, Scope},
-    DbError,
+    Conn, DbError, WriterConn,
 };
 use crate::time_util::now_ms;
 use futures_util::future::BoxFuture;
@@ -163,7 +168,7 @@ const RANDOM_CODE_ATTEMPTS: usize = 8;
 impl Writer {
     /// Starts the writer task on `conn`. It stops when `shutdown` fires and the queue is drained.
     pub fn spawn(
-        conn: SqliteConnection,
+        conn: WriterConn,
         announce: Arc<dyn Announce>,
         new_code: NewCode,
         batch_max: usize,
@@ -210,7 +215,7 @@ impl Writer {
 }
 
 struct WriterTask {
-    conn: SqliteConnection,
+    conn: WriterConn,
     announce: Arc<dyn Announce>,
     new_code: NewCode,
     batch_max: usize,
@@ -221,6 +226,9 @@ struct WriterTask {
 
 /// Most committed batches being invalidated and answered at once.
 const FINISHING_MAX: usize = 4;
+
+/// How often a batch aborted by a conflict with another instance's writer is tried again.
+const CONFLICT_RETRIES: u32 = 3;
 
 impl WriterTask {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>, mut shutdown: watch::Receiver<bool>) {
@@ -253,11 +261,28 @@ impl WriterTask {
         let acked = self.announce.take_applied();
         let started = Instant::now();
         let only_random_creates = jobs.iter().all(|j| matches!(j.change, Change::Create { code: None, .. }));
-        let result = if only_random_creates && acked.is_empty() && jobs.len() <= links::MAX_ROWS_PER_INSERT {
-            self.create_random(&jobs).await
-        } else {
-            self.commit(&jobs, &acked).await
+        let mut held: Option<PoolConnection<Postgres>> = None;
+        let result = match batch_conn(&mut self.conn, &mut held).await {
+            Err(e) => Err(e),
+            Ok(mut conn) => {
+                let mut attempt = 0;
+                loop {
+                    let r = if only_random_creates && acked.is_empty() && jobs.len() <= links::MAX_ROWS_PER_INSERT {
+                        create_random(&mut conn, &self.new_code, &jobs).await
+                    } else {
+                        commit(&mut conn, &self.new_code, &jobs, &acked).await
+                    };
+                    match r {
+                        Err(e) if super::is_retryable_conflict(&e) && attempt < CONFLICT_RETRIES => {
+                            attempt += 1;
+                            tracing::info!(error = %e, attempt, "write batch aborted by a conflict; trying again");
+                        }
+                        r => break r,
+                    }
+                }
+            }
         };
+        drop(held);
         self.stats.commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         match result {
             Ok((outcomes, codes, ids)) => {
@@ -289,175 +314,20 @@ impl WriterTask {
         }
     }
 
-    /// One transaction for the whole batch. Returns the outcomes (in job order), the codes to
-    /// invalidate and their invalidation row ids.
-    async fn commit(
-        &mut self,
-        jobs: &[Job],
-        acked: &[i64],
-    ) -> Result<(Vec<Outcome>, Vec<String>, Vec<i64>), sqlx::Error> {
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut self.conn).await?;
-        match self.apply_in_tx(jobs, acked).await {
-            Ok(done) => match sqlx::query("COMMIT").execute(&mut self.conn).await {
-                Ok(_) => Ok(done),
-                Err(e) => {
-                    let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
-                    Err(e)
-                }
-            },
-            Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
-                Err(e)
-            }
-        }
-    }
-
-    /// The common batch under load: only creates under random codes. One `INSERT` outside a
-    /// transaction is atomic and durable by itself, so the batch costs one statement (one round
-    /// trip to SQLite's thread) instead of four. If a random code collided (the insert reports
-    /// fewer rows), one query finds which, and those go in again under fresh codes. No
-    /// invalidation rows: see the end of [`Self::apply_in_tx`].
-    async fn create_random(&mut self, jobs: &[Job]) -> Result<(Vec<Outcome>, Vec<String>, Vec<i64>), sqlx::Error> {
-        let now = now_ms();
-        let mut codes: Vec<String> = jobs.iter().map(|_| (self.new_code)()).collect();
-        let mut pending: Vec<usize> = (0..jobs.len()).collect();
-        for _ in 0..RANDOM_CODE_ATTEMPTS {
-            let rows: Vec<links::NewLink<'_>> = pending
-                .iter()
-                .map(|&i| jobs[i].change.new_link(&codes[i]).expect("only creates take this path"))
-                .collect();
-            let refs: Vec<&links::NewLink<'_>> = rows.iter().collect();
-            let inserted = links::insert_links_skipping_taken(&mut self.conn, &refs, now).await?;
-            if inserted == rows.len() as u64 {
-                let outcomes = jobs
-                    .iter()
-                    .zip(&codes)
-                    .map(|(job, c)| {
-                        Outcome::Created(job.change.new_link(c).expect("only creates take this path").row(now))
-                    })
-                    .collect();
-                return Ok((outcomes, codes, Vec::new()));
-            }
-            let taken: std::collections::HashSet<String> =
-                links::find_taken_by_others(&mut self.conn, &refs, now).await?.into_iter().collect();
-            tracing::warn!(collided = taken.len(), "random codes collided; trying others");
-            drop(rows);
-            pending.retain(|&i| taken.contains(&codes[i]));
-            for &i in &pending {
-                codes[i] = (self.new_code)();
-            }
-        }
-        Err(sqlx::Error::Protocol("no free random code found".into()))
-    }
-
-    async fn apply_in_tx(
-        &mut self,
-        jobs: &[Job],
-        acked: &[i64],
-    ) -> Result<(Vec<Outcome>, Vec<String>, Vec<i64>), sqlx::Error> {
-        let conn = &mut self.conn;
-        links::delete_invalidations(conn, acked).await?;
-        let now = now_ms();
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; jobs.len()];
-
-        // All creates of the batch go in as one multi-row INSERT (a handful of statements per
-        // batch instead of two per create: each statement is a round trip to SQLite's thread).
-        // A random code that collided gets a fresh one in the next round.
-        let mut pending: Vec<(usize, String)> = jobs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, j)| match &j.change {
-                Change::Create { code, .. } => Some((i, code.clone().unwrap_or_else(|| (self.new_code)()))),
-                _ => None,
-            })
-            .collect();
-        for round in 0..RANDOM_CODE_ATTEMPTS {
-            if pending.is_empty() {
-                break;
-            }
-            let rows: Vec<links::NewLink<'_>> =
-                pending.iter().map(|(i, c)| jobs[*i].change.new_link(c).expect("only creates are pending")).collect();
-            let mut inserted: std::collections::HashMap<String, LinkRow> =
-                links::insert_links(conn, &rows, now).await?.into_iter().map(|r| (r.short_code.clone(), r)).collect();
-            let mut retry = Vec::new();
-            for (i, c) in pending {
-                let custom = matches!(&jobs[i].change, Change::Create { code: Some(_), .. });
-                match inserted.remove(&c) {
-                    Some(row) => outcomes[i] = Some(Outcome::Created(row)),
-                    None if custom => outcomes[i] = Some(Outcome::Taken),
-                    None => {
-                        tracing::warn!("random code collided; trying another");
-                        retry.push((i, (self.new_code)()));
-                    }
-                }
-            }
-            pending = retry;
-            if round + 1 == RANDOM_CODE_ATTEMPTS && !pending.is_empty() {
-                return Err(sqlx::Error::Protocol("no free random code found".into()));
-            }
-        }
-
-        for (i, job) in jobs.iter().enumerate() {
-            let outcome = match &job.change {
-                Change::Create { .. } => continue,
-                Change::Update { code, scope, patch } => {
-                    match links::update_link(conn, code, *scope, patch, now).await? {
-                        Some(row) => Outcome::Updated(row),
-                        None => Outcome::NotFound,
-                    }
-                }
-                Change::Delete { code, scope } => {
-                    if links::delete_link(conn, code, *scope).await? {
-                        Outcome::Deleted
-                    } else {
-                        Outcome::NotFound
-                    }
-                }
-                Change::Clicks { batch, day } => {
-                    links::add_clicks(conn, batch, day).await?;
-                    Outcome::ClicksAdded
-                }
-            };
-            outcomes[i] = Some(outcome);
-        }
-
-        let outcomes: Vec<Outcome> = outcomes.into_iter().map(|o| o.expect("every job has an outcome")).collect();
-        // Every changed code is deleted from Redis after the commit, but only changes to codes
-        // that may already be cached need a durable invalidation row: a link created under a
-        // fresh random code (the insert proves no link had it) can at most have a stray "no
-        // such code" entry if someone guessed that exact code before it existed — a 1 in 62^7
-        // event per probe, and such an entry expires in NEGATIVE_CACHE_TTL_SECS anyway. This
-        // halves the rows a create writes.
-        let mut codes = Vec::new();
-        let mut durable = Vec::new();
-        for (outcome, job) in outcomes.iter().zip(jobs) {
-            let (code, random) = match (outcome, &job.change) {
-                (Outcome::Created(row), Change::Create { code, .. }) => (&row.short_code, code.is_none()),
-                (Outcome::Updated(row), _) => (&row.short_code, false),
-                (Outcome::Deleted, Change::Delete { code, .. }) => (code, false),
-                _ => continue,
-            };
-            if !random {
-                durable.push(code.clone());
-            }
-            codes.push(code.clone());
-        }
-        let ids = links::insert_invalidations(conn, &durable, now).await?;
-        Ok((outcomes, codes, ids))
-    }
-
     async fn clean_acked(&mut self) {
         let acked = self.announce.take_applied();
         if acked.is_empty() {
             return;
         }
+        let mut held = None;
         let r = async {
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut self.conn).await?;
-            if let Err(e) = links::delete_invalidations(&mut self.conn, &acked).await {
-                let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
+            let mut conn = batch_conn(&mut self.conn, &mut held).await?;
+            super::begin(&mut conn).await?;
+            if let Err(e) = links::delete_invalidations(&mut conn, &acked).await {
+                super::rollback(&mut conn).await;
                 return Err(e);
             }
-            sqlx::query("COMMIT").execute(&mut self.conn).await.map(|_| ())
+            super::commit(&mut conn).await
         }
         .await;
         if let Err(e) = r {
@@ -465,4 +335,172 @@ impl WriterTask {
             self.announce.requeue_applied(acked);
         }
     }
+}
+
+/// One transaction for the whole batch. Returns the outcomes (in job order), the codes to
+/// invalidate and their invalidation row ids.
+async fn commit(
+    conn: &mut Conn<'_>,
+    new_code: &NewCode,
+    jobs: &[Job],
+    acked: &[i64],
+) -> Result<(Vec<Outcome>, Vec<String>, Vec<i64>), sqlx::Error> {
+    super::begin(conn).await?;
+    match apply_in_tx(conn, new_code, jobs, acked).await {
+        Ok(done) => match super::commit(conn).await {
+            Ok(()) => Ok(done),
+            Err(e) => {
+                super::rollback(conn).await;
+                Err(e)
+            }
+        },
+        Err(e) => {
+            super::rollback(conn).await;
+            Err(e)
+        }
+    }
+}
+
+/// The common batch under load: only creates under random codes. One `INSERT` outside a
+/// transaction is atomic and durable by itself, so the batch costs one statement (one round
+/// trip to SQLite's thread) instead of four. If a random code collided (the insert reports
+/// fewer rows), one query finds which, and those go in again under fresh codes. No
+/// invalidation rows: see the end of [`apply_in_tx`].
+async fn create_random(
+    conn: &mut Conn<'_>,
+    new_code: &NewCode,
+    jobs: &[Job],
+) -> Result<(Vec<Outcome>, Vec<String>, Vec<i64>), sqlx::Error> {
+    let now = now_ms();
+    let mut codes: Vec<String> = jobs.iter().map(|_| new_code()).collect();
+    let mut pending: Vec<usize> = (0..jobs.len()).collect();
+    for _ in 0..RANDOM_CODE_ATTEMPTS {
+        let rows: Vec<links::NewLink<'_>> =
+            pending.iter().map(|&i| jobs[i].change.new_link(&codes[i]).expect("only creates take this path")).collect();
+        let refs: Vec<&links::NewLink<'_>> = rows.iter().collect();
+        let inserted = links::insert_links_skipping_taken(conn, &refs, now).await?;
+        if inserted == rows.len() as u64 {
+            let outcomes = jobs
+                .iter()
+                .zip(&codes)
+                .map(|(job, c)| Outcome::Created(job.change.new_link(c).expect("only creates take this path").row(now)))
+                .collect();
+            return Ok((outcomes, codes, Vec::new()));
+        }
+        let taken: std::collections::HashSet<String> =
+            links::find_taken_by_others(conn, &refs, now).await?.into_iter().collect();
+        tracing::warn!(collided = taken.len(), "random codes collided; trying others");
+        drop(rows);
+        pending.retain(|&i| taken.contains(&codes[i]));
+        for &i in &pending {
+            codes[i] = new_code();
+        }
+    }
+    Err(sqlx::Error::Protocol("no free random code found".into()))
+}
+
+async fn apply_in_tx(
+    conn: &mut Conn<'_>,
+    new_code: &NewCode,
+    jobs: &[Job],
+    acked: &[i64],
+) -> Result<(Vec<Outcome>, Vec<String>, Vec<i64>), sqlx::Error> {
+    links::delete_invalidations(conn, acked).await?;
+    let now = now_ms();
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; jobs.len()];
+
+    // All creates of the batch go in as one multi-row INSERT (a handful of statements per
+    // batch instead of two per create: each statement is a round trip to SQLite's thread).
+    // A random code that collided gets a fresh one in the next round.
+    let mut pending: Vec<(usize, String)> = jobs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, j)| match &j.change {
+            Change::Create { code, .. } => Some((i, code.clone().unwrap_or_else(|| new_code()))),
+            _ => None,
+        })
+        .collect();
+    for round in 0..RANDOM_CODE_ATTEMPTS {
+        if pending.is_empty() {
+            break;
+        }
+        let rows: Vec<links::NewLink<'_>> =
+            pending.iter().map(|(i, c)| jobs[*i].change.new_link(c).expect("only creates are pending")).collect();
+        let mut inserted: std::collections::HashMap<String, LinkRow> =
+            links::insert_links(conn, &rows, now).await?.into_iter().map(|r| (r.short_code.clone(), r)).collect();
+        let mut retry = Vec::new();
+        for (i, c) in pending {
+            let custom = matches!(&jobs[i].change, Change::Create { code: Some(_), .. });
+            match inserted.remove(&c) {
+                Some(row) => outcomes[i] = Some(Outcome::Created(row)),
+                None if custom => outcomes[i] = Some(Outcome::Taken),
+                None => {
+                    tracing::warn!("random code collided; trying another");
+                    retry.push((i, new_code()));
+                }
+            }
+        }
+        pending = retry;
+        if round + 1 == RANDOM_CODE_ATTEMPTS && !pending.is_empty() {
+            return Err(sqlx::Error::Protocol("no free random code found".into()));
+        }
+    }
+
+    for (i, job) in jobs.iter().enumerate() {
+        let outcome = match &job.change {
+            Change::Create { .. } => continue,
+            Change::Update { code, scope, patch } => match links::update_link(conn, code, *scope, patch, now).await? {
+                Some(row) => Outcome::Updated(row),
+                None => Outcome::NotFound,
+            },
+            Change::Delete { code, scope } => {
+                if links::delete_link(conn, code, *scope).await? {
+                    Outcome::Deleted
+                } else {
+                    Outcome::NotFound
+                }
+            }
+            Change::Clicks { batch, day } => {
+                links::add_clicks(conn, batch, day).await?;
+                Outcome::ClicksAdded
+            }
+        };
+        outcomes[i] = Some(outcome);
+    }
+
+    let outcomes: Vec<Outcome> = outcomes.into_iter().map(|o| o.expect("every job has an outcome")).collect();
+    // Every changed code is deleted from Redis after the commit, but only changes to codes
+    // that may already be cached need a durable invalidation row: a link created under a
+    // fresh random code (the insert proves no link had it) can at most have a stray "no
+    // such code" entry if someone guessed that exact code before it existed — a 1 in 62^7
+    // event per probe, and such an entry expires in NEGATIVE_CACHE_TTL_SECS anyway. This
+    // halves the rows a create writes.
+    let mut codes = Vec::new();
+    let mut durable = Vec::new();
+    for (outcome, job) in outcomes.iter().zip(jobs) {
+        let (code, random) = match (outcome, &job.change) {
+            (Outcome::Created(row), Change::Create { code, .. }) => (&row.short_code, code.is_none()),
+            (Outcome::Updated(row), _) => (&row.short_code, false),
+            (Outcome::Deleted, Change::Delete { code, .. }) => (code, false),
+            _ => continue,
+        };
+        if !random {
+            durable.push(code.clone());
+        }
+        codes.push(code.clone());
+    }
+    let ids = links::insert_invalidations(conn, &durable, now).await?;
+    Ok((outcomes, codes, ids))
+}
+
+/// The connection for one batch: SQLite's own, or one from the PostgreSQL pool (kept in `held`
+/// for the batch).
+async fn batch_conn<'a>(
+    conn: &'a mut WriterConn,
+    held: &'a mut Option<PoolConnection<Postgres>>,
+) -> Result<Conn<'a>, sqlx::Error> {
+    Ok(match conn {
+        WriterConn::Sqlite(c) => Conn::Sqlite(c),
+        WriterConn::Postgres(pool) => Conn::Postgres(&mut **held.insert(pool.acquire().await?)),
+    })
 }

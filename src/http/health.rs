@@ -69,8 +69,8 @@ fn redis_status(state: &AppState) -> &'static str {
     }
 }
 
-/// `GET /health/ready`: 200 while SQLite answers (Redis down is `"redis":"degraded"`, still
-/// 200: the service serves without it); 503 when SQLite does not.
+/// `GET /health/ready`: 200 while the database answers (Redis down is `"redis":"degraded"`,
+/// still 200: the service serves without it); 503 when it does not.
 pub async fn readiness(State(state): State<AppState>) -> Response {
     let redis = redis_status(&state);
     match check_db(&state).await {
@@ -90,24 +90,32 @@ fn file_len(p: &Path) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.len())
 }
 
-/// `GET /health/db`: SQLite status, pool sizes, query latency, file and WAL sizes (not the
-/// file's path).
+/// `GET /health/db`: backend, status, pool sizes, query latency, and for SQLite the file and
+/// WAL sizes (no path, no URL: nothing that could carry a secret).
 pub async fn db(State(state): State<AppState>) -> Response {
     let check = check_db(&state).await;
     let path = &state.db_file;
     let mut wal_path = path.clone().into_os_string();
     wal_path.push("-wal");
     let wal = file_len(Path::new(&wal_path));
+    let (size, idle) = state.db.pool_stats();
+    let backend = state.db.backend();
+    // PostgreSQL: one pool for reads and the writer, one more connection than the reads get.
+    let max = match backend {
+        db::Backend::Sqlite => state.config.db.read_pool_size,
+        db::Backend::Postgres => state.config.db.read_pool_size + 1,
+    };
     let body = json!({
         "status": if check.is_ok() { "ok" } else { "error" },
+        "backend": backend.as_str(),
         "error": check.as_ref().err(),
         "query_ms": check.as_ref().ok(),
         "db_bytes": file_len(path),
         "wal_bytes": wal,
         "read_pool": {
-            "max": state.config.db.read_pool_size,
-            "size": state.db.size(),
-            "idle": state.db.num_idle(),
+            "max": max,
+            "size": size,
+            "idle": idle,
         },
         "writer": {"connections": 1, "batch_max": state.config.db.write_batch_max},
     });

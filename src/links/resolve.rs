@@ -20,8 +20,8 @@ use std::{
     time::Duration,
 };
 
+use crate::db::Db;
 use serde::Serialize;
-use sqlx::SqlitePool;
 use tokio::sync::{Notify, OnceCell, Semaphore};
 
 use crate::{
@@ -204,7 +204,7 @@ pub struct Resolver {
     pub redis: Option<Arc<LinkCache>>,
     /// The invalidation bus, when Redis is enabled.
     pub bus: Option<Arc<Bus>>,
-    db: SqlitePool,
+    db: Db,
     /// Coalesces concurrent SQLite reads of flights into one query; started on first use.
     reads: OnceLock<Batcher<String, Result<Option<db::links::Target>, DbError>>>,
     flights: Mutex<FlightTable>,
@@ -216,7 +216,7 @@ pub struct Resolver {
 
 impl Resolver {
     /// Wires the tiers together.
-    pub fn new(l1: L1, redis: Option<(Arc<LinkCache>, Arc<Bus>)>, db: SqlitePool, negative_ttl: Duration) -> Self {
+    pub fn new(l1: L1, redis: Option<(Arc<LinkCache>, Arc<Bus>)>, db: Db, negative_ttl: Duration) -> Self {
         let (redis, bus) = redis.unzip();
         Resolver {
             l1,
