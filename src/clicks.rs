@@ -301,7 +301,13 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("clicks.db").display());
         let conn = db::open_writer(&url, Duration::from_millis(100)).await.unwrap();
         let (stop, rx) = watch::channel(false);
-        let (writer, _task) = Writer::spawn(conn, Arc::new(NoCaches), Arc::new(|| "unused".to_string()), 512, rx);
+        let (writer, _task) = Writer::spawn(
+            crate::db::WriterConn::Sqlite(conn),
+            Arc::new(NoCaches),
+            Arc::new(|| "unused".to_string()),
+            512,
+            rx,
+        );
         Fixture { url, writer, _stop: stop, _dir: dir }
     }
 

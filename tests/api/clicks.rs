@@ -112,7 +112,7 @@ async fn the_daily_series_has_every_day_with_today_last() {
 async fn sigterm_under_load_loses_no_click() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("c.db").display());
+    let db_url = crate::helpers::test_db_url(dir.path(), "c");
     let env = [("REDIS_URL", redis.url()), ("CLICK_FLUSH_INTERVAL_MS", "60000".to_string())];
     let svc = ServiceProcess::start(&db_url, &env, "", dir.path().join("1.log")).await;
     let http = client();

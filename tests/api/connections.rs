@@ -615,7 +615,7 @@ async fn shutdown_does_not_wait_for_a_client_silent_in_any_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_at_once_with_clients_silent_in_every_state() {
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let db_url = crate::helpers::test_db_url(dir.path(), "s");
     let env = [
         ("REDIS_ENABLED", "false".to_string()),
         ("HEADER_READ_TIMEOUT_MS", "30000".to_string()),

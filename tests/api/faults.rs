@@ -205,7 +205,7 @@ async fn changes_made_while_redis_is_paused_never_serve_the_old_target_with_l1_e
 async fn invalidations_queued_while_redis_was_down_are_replayed_after_a_service_restart() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("r.db").display());
+    let db_url = crate::helpers::test_db_url(dir.path(), "r");
     let env = [("REDIS_URL", redis.url()), ("REDIS_TIMEOUT_MS", "100".to_string())];
     let svc = ServiceProcess::start(&db_url, &env, "", dir.path().join("1.log")).await;
     let key = create_key(&db_url, "k", false).await;
@@ -288,18 +288,18 @@ async fn a_request_that_outlives_the_timeout_gets_503_not_a_hang() {
     })
     .await;
     let mut blocker = raw_conn(&app.db_url).await;
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut blocker).await.unwrap();
+    crate::helpers::hold_write_lock(&mut blocker).await;
     let started = Instant::now();
     let r = app.api(Method::POST, "/links").json(&json!({"url": "https://example.com/slow"})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(started.elapsed() < Duration::from_secs(2));
-    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    crate::helpers::release_write_lock(&mut blocker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_concurrent_creates_loses_no_acknowledged_create() {
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("k.db").display());
+    let db_url = crate::helpers::test_db_url(dir.path(), "k");
     let svc = ServiceProcess::start(&db_url, &[("REDIS_ENABLED", "false".into())], "", dir.path().join("s.log")).await;
     let key = create_key(&db_url, "k", true).await; // unlimited: this test is about durability, not limits
     let acked = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
@@ -342,7 +342,7 @@ async fn sigkill_during_concurrent_creates_loses_no_acknowledged_create() {
     assert!(acked.len() > 50, "too few creates to mean anything: {}", acked.len());
     let mut conn = raw_conn(&db_url).await;
     for (code, url) in &acked {
-        let stored: Option<String> = sqlx::query_scalar("SELECT original_url FROM link_mappings WHERE short_code = ?")
+        let stored: Option<String> = sqlx::query_scalar("SELECT original_url FROM link_mappings WHERE short_code = $1")
             .bind(code)
             .fetch_optional(&mut conn)
             .await
@@ -354,7 +354,7 @@ async fn sigkill_during_concurrent_creates_loses_no_acknowledged_create() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_file_descriptors_is_logged_once_and_the_service_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("fd.db").display());
+    let db_url = crate::helpers::test_db_url(dir.path(), "fd");
     let svc = ServiceProcess::start(
         &db_url,
         &[("REDIS_ENABLED", "false".into()), ("DB_READ_POOL_SIZE", "2".into())],

@@ -1,6 +1,6 @@
 //! Test harness: [`RedisServer`] (a real redis-server, configured as in production, that can be
 //! killed, paused, restarted), [`TestApp`] (the service in this process on a free port with its
-//! own SQLite file and an API key), the real binary ([`ServiceProcess`] for `serve`, [`run_cli`]
+//! own database, SQLite or PostgreSQL (see `pg`), and an API key), the real binary ([`ServiceProcess`] for `serve`, [`run_cli`]
 //! for one-shot commands) and [`eventually`], the one way a test waits for something.
 
 #![allow(dead_code)]
@@ -14,10 +14,12 @@ use std::{
 
 use reqwest::{redirect::Policy, Client, Response, StatusCode};
 use serde_json::{json, Value};
-use shortener::{config::Config, db, db::keys::KeyRights, links::resolve::Hooks, startup, state::AppState};
-use sqlx::ConnectOptions;
+use shortener::{config::Config, db::keys::KeyRights, links::resolve::Hooks, startup, state::AppState};
+
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
+
+pub use crate::pg::{on_postgres, sqlite_url, test_db_url};
 
 /// A free TCP port on loopback (bound and released; callers retry if someone takes it).
 pub fn free_port() -> u16 {
@@ -169,8 +171,7 @@ pub async fn spawn_app(redis: Option<&RedisServer>, tweak: impl FnOnce(&mut Conf
 /// [`spawn_app`] with test hooks in the service (a paused fill, the guard off).
 pub async fn spawn_app_with(redis: Option<&RedisServer>, tweak: impl FnOnce(&mut Config), hooks: Hooks) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let db_path: PathBuf = dir.path().join("data").join("links.db");
-    let db_url = format!("sqlite://{}", db_path.display());
+    let db_url = test_db_url(&dir.path().join("data"), "links");
     let redis_url = redis.map(|r| r.url());
     let mut config = Config::for_tests(&db_url, redis_url.as_deref());
     tweak(&mut config);
@@ -234,7 +235,7 @@ pub async fn create_key_with(db_url: &str, name: &str, rights: KeyRights) -> Str
 pub async fn seed_links(db_url: &str, prefix: &str, url_base: &str, n: usize) {
     let mut conn = raw_conn(db_url).await;
     for i in 0..n {
-        sqlx::query("INSERT INTO link_mappings (short_code, original_url) VALUES (?, ?)")
+        sqlx::query("INSERT INTO link_mappings (short_code, original_url) VALUES ($1, $2)")
             .bind(format!("{prefix}{i}"))
             .bind(format!("{url_base}{i}"))
             .execute(&mut conn)
@@ -243,9 +244,28 @@ pub async fn seed_links(db_url: &str, prefix: &str, url_base: &str, n: usize) {
     }
 }
 
-/// A plain connection to the test's database (for arranging rows by hand).
-pub async fn raw_conn(db_url: &str) -> sqlx::SqliteConnection {
-    db::connect_options(db_url, Duration::from_secs(5)).unwrap().connect().await.unwrap()
+/// A plain connection to the test's database, SQLite or PostgreSQL (for arranging and reading
+/// rows by hand; statements use `$N` placeholders, which both read).
+pub async fn raw_conn(db_url: &str) -> sqlx::AnyConnection {
+    sqlx::any::install_default_drivers();
+    <sqlx::AnyConnection as sqlx::Connection>::connect(db_url).await.unwrap()
+}
+
+/// Holds the database's write lock until [`release_write_lock`]: `BEGIN IMMEDIATE` on SQLite,
+/// an exclusive lock of `link_mappings` on PostgreSQL. Writes of the service then wait for their
+/// busy or lock timeout.
+pub async fn hold_write_lock(conn: &mut sqlx::AnyConnection) {
+    if conn.backend_name() == "PostgreSQL" {
+        sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+        sqlx::query("LOCK TABLE link_mappings IN ACCESS EXCLUSIVE MODE").execute(&mut *conn).await.unwrap();
+    } else {
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.unwrap();
+    }
+}
+
+/// Ends [`hold_write_lock`].
+pub async fn release_write_lock(conn: &mut sqlx::AnyConnection) {
+    sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
 }
 
 impl TestApp {

@@ -23,7 +23,7 @@ use crate::helpers::*;
 
 /// The database file the instances of a test share, in `db`.
 fn shared_db_url(db: &tempfile::TempDir) -> String {
-    format!("sqlite://{}", db.path().join("shared.db").display())
+    crate::helpers::test_db_url(db.path(), "shared")
 }
 
 /// Two instances on one database and one Redis: one to change links through, and one whose
@@ -336,7 +336,7 @@ impl Drop for Shared {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_sharing_an_inherited_socket_restart_one_by_one_under_load_without_a_failed_request() {
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let db_url = crate::helpers::test_db_url(dir.path(), "s");
     assert!(run_cli(&db_url, &["migrate"], &[]).status.success());
     let key = create_key(&db_url, "shared", true).await;
     let shared = Shared::start(&db_url, 2, dir.path());

@@ -1,5 +1,6 @@
 //! Integration tests: real `redis-server` processes on free ports, real SQLite files in temp
-//! dirs, real HTTP against the service bound on port 0. One binary, one module per concern.
+//! dirs or (with `TEST_DATABASE=postgres`) a real PostgreSQL server, real HTTP against the
+//! service bound on port 0. One binary, one module per concern.
 
 mod cli;
 mod clicks;
@@ -11,6 +12,7 @@ mod instances;
 mod links_api;
 mod operations;
 mod ownership;
+mod pg;
 mod ratelimit;
 mod read_through;
 mod redirect;

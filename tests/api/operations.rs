@@ -134,7 +134,10 @@ async fn with_redis_killed_ready_stays_200_and_says_degraded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_sqlite_file_unreadable_ready_is_503() {
-    let app = spawn_app(None, |_| {}).await;
+    // About SQLite's file, on either run of the suite (PostgreSQL's outage: faults.rs).
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::helpers::sqlite_url(dir.path(), "unreadable");
+    let app = spawn_app(None, |c| c.db.url = url).await;
     let path = app.db_url.trim_start_matches("sqlite://").to_string();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
     let (s, ready) = get_json(&app, "/health/ready").await;
@@ -260,7 +263,17 @@ async fn with_a_metrics_token_operator_endpoints_answer_that_token_from_anywhere
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_db_and_readiness_never_show_where_the_database_lives() {
+    // PostgreSQL: neither the URL nor its host, port or database.
     let app = spawn_app(None, |_| {}).await;
+    if let Some(rest) = app.db_url.strip_prefix("postgres://") {
+        let (_, db) = get_json(&app, "/health/db").await;
+        assert_eq!(db["backend"], "postgres", "{db}");
+        let (host, name) = rest.split_once('@').unwrap().1.split_once('/').unwrap();
+        for secret in [host, name] {
+            assert!(!db.to_string().contains(secret), "{secret} in {db}");
+        }
+        return;
+    }
     let dir = std::path::Path::new(app.db_url.strip_prefix("sqlite://").unwrap()).parent().unwrap().to_owned();
     let (_, db) = get_json(&app, "/health/db").await;
     assert!(!db.to_string().contains(dir.to_str().unwrap()), "{db}");
@@ -313,7 +326,7 @@ async fn health_redis_asks_redis_for_info_at_most_once_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_has_a_request_id_and_api_log_lines_carry_it() {
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("o.db").display());
+    let db_url = crate::helpers::test_db_url(dir.path(), "o");
     let svc = ServiceProcess::start(&db_url, &[("REDIS_ENABLED", "false".into())], "", dir.path().join("o.log")).await;
     let key = create_key(&db_url, "k", false).await;
     let http = client();
@@ -359,7 +372,7 @@ async fn under_systemd_the_service_notifies_ready_and_stopping() {
     let sock_path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("n.db").display());
+    let db_url = crate::helpers::test_db_url(dir.path(), "n");
     let svc = ServiceProcess::start(
         &db_url,
         &[("REDIS_ENABLED", "false".into()), ("NOTIFY_SOCKET", sock_path.display().to_string())],
@@ -438,7 +451,7 @@ async fn random_requests(base: &str, n: usize, seed: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_methods_paths_and_headers_leave_metrics_and_memory_flat() {
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("m.db").display());
+    let db_url = crate::helpers::test_db_url(dir.path(), "m");
     // A small L1, so that its bound (not this test's length) decides what unknown codes cost;
     // no per-IP limits, whose 429s would be one more (legitimate) status label mid-run.
     let env = [

@@ -139,13 +139,15 @@ async fn admin_keys_manage_every_link_and_see_who_created_each() {
 async fn migrate_to_before_ownership(db_url: &str, dir: &std::path::Path) {
     let old = dir.join("old-migrations");
     std::fs::create_dir_all(&old).unwrap();
+    let backend = if crate::helpers::on_postgres() { "postgres" } else { "sqlite" };
     for f in ["0001_links_and_keys.sql", "0002_clicks.sql"] {
-        std::fs::copy(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(f), old.join(f))
-            .unwrap();
+        let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(backend).join(f);
+        std::fs::copy(from, old.join(f)).unwrap();
     }
-    let path = db_url.strip_prefix("sqlite://").unwrap();
-    std::fs::create_dir_all(std::path::Path::new(path).parent().unwrap()).unwrap();
-    std::fs::File::create(path).unwrap();
+    if let Some(path) = db_url.strip_prefix("sqlite://") {
+        std::fs::create_dir_all(std::path::Path::new(path).parent().unwrap()).unwrap();
+        std::fs::File::create(path).unwrap();
+    }
     let mut conn = raw_conn(db_url).await;
     sqlx::migrate::Migrator::new(old.as_path()).await.unwrap().run(&mut conn).await.unwrap();
 }
@@ -153,11 +155,11 @@ async fn migrate_to_before_ownership(db_url: &str, dir: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_from_before_the_migration_keep_working_and_own_what_they_created() {
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let db_url = crate::helpers::test_db_url(dir.path(), "old");
     migrate_to_before_ownership(&db_url, dir.path()).await;
     let old_key = "sk_0123456789abcdefghijklmnopqrstuv";
     let mut conn = raw_conn(&db_url).await;
-    sqlx::query("INSERT INTO api_keys (id, name, key_hash, key_prefix) VALUES (7, 'legacy', ?, 'sk_0123')")
+    sqlx::query("INSERT INTO api_keys (id, name, key_hash, key_prefix) VALUES (7, 'legacy', $1, 'sk_0123')")
         .bind(shortener::db::keys::hash_key(old_key))
         .execute(&mut conn)
         .await
@@ -186,7 +188,7 @@ async fn keys_from_before_the_migration_keep_working_and_own_what_they_created()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_create_admin_on_the_command_line_makes_a_key_that_manages_every_link() {
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let db_url = crate::helpers::test_db_url(dir.path(), "cli");
     let make = |name: &str, admin: bool| {
         let mut args = vec!["keys", "create", name];
         if admin {

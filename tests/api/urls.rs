@@ -146,7 +146,7 @@ async fn location_is_the_serialization_of_the_parsed_url_and_names_one_host_to_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_refuses_our_own_address_and_split_urls_and_stores_the_serialization() {
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("i.db").display());
+    let db = crate::helpers::test_db_url(dir.path(), "i");
     let csv = dir.path().join("links.csv");
     let lines = [
         "own1,https://sho.rt./x",
