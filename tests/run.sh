@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what the tests need (redis-server) when it is missing, then
-# runs every Rust test (unit and integration, each starting its own redis-server on a free
-# port) and the deployment checks (tests/deploy/run.sh).
+# The whole test suite: installs what the tests need (redis-server, postgresql) when it is
+# missing, then runs every Rust test (unit and integration, each starting its own redis-server
+# on a free port) on SQLite, the integration suite again on PostgreSQL (a server the tests start
+# themselves in a temp dir), and the deployment checks (tests/deploy/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,14 +10,24 @@ as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+missing=()
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-    echo "installing redis-server (the tests start their own instances)" >&2
-    as_root apt-get update -qq >&2
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >&2
+    missing+=(redis-server)
 fi
-# The packaged redis-server service is not needed by the tests; they never touch port 6379.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    missing+=(postgresql)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} (the tests start their own servers)" >&2
+    as_root apt-get update -qq >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+fi
+# The packaged redis-server and postgresql services are not needed by the tests; they never
+# touch ports 6379 or 5432.
 
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-2}"
+# The same integration suite, every test of it, with PostgreSQL as the database.
+TEST_DATABASE=postgres cargo test --locked --test api -- --test-threads="${TEST_THREADS:-2}"
 
 if [ -x tests/deploy/run.sh ] && [ "${SKIP_DEPLOY_TESTS:-0}" != 1 ]; then
     bash tests/deploy/run.sh

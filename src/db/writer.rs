@@ -501,6 +501,6 @@ async fn batch_conn<'a>(
 ) -> Result<Conn<'a>, sqlx::Error> {
     Ok(match conn {
         WriterConn::Sqlite(c) => Conn::Sqlite(c),
-        WriterConn::Postgres(pool) => Conn::Postgres(&mut **held.insert(pool.acquire().await?)),
+        WriterConn::Postgres(pool) => Conn::Postgres(held.insert(pool.acquire().await?)),
     })
 }

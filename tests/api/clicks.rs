@@ -149,7 +149,8 @@ async fn sigterm_under_load_loses_no_click() {
     assert!(status.success(), "exit status {status}");
 
     let mut conn = raw_conn(&db_url).await;
-    let got: i64 = sqlx::query_scalar("SELECT SUM(clicks) FROM link_mappings").fetch_one(&mut conn).await.unwrap();
+    let got: i64 =
+        sqlx::query_scalar("SELECT CAST(SUM(clicks) AS BIGINT) FROM link_mappings").fetch_one(&mut conn).await.unwrap();
     let received = received.load(Ordering::SeqCst);
     assert!(received > 100, "load too light to mean anything: {received}");
     assert_eq!(got as u64, received, "persisted clicks vs redirects received");

@@ -407,3 +407,77 @@ async fn invalidation_rows_are_cleaned_exactly_once_redis_acknowledged_them() {
     redis.restart();
     assert!(invalidation_rows_drain(&app.db_url).await, "replayed, then removed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_killed_under_load_cached_links_keep_redirecting_and_creates_are_503_until_it_returns() {
+    // A server of this test's own, whatever backend the rest of the run uses: it gets killed.
+    let mut pg = crate::helpers::PgServer::start();
+    let db_url = pg.create_database();
+    let redis = RedisServer::start();
+    let url = db_url.clone();
+    let app = Arc::new(
+        spawn_app(Some(&redis), move |c| {
+            c.db.url = url;
+            c.db.acquire_timeout = Duration::from_millis(500);
+        })
+        .await,
+    );
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let v = app.create_code(&format!("hot{i}"), &format!("https://example.com/hot/{i}")).await;
+        acked.push((v["code"].as_str().unwrap().to_string(), v["url"].as_str().unwrap().to_string()));
+        assert_eq!(app.follow(&format!("hot{i}")).await.status(), StatusCode::FOUND, "cached before the outage");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(&app, 8, 20, &stop);
+
+    pg.kill();
+    // Creates fail with a clear 503 (JSON), promptly, while PostgreSQL is down.
+    let started = Instant::now();
+    let r = app.api(Method::POST, "/links").json(&json!({"url": "https://example.com/during"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"].is_object() || body["error"].is_string(), "a JSON error: {body}");
+    assert!(started.elapsed() < Duration::from_secs(3), "shed within the budgets: {:?}", started.elapsed());
+    let ready = app.client.get(app.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The load keeps running on the caches meanwhile.
+    let before = app.stat("l1_hits").await;
+    assert!(stat_reaches(&app, "l1_hits", before + 500).await, "redirects keep being served");
+
+    pg.restart();
+    let created_after = Arc::new(Mutex::new(None));
+    let back = eventually(Duration::from_secs(20), || {
+        let (app, slot) = (app.clone(), created_after.clone());
+        async move {
+            let r = app.api(Method::POST, "/links").json(&json!({"url": "https://example.com/after"})).send().await;
+            let r = r.unwrap();
+            if r.status() == StatusCode::CREATED {
+                let v: serde_json::Value = r.json().await.unwrap();
+                *slot.lock().unwrap() =
+                    Some((v["code"].as_str().unwrap().to_string(), v["url"].as_str().unwrap().to_string()));
+                return true;
+            }
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "only 503 while it comes back");
+            false
+        }
+    })
+    .await;
+    assert!(back, "creates work again once PostgreSQL is back");
+    acked.extend(created_after.lock().unwrap().take());
+    stop.store(true, Ordering::SeqCst);
+    let report = collect(load).await;
+    assert!(report.ok > 500, "load too light to mean anything: {report:?}");
+    assert_eq!((report.wrong, report.errors), (0, 0), "no redirect failed during the outage: {report:?}");
+
+    // Nothing acknowledged was lost.
+    let mut conn = raw_conn(&db_url).await;
+    for (code, url) in &acked {
+        let stored: Option<String> = sqlx::query_scalar("SELECT original_url FROM link_mappings WHERE short_code = $1")
+            .bind(code)
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(stored.as_deref(), Some(url.as_str()), "acknowledged create {code} lost");
+    }
+}

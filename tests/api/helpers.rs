@@ -19,7 +19,7 @@ use shortener::{config::Config, db::keys::KeyRights, links::resolve::Hooks, star
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
 
-pub use crate::pg::{on_postgres, sqlite_url, test_db_url};
+pub use crate::pg::{on_postgres, sqlite_url, test_db_url, PgServer};
 
 /// A free TCP port on loopback (bound and released; callers retry if someone takes it).
 pub fn free_port() -> u16 {

@@ -16,7 +16,7 @@ use std::{
 };
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 use crate::helpers::*;
@@ -29,7 +29,8 @@ fn shared_db_url(db: &tempfile::TempDir) -> String {
 /// Two instances on one database and one Redis: one to change links through, and one whose
 /// long-lived L1 holds them.
 async fn writer_and_reader(redis: &RedisServer, db: &tempfile::TempDir) -> (TestApp, TestApp) {
-    let (u1, u2) = (shared_db_url(db), shared_db_url(db));
+    let u1 = shared_db_url(db);
+    let u2 = u1.clone();
     let writer = spawn_app(Some(redis), move |c| c.db.url = u1).await;
     let reader = spawn_app(Some(redis), move |c| {
         c.db.url = u2;
@@ -453,4 +454,84 @@ async fn during_a_redis_outage_l1_keeps_serving_and_changes_arrive_through_the_o
     assert_eq!(writer.patch("outage", json!({"url": "https://example.com/after"})).await, StatusCode::OK);
     assert_eq!(reader.location("outage").await.unwrap(), "https://example.com/after");
     redis.resume();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_a_database_never_hand_out_one_code_twice_and_their_clicks_add_up_exactly() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let apps = three_instances(&redis, &db).await;
+    // Creates through every instance at once: random codes, and custom codes that all three
+    // race for (each taken exactly once; the others are told 409).
+    let mut creates = JoinSet::new();
+    for (i, app) in apps.iter().enumerate() {
+        for n in 0..150 {
+            let app = app.clone();
+            creates.spawn(async move {
+                let body = if n % 3 == 0 {
+                    json!({"code": format!("race{}", n / 3), "url": format!("https://example.com/{i}/{n}")})
+                } else {
+                    json!({"url": format!("https://example.com/{i}/{n}")})
+                };
+                let r = app.api(reqwest::Method::POST, "/links").json(&body).send().await.unwrap();
+                let status = r.status();
+                let v: Value = r.json().await.unwrap();
+                (status, v)
+            });
+        }
+    }
+    let (mut codes, mut taken) = (std::collections::HashMap::new(), 0);
+    while let Some(r) = creates.join_next().await {
+        let (status, v) = r.unwrap();
+        match status {
+            StatusCode::CREATED => {
+                let code = v["code"].as_str().unwrap().to_string();
+                let previous = codes.insert(code.clone(), v["url"].as_str().unwrap().to_string());
+                assert!(previous.is_none(), "code {code} handed out twice");
+            }
+            StatusCode::CONFLICT => taken += 1,
+            other => panic!("create answered {other}: {v}"),
+        }
+    }
+    assert_eq!(codes.len() + taken, 450);
+    assert_eq!(taken, 100, "each of the 50 raced custom codes is taken once, by one of the three");
+    // Every acknowledged code is stored with the target its creator was told.
+    let mut conn = raw_conn(&apps[0].db_url).await;
+    let stored: std::collections::HashMap<String, String> =
+        sqlx::query_as::<_, (String, String)>("SELECT short_code, original_url FROM link_mappings")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(stored, codes);
+
+    // Clicks through all three on the same links are added, never overwritten.
+    let hot: Vec<String> = codes.keys().take(20).cloned().collect();
+    let mut follows = JoinSet::new();
+    for (i, app) in apps.iter().enumerate() {
+        let (app, hot) = (app.clone(), hot.clone());
+        follows.spawn(async move {
+            for n in 0..300 {
+                let code = &hot[(n + i) % hot.len()];
+                assert_eq!(app.follow(code).await.status(), StatusCode::FOUND);
+            }
+        });
+    }
+    while let Some(r) = follows.join_next().await {
+        r.unwrap();
+    }
+    let counted = eventually(Duration::from_secs(20), || {
+        let db_url = apps[0].db_url.clone();
+        async move {
+            let mut conn = raw_conn(&db_url).await;
+            let total: Option<i64> = sqlx::query_scalar("SELECT CAST(SUM(clicks) AS BIGINT) FROM link_mappings")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            total == Some(900)
+        }
+    })
+    .await;
+    assert!(counted, "900 follows through three instances are 900 clicks in the database");
 }
