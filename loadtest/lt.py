@@ -187,6 +187,32 @@ def proc_stat(pid):
     return ticks, rss, threads
 
 
+def pg_ticks(data_dir):
+    """CPU ticks and RSS of a PostgreSQL server: its postmaster (first line of postmaster.pid)
+    and every process it started (backends, WAL writer, checkpointer...)."""
+    with open(os.path.join(data_dir, "postmaster.pid")) as f:
+        master = int(f.readline())
+    pids = [master]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                ppid = next(int(l.split()[1]) for l in f if l.startswith("PPid:"))
+        except (OSError, StopIteration):
+            continue
+        if ppid == master:
+            pids.append(int(entry))
+    ticks = rss = 0
+    for pid in pids:
+        try:
+            t, r, _ = proc_stat(pid)
+        except OSError:
+            continue  # exited meanwhile
+        ticks, rss = ticks + t, rss + r
+    return {"pid": master, "processes": len(pids), "ticks": ticks, "rss_kb": rss}
+
+
 def redis_info(port, section):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(f"INFO {section}\r\n".encode())
@@ -261,6 +287,8 @@ def cmd_snap(args):
     if args.redis_pid:
         rt, rr, _ = proc_stat(args.redis_pid)
         snap["redis_proc"] = {"pid": args.redis_pid, "ticks": rt, "rss_kb": rr}
+    if args.pg_data:
+        snap["db_proc"] = pg_ticks(args.pg_data)
     if args.redis_port:
         mem = redis_info(args.redis_port, "memory")
         stats = redis_info(args.redis_port, "commandstats")
@@ -357,6 +385,7 @@ def main():
     s.add_argument("--pid", type=int, required=True)
     s.add_argument("--redis-pid", type=int)
     s.add_argument("--redis-port", type=int)
+    s.add_argument("--pg-data", help="a PostgreSQL data dir: also count its server's CPU")
     s.add_argument("--health")
     q = sub.add_parser("quiet")
     q.add_argument("--max-wait", type=float, default=60)

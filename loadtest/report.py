@@ -89,6 +89,12 @@ def run_metrics(rec):
         m["redis_cpu_s"] = rdt / CLK_TCK
         m["redis_cpu_us_per_req"] = round(m["redis_cpu_s"] / answered * 1e6, 2) if answered else None
         m["cpu_us_per_req_with_redis"] = round((m["cpu_s"] + m["redis_cpu_s"]) / answered * 1e6, 2) if answered else None
+    if "db_proc" in after and "db_proc" in before:
+        ddt = after["db_proc"]["ticks"] - before["db_proc"]["ticks"]
+        m["db_cpu_s"] = ddt / CLK_TCK
+        m["db_cpu_us_per_req"] = round(m["db_cpu_s"] / answered * 1e6, 2) if answered else None
+        m["cpu_us_per_req_with_db"] = round((m["cpu_s"] + m["db_cpu_s"]) / answered * 1e6, 2) if answered else None
+        m["db_rss_mb"] = round(after["db_proc"]["rss_kb"] / 1024, 1)
     if "redis" in after:
         m["redis_used_memory_mb"] = round(after["redis"]["used_memory"] / 2**20, 1)
         cb, ca = before["redis"]["calls"], after["redis"]["calls"]
@@ -546,10 +552,56 @@ def full(manifest, out_dir):
             md.append(f"\nService / baseline: {fmt_ratio(r)}\n")
         md.append("")
 
+    backends_md = backends_section(pairs)
+    md += backends_md
     md += profile_md
 
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write("\n".join(md))
+
+
+def backends_section(pairs):
+    """SQLite against PostgreSQL (run.sh BACKENDS="sqlite postgres"): each scenario's service
+    on either database beside the baseline of the same run."""
+    scens = [k for k in pairs if "service_pg" in pairs[k]]
+    if not scens:
+        return []
+    order = {"hot_uniform": 0, "cold": 1}
+    scens.sort(key=lambda k: (order.get(k, 2), k))
+    md = ["## SQLite and PostgreSQL (issue 16)\n"]
+    md.append(
+        "The same service and data on either database, in the same invocation, beside the same baseline. "
+        "PostgreSQL is a local server with its default settings (shared_buffers=256MB), on the same 2 cores. "
+        "CPU µs/req is the service process; \"+ database\" adds the PostgreSQL server's processes (SQLite runs "
+        "inside the service). Ratios: PostgreSQL / baseline and PostgreSQL / SQLite (rps: higher is better; "
+        "latency and CPU: lower is better). A creates run's baseline bar is the baseline's redirect rate.\n"
+    )
+    md.append(
+        "| scenario | target | ok rps | p50 (ms) | p99 (ms) | CPU µs/req | CPU µs/req + database | errors + unexpected |"
+    )
+    md.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for scen in scens:
+        for t, label in (("baseline", "baseline"), ("service", "SQLite"), ("service_pg", "PostgreSQL")):
+            m = pairs[scen].get(t)
+            if not m:
+                continue
+            md.append(
+                f"| {title(scen)} | {label} | {fmt(m.get('rps'), 0)} | {fmt(m.get('p50_ms'), 2)} | {fmt(m.get('p99_ms'), 2)} | "
+                f"{fmt(m.get('cpu_us_per_req'), 2)} | {fmt(m.get('cpu_us_per_req_with_db', m.get('cpu_us_per_req')), 2)} | "
+                f"{m.get('errors', 0) + m.get('unexpected', 0):,} |"
+            )
+    md.append("")
+    md.append("| scenario | rps PG/baseline | rps PG/SQLite | p99 PG/baseline | p99 PG/SQLite | CPU+db PG/SQLite |")
+    md.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for scen in scens:
+        pg, sq, b = pairs[scen]["service_pg"], pairs[scen].get("service", {}), pairs[scen].get("baseline", {})
+        md.append(
+            f"| {title(scen)} | {fmt_ratio(ratio(pg.get('rps'), b.get('rps')))} | {fmt_ratio(ratio(pg.get('rps'), sq.get('rps')))} | "
+            f"{fmt_ratio(ratio(pg.get('p99_ms'), b.get('p99_ms')))} | {fmt_ratio(ratio(pg.get('p99_ms'), sq.get('p99_ms')))} | "
+            f"{fmt_ratio(ratio(pg.get('cpu_us_per_req_with_db'), sq.get('cpu_us_per_req')))} |"
+        )
+    md.append("")
+    return md
 
 
 def main():

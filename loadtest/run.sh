@@ -14,7 +14,7 @@ LT="$ROOT/loadtest"
 # The command line as run (the knobs given in the environment), for the report.
 COMMAND="loadtest/run.sh"
 # (The service settings at the start of the list are passed through to `shortener serve`.)
-for knob in L1_TTL_MS CLICK_COUNTING WRITE_BATCH_MAX RATE_LIMIT_REDIRECT_PER_IP_PER_MINUTE REDIS_TIMEOUT_MS \
+for knob in BACKENDS L1_TTL_MS CLICK_COUNTING WRITE_BATCH_MAX RATE_LIMIT_REDIRECT_PER_IP_PER_MINUTE REDIS_TIMEOUT_MS \
   REPEATS REPEAT_C PROFILE SPREAD REDIS_KEY_PREFIX LISTEN_BACKLOG QUIET_BUSY QUIET_WAIT L1_CAPACITY IDLE_STEPS CREATE_C \
   HOT_C SCENARIOS SWEEP COLD_REQUESTS COLD_LINKS DURATION LINKS; do
   if [[ -n "${!knob:-}" ]]; then
@@ -43,6 +43,9 @@ QUIET_BUSY=${QUIET_BUSY:-15}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_WORK=${KEEP_WORK:-0}
 FD_RESERVE=${FD_RESERVE:-1000}
+# "sqlite postgres": after the SQLite scenarios, hot, cold and creates again with the service on
+# a PostgreSQL server this script starts (target service_pg in the report).
+BACKENDS=${BACKENDS:-sqlite}
 
 LOG_TAG=loadtest DIE_STATUS=1
 # shellcheck source-path=SCRIPTDIR source=common.sh
@@ -50,7 +53,7 @@ source "$LT/common.sh"
 want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
 # --- processes we start, and their cleanup ------------------------------------------------------
-SVC_PID="" BASE_PID="" REDIS_PID="" PERF_PID="" WORK=""
+SVC_PID="" BASE_PID="" REDIS_PID="" PERF_PID="" WORK="" PG_DATA=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -58,6 +61,7 @@ cleanup() {
   stop_pid "$SVC_PID"
   stop_pid "$BASE_PID"
   stop_pid "$REDIS_PID"
+  if [[ -n "$PG_DATA" ]]; then pg_run pg_ctl -D "$PG_DATA" -m immediate stop >/dev/null 2>&1 || true; fi
   remove_work "$rc"
   exit "$rc"
 }
@@ -136,6 +140,31 @@ log "starting redis-server on 127.0.0.1:$REDIS_PORT (deploy/redis-shortener.conf
 start_redis "$REDIS_PORT" "$WORK" "$WORK/redis.log" || die "redis did not start (see $WORK/redis.log)"
 
 export DATABASE_URL="sqlite://$WORK/db.sqlite"
+SQLITE_URL=$DATABASE_URL
+
+# --- postgresql (BACKENDS="sqlite postgres") -----------------------------------------------------
+want_pg() { [[ " $BACKENDS " == *" postgres "* ]]; }
+PG_BIN=""
+# pg_run PROGRAM ARGS...: a PostgreSQL program, as the postgres user when root (initdb refuses root).
+pg_run() {
+  local prog=$1
+  shift
+  if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$PG_BIN/$prog" "$@"; else "$PG_BIN/$prog" "$@"; fi
+}
+if want_pg; then
+  PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [[ -x "$PG_BIN/initdb" ]] || die "BACKENDS has postgres but PostgreSQL is not installed (apt-get install postgresql)"
+  PG_PORT=$(python3 "$LT/lt.py" freeport)
+  chmod 755 "$WORK"
+  PG_DATA="$WORK/pg"
+  mkdir "$PG_DATA"
+  [[ $(id -u) == 0 ]] && chown postgres "$PG_DATA"
+  log "starting PostgreSQL ($("$PG_BIN/postgres" --version)) on 127.0.0.1:$PG_PORT, default settings but shared_buffers=256MB"
+  pg_run initdb -D "$PG_DATA" -A trust -U postgres -E UTF8 >"$WORK/initdb.log" 2>&1 || die "initdb failed (see $WORK/initdb.log)"
+  pg_run pg_ctl -D "$PG_DATA" -l "$PG_DATA/log" -w -o "-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1 -c shared_buffers=256MB" start >/dev/null \
+    || die "PostgreSQL did not start (see $PG_DATA/log)"
+  PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+fi
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export LISTEN_ADDR="$LISTEN_HOST:$SVC_PORT"
 export LOG_FORMAT=json RUST_LOG=${RUST_LOG:-warn}
@@ -155,6 +184,14 @@ log "importing with: shortener links import"
 log "$(cat "$RAW/import.txt")"
 API_KEY=$("$BIN" keys create loadtest --unlimited 2>/dev/null | tail -n1)
 [[ -n "$API_KEY" ]] || die "could not create an API key"
+if want_pg; then
+  log "importing the same links into PostgreSQL"
+  DATABASE_URL=$PG_URL "$BIN" links import "$WORK/links.csv" >"$RAW/import.pg.txt" 2>"$WORK/import.pg.log" \
+    || die "import into PostgreSQL failed: $(tail -5 "$WORK/import.pg.log")"
+  log "$(cat "$RAW/import.pg.txt")"
+  PG_API_KEY=$(DATABASE_URL=$PG_URL "$BIN" keys create loadtest --unlimited 2>/dev/null | tail -n1)
+  [[ -n "$PG_API_KEY" ]] || die "could not create an API key in PostgreSQL"
+fi
 
 # --- servers ----------------------------------------------------------------------------------
 wait_http() {
@@ -189,7 +226,10 @@ wait_http "$BASE_URL/$(head -n1 "$WORK/hot.codes")" "$BASE_PID" \
 
 # --- measuring --------------------------------------------------------------------------------
 snap() { # snap TARGET FILE
-  if [[ $1 == service ]]; then
+  if [[ $1 == service_pg ]]; then
+    python3 "$LT/lt.py" snap --pid "$SVC_PID" --redis-pid "$REDIS_PID" --redis-port "$REDIS_PORT" \
+      --health "$SVC_URL/health/cache" --pg-data "$PG_DATA" >"$2"
+  elif [[ $1 == service ]]; then
     python3 "$LT/lt.py" snap --pid "$SVC_PID" --redis-pid "$REDIS_PID" --redis-port "$REDIS_PORT" \
       --health "$SVC_URL/health/cache" >"$2"
   else
@@ -220,6 +260,7 @@ measure() {
   spread_args "$port"
   local base="$RAW/$name.$target" args="$*" quiet
   args=${args//"$API_KEY"/KEY}
+  [[ -n "${PG_API_KEY:-}" ]] && args=${args//"$PG_API_KEY"/KEY}
   if ((QUIET_WAIT > 0)); then
     # A shared machine: wait (bounded) for other work to calm down before each run.
     quiet=$(python3 "$LT/lt.py" quiet --max-wait "$QUIET_WAIT" --threshold "$QUIET_BUSY")
@@ -359,12 +400,39 @@ if want redis; then
 fi
 stop_service
 
+# Phase 4: the same service on PostgreSQL (BACKENDS="sqlite postgres"): hot, creates, cold.
+if want_pg; then
+  export DATABASE_URL=$PG_URL
+  if want hot || want creates; then
+    redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
+    start_service "$L1_CAPACITY"
+    warm pg
+    if want hot; then
+      measure hot_uniform service_pg "$HOT_C" redirect "${TIMED[@]}" --urls-from-file "$WORK/svc.hot.urls"
+    fi
+    if want creates; then
+      for c in $CREATE_C; do
+        measure "creates_c$c" service_pg "$c" create "${TIMED[@]}" -m POST -T application/json \
+          -H "Authorization: Bearer $PG_API_KEY" -Z "$WORK/bodies.jsonl" "$SVC_URL/api/v1/links"
+      done
+    fi
+    stop_service
+  fi
+  if want cold; then
+    redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
+    start_service 0
+    measure cold service_pg "$HOT_C" redirect -n "$COLD_REQUESTS" --urls-from-file "$WORK/svc.cold.urls"
+    stop_service
+  fi
+  export DATABASE_URL=$SQLITE_URL
+fi
+
 # --- report -----------------------------------------------------------------------------------
 cat >"$RAW/meta.json" <<EOF
 {"timestamp":"$TS","command":"$COMMAND","links":$LINKS,"cold_links":$COLD_LINKS,"cold_requests":$COLD_REQUESTS,
  "duration":"$DURATION","sweep":"$SWEEP","scenarios":"$SCENARIOS","hot_c":$HOT_C,
  "l1_capacity":$L1_CAPACITY,"profile":$PROFILE,"nofile":$NOFILE,"max_c":$MAX_C,"spread":$SPREAD,
- "clk_tck":$(getconf CLK_TCK),"nproc":$(nproc),"oha":"$("$OHA" --version)",
+ "backends":"$BACKENDS","clk_tck":$(getconf CLK_TCK),"nproc":$(nproc),"oha":"$("$OHA" --version)",
  "kernel":"$(uname -r)","redis":"$(redis-server --version | tr -d '"')"}
 EOF
 python3 "$LT/report.py" --out "$RES" "$MANIFEST"
