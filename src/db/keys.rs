@@ -90,7 +90,10 @@ pub async fn find_key_names(db: &Db, ids: &[i64]) -> Result<std::collections::Ha
     if ids.is_empty() {
         return Ok(Default::default());
     }
-    let sql = format!("SELECT id, name FROM api_keys WHERE id IN ({})", super::links::placeholders(1, ids.len(), 1));
+    let sql = format!(
+        "SELECT id, name FROM api_keys WHERE id IN ({})",
+        super::links::placeholders(db.backend(), 1, ids.len(), 1)
+    );
     let rows = on_db!(pool db, p => {
         let mut q = sqlx::query_as::<_, (i64, String)>(&sql).persistent(false);
         for id in ids {

@@ -3,7 +3,7 @@
 
 use sqlx::FromRow;
 
-use super::{on_db, Conn, Db, DbError};
+use super::{on_db, Backend, Conn, Db, DbError};
 
 /// One link as stored.
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]
@@ -72,9 +72,19 @@ pub struct Target {
 /// statement, PostgreSQL 65,535).
 const MAX_LIST: usize = 10_000;
 
-/// `rows` numbered placeholder groups of `width`, comma-separated, the first numbered `first`:
-/// `$1, $2, $3` (width 1) or `($1, $2), ($3, $4)`. Both drivers read `$N`.
-pub(crate) fn placeholders(first: usize, rows: usize, width: usize) -> String {
+/// `rows` placeholder groups of `width`, comma-separated, the first numbered `first`:
+/// `$1, $2, $3` (width 1) or `($1, $2), ($3, $4)` on PostgreSQL, plain `?, ?, ?` on SQLite
+/// (every caller's list holds all of its statement's parameters, in order).
+///
+/// Not `$N` or `?N` on SQLite, though sqlx reads both: SQLite keeps a numbered or named
+/// parameter's name in a list that it searches from the start for each one (when parsing `$N`,
+/// and when sqlx asks each parameter's name to bind it), so a 4,000-row insert (28,000
+/// parameters) cost seconds (an import ran at 1,000 links/s). A plain `?` has no name.
+pub(crate) fn placeholders(backend: Backend, first: usize, rows: usize, width: usize) -> String {
+    if backend == Backend::Sqlite {
+        let group = if width > 1 { format!("({})", vec!["?"; width].join(", ")) } else { "?".to_string() };
+        return vec![group.as_str(); rows].join(", ");
+    }
     let mut out = String::with_capacity(rows * (width * 6 + 4));
     for r in 0..rows {
         if r > 0 {
@@ -105,7 +115,7 @@ const COLUMNS: &str =
 pub async fn find_targets_by_codes(db: &Db, codes: &[String]) -> Result<Vec<(String, Target)>, DbError> {
     let mut found = Vec::with_capacity(codes.len());
     for chunk in codes.chunks(MAX_LIST) {
-        let list = placeholders(1, chunk.len(), 1);
+        let list = placeholders(db.backend(), 1, chunk.len(), 1);
         let sql = format!(
             "SELECT short_code, original_url, redirect_status, expires_at FROM link_mappings WHERE short_code IN ({list})"
         );
@@ -350,7 +360,7 @@ pub async fn insert_links(conn: &mut Conn<'_>, rows: &[NewLink<'_>], now: i64) -
     if let Conn::Postgres(c) = conn {
         let mut inserted = Vec::with_capacity(unique.len());
         for chunk in unique.chunks(MAX_ROWS_PER_INSERT) {
-            let (sql, _) = insert_sql(chunk.len(), " RETURNING short_code");
+            let (sql, _) = insert_sql(Backend::Postgres, chunk.len(), " RETURNING short_code");
             let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(false);
             for r in chunk {
                 q = q.bind(r.code).bind(r.url).bind(r.status).bind(now).bind(now).bind(r.expires_at).bind(r.created_by);
@@ -362,8 +372,10 @@ pub async fn insert_links(conn: &mut Conn<'_>, rows: &[NewLink<'_>], now: i64) -
     }
     let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
     for chunk in unique.chunks(MAX_LIST) {
-        let sql =
-            format!("SELECT short_code FROM link_mappings WHERE short_code IN ({})", placeholders(1, chunk.len(), 1));
+        let sql = format!(
+            "SELECT short_code FROM link_mappings WHERE short_code IN ({})",
+            placeholders(conn.backend(), 1, chunk.len(), 1)
+        );
         taken.extend(on_db!(conn conn, c => {
             let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(false);
             for r in chunk {
@@ -385,8 +397,8 @@ pub async fn insert_links(conn: &mut Conn<'_>, rows: &[NewLink<'_>], now: i64) -
 pub const MAX_ROWS_PER_INSERT: usize = 4000;
 
 /// The multi-row insert of `n` links, skipping taken codes, with `tail` appended.
-fn insert_sql(n: usize, tail: &str) -> (String, usize) {
-    let values = placeholders(1, n, 7);
+fn insert_sql(backend: Backend, n: usize, tail: &str) -> (String, usize) {
+    let values = placeholders(backend, 1, n, 7);
     (
         format!(
             "INSERT INTO link_mappings (short_code, original_url, redirect_status, created_at, updated_at, expires_at, created_by)
@@ -408,7 +420,7 @@ pub async fn insert_links_skipping_taken(
     if rows.is_empty() {
         return Ok(0);
     }
-    let (sql, _) = insert_sql(rows.len(), "");
+    let (sql, _) = insert_sql(conn.backend(), rows.len(), "");
     on_db!(conn conn, c => {
         // Not cached: the text varies with the batch size.
         let mut q = sqlx::query(&sql).persistent(false);
@@ -432,7 +444,7 @@ pub async fn find_taken_by_others(
         let sql = format!(
             "SELECT short_code, original_url, redirect_status, created_at, expires_at, created_by
              FROM link_mappings WHERE short_code IN ({})",
-            placeholders(1, chunk.len(), 1)
+            placeholders(conn.backend(), 1, chunk.len(), 1)
         );
         let found = on_db!(conn conn, c => {
             let mut q = sqlx::query_as::<_, (String, String, i64, i64, Option<i64>, Option<i64>)>(&sql).persistent(false);
@@ -486,7 +498,7 @@ pub async fn insert_invalidations(conn: &mut Conn<'_>, codes: &[String], now: i6
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_LOCK).execute(&mut **c).await?;
     }
     for chunk in codes.chunks(MAX_LIST) {
-        let values = placeholders(1, chunk.len(), 2);
+        let values = placeholders(conn.backend(), 1, chunk.len(), 2);
         match conn {
             Conn::Sqlite(c) => {
                 let sql = format!("INSERT INTO cache_invalidations (short_code, queued_at) VALUES {values}");
@@ -516,7 +528,10 @@ pub async fn insert_invalidations(conn: &mut Conn<'_>, codes: &[String], now: i6
 /// Removes invalidations that Redis acknowledged.
 pub async fn delete_invalidations(conn: &mut Conn<'_>, ids: &[i64]) -> Result<(), sqlx::Error> {
     for chunk in ids.chunks(500) {
-        let sql = format!("DELETE FROM cache_invalidations WHERE id IN ({})", placeholders(1, chunk.len(), 1));
+        let sql = format!(
+            "DELETE FROM cache_invalidations WHERE id IN ({})",
+            placeholders(conn.backend(), 1, chunk.len(), 1)
+        );
         on_db!(conn conn, c => {
             let mut q = sqlx::query(&sql);
             for id in chunk {
@@ -582,6 +597,14 @@ mod tests {
 
     fn link<'a>(code: &'a str, url: &'a str) -> NewLink<'a> {
         NewLink { code, url, status: 302, expires_at: None, created_by: None }
+    }
+
+    #[test]
+    fn placeholders_are_numbered_on_postgres_and_plain_on_sqlite() {
+        assert_eq!(placeholders(Backend::Postgres, 1, 2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(placeholders(Backend::Postgres, 3, 3, 1), "$3, $4, $5");
+        assert_eq!(placeholders(Backend::Sqlite, 1, 2, 2), "(?, ?), (?, ?)");
+        assert_eq!(placeholders(Backend::Sqlite, 1, 3, 1), "?, ?, ?");
     }
 
     #[tokio::test]

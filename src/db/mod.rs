@@ -12,7 +12,8 @@
 //! an advisory lock that orders the outbox; see `links`).
 //!
 //! # One set of queries
-//! Queries are written once, with `$N` placeholders, which both drivers read. [`Db`] (a pool)
+//! Queries are written once, with `$N` placeholders, which both drivers read (statements with
+//! long generated lists use SQLite's plain `?`: see `links::placeholders`). [`Db`] (a pool)
 //! and [`Conn`] (a connection) are enums over the two backends, and the [`on_db!`] macro runs
 //! the same query text against whichever is inside; the few statements whose SQL differs
 //! (SQLite's `json_each` against PostgreSQL's `unnest`, `last_insert_rowid()` against
@@ -80,6 +81,16 @@ pub enum Conn<'c> {
     Sqlite(&'c mut SqliteConnection),
     /// PostgreSQL.
     Postgres(&'c mut PgConnection),
+}
+
+impl Conn<'_> {
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Conn::Sqlite(_) => Backend::Sqlite,
+            Conn::Postgres(_) => Backend::Postgres,
+        }
+    }
 }
 
 /// Runs `$body` with `$c` bound to the pool or connection inside a [`Db`] or a `&mut`
