@@ -252,7 +252,7 @@ measure() {
   local name=$1 target=$2 c=$3 kind=$4
   shift 4
   local port=$SVC_PORT requested=$c
-  [[ $target == baseline ]] && port=$BASE_PORT
+  [[ $target == baseline* ]] && port=$BASE_PORT
   if ((c > MAX_C)); then
     log "c=$c capped to $MAX_C by the fd limit ($NOFILE)"
     c=$MAX_C
@@ -407,11 +407,16 @@ if want_pg; then
     redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
     start_service "$L1_CAPACITY"
     warm pg
+    # Each PostgreSQL run has a baseline run right beside it too (baseline_pg): the machine's
+    # noise differs from the SQLite phase's, and the report compares the two backends each
+    # through its own neighbouring baseline.
     if want hot; then
+      measure hot_uniform baseline_pg "$HOT_C" redirect "${TIMED[@]}" --urls-from-file "$WORK/base.hot.urls"
       measure hot_uniform service_pg "$HOT_C" redirect "${TIMED[@]}" --urls-from-file "$WORK/svc.hot.urls"
     fi
     if want creates; then
       for c in $CREATE_C; do
+        measure "creates_c$c" baseline_pg "$c" redirect "${TIMED[@]}" --urls-from-file "$WORK/base.hot.urls"
         measure "creates_c$c" service_pg "$c" create "${TIMED[@]}" -m POST -T application/json \
           -H "Authorization: Bearer $PG_API_KEY" -Z "$WORK/bodies.jsonl" "$SVC_URL/api/v1/links"
       done
@@ -421,6 +426,7 @@ if want_pg; then
   if want cold; then
     redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
     start_service 0
+    measure cold baseline_pg "$HOT_C" redirect "${TIMED[@]}" --urls-from-file "$WORK/base.cold.urls"
     measure cold service_pg "$HOT_C" redirect -n "$COLD_REQUESTS" --urls-from-file "$WORK/svc.cold.urls"
     stop_service
   fi
