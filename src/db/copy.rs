@@ -343,14 +343,11 @@ fn range_sql(table: Table, after: &Cursor, upto: Option<&Cursor>, first: usize) 
     let key = table.key();
     let cols = if key.len() == 1 { key[0].to_string() } else { format!("({})", key.join(", ")) };
     let mut next = first;
+    // One group of placeholders: `$1`, or `($1, $2)` for a composite key.
     let group = |n: &mut usize| {
         let p = placeholders(*n, 1, key.len());
         *n += key.len();
-        if key.len() == 1 {
-            p
-        } else {
-            format!("({p})")
-        }
+        p
     };
     let mut parts = Vec::new();
     if !matches!(after, Cursor::Start) {
