@@ -480,7 +480,7 @@ impl CopyProgress {
         let bar = tty.then(|| {
             let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
             let style = indicatif::ProgressStyle::with_template(
-                "{msg:<18} [{bar:30}] {percent:>3}% {human_pos}/{human_len} rows, {per_sec}, {eta} left",
+                "{msg:<17} [{wide_bar}] {percent:>3}% {human_pos}/{human_len} rows, {eta} left",
             )
             .expect("a valid template")
             .progress_chars("#>-");
@@ -518,9 +518,10 @@ impl CopyProgress {
         }
     }
 
+    /// Clears the bar: the summary line on stdout says the rest.
     fn finish(&self) {
         if let Some(bar) = &self.bar {
-            bar.finish();
+            bar.finish_and_clear();
         }
     }
 }
