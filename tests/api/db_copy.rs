@@ -457,8 +457,10 @@ async fn a_copy_cut_off_by_a_crash_of_the_target_is_finished_by_running_it_again
     assert!(!status.success(), "the copy fails when its target goes away");
 
     server.restart();
+    // (Fewer than were seen before the crash, possibly: the test server runs with
+    // synchronous_commit=off, so an immediate stop loses the last commits.)
     let partial = count(&server);
-    assert!((100..5_000).contains(&partial), "the crash left part of the links: {partial}");
+    assert!(partial < 5_000, "the crash left only part of the links: {partial}");
     copied(db_copy(&src, &dst, &[]));
     assert_eq!(rows_of(&dst).await, rows_of(&src).await);
 }
