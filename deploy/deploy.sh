@@ -9,6 +9,8 @@
 # Runbook (first deploy, upgrade, rollback, secrets, load test): deploy/README.md.
 #
 # What --local does, in order (each step only acts when something differs):
+#   0. reads DATABASE_URL and REDIS_URL from the env file (on a first deploy:
+#      from what step 7 will write) to see whether they are external, below
 #   1. apt-get install redis-server (only if missing)
 #   2. /etc/redis/shortener.conf (includes the distro redis.conf, then our
 #      deploy/redis-shortener.conf, + REDIS_MAXMEMORY / REDIS_PASSWORD from the
@@ -35,6 +37,17 @@
 #      meanwhile wait in its backlog for the new process, none is refused.
 #  12. health check with retries; on failure switch `current` back to the
 #      previous release, restart, and exit non-zero
+#
+# External PostgreSQL and Redis (several instances behind a load balancer,
+# deploy/README.md "Several instances"): nothing of this applies unless asked.
+# - DATABASE_URL=postgres://… (or postgresql://…) in the env file: no SQLite
+#   database is made (/var/lib/shortener stays the service's working
+#   directory, empty); step 9 migrates that PostgreSQL before any restart and
+#   stops the deploy, naming it (password redacted), when it cannot be
+#   reached; the admin key is created only if the shared database has none.
+# - REDIS_URL naming a host other than this one (not localhost, 127.x, ::1),
+#   or --external-redis: steps 1-2 install and configure no redis-server
+#   (one installed by an earlier deploy is left alone, with a warning).
 #
 # Output: progress and warnings go to stderr; stdout carries only the admin
 # API key (first deploy) and a one-line summary.
@@ -88,6 +101,10 @@ usage: sudo deploy.sh --local --binary PATH [options]
   --set KEY=VALUE       only when /etc/shortener/shortener.env is first
                         created: use VALUE for KEY instead of .env.production's
                         (repeatable)
+  --external-redis      Redis is run elsewhere (a managed Redis): install
+                        and configure no local redis-server, whatever
+                        REDIS_URL says (a REDIS_URL naming another host
+                        implies this)
   --health-timeout S    seconds to wait for the health check (default 60)
   --keep-releases N     release dirs to keep besides current/previous (default 3)
   -h, --help            this text
@@ -100,6 +117,7 @@ BINARY=""
 HEALTH_TIMEOUT=60
 KEEP_RELEASES=3
 SETS=()
+EXTERNAL_REDIS_FLAG=0
 
 while (($#)); do
   case $1 in
@@ -109,6 +127,7 @@ while (($#)); do
     --set)
       [[ ${2:-} =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--set needs KEY=VALUE, got '${2:-}'"
       SETS+=("$2"); shift ;;
+    --external-redis) EXTERNAL_REDIS_FLAG=1 ;;
     --health-timeout) HEALTH_TIMEOUT=${2:?}; shift ;;
     --keep-releases) KEEP_RELEASES=${2:?}; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -152,6 +171,7 @@ deploy_remote() {
                  --health-timeout "$HEALTH_TIMEOUT" --keep-releases "$KEEP_RELEASES")
   local s
   for s in "${SETS[@]}"; do args+=(--set "$s"); done
+  if ((EXTERNAL_REDIS_FLAG)); then args+=(--external-redis); fi
   log "running deploy.sh --local on $HOST"
   # printf %q: the remote shell sees every argument exactly as given here.
   # No -t: remote stdout stays the key/summary, remote stderr stays the log.
@@ -206,17 +226,36 @@ write_if_changed() {
 # env_get KEY: the value systemd's EnvironmentFile= would give KEY (the last
 # assignment wins; surrounding single or double quotes are removed).
 env_get() {
-  local key=$1 line val=""
   [[ -f $ENV_FILE ]] || return 0
+  env_value "$1" <"$ENV_FILE"
+}
+
+# env_value KEY < FILE: env_get's reading of an env file given on stdin.
+env_value() {
+  local key=$1 line val=""
   while IFS= read -r line || [[ -n $line ]]; do
     line=${line#"${line%%[![:space:]]*}"}
     [[ $line == "$key="* ]] || continue
     val=${line#"$key="}
     val=${val%"${val##*[![:space:]]}"}
     if [[ $val =~ ^\"(.*)\"$ || $val =~ ^\'(.*)\'$ ]]; then val=${BASH_REMATCH[1]}; fi
-  done <"$ENV_FILE"
+  done
   printf '%s' "$val"
 }
+
+# planned_env_get KEY: env_get, or on a first deploy the value the env file
+# step 7 writes will give KEY.
+planned_env_get() {
+  if [[ -f $ENV_FILE ]]; then env_get "$1"; return; fi
+  local tmp
+  tmp=$(mktemp /run/shortener-env.XXXXXX)   # 0600: --set values may be secrets
+  render_env_file "$tmp"
+  env_value "$1" <"$tmp"
+  rm -f "$tmp"
+}
+
+# redact URL: the URL with the password of its user:password@ replaced.
+redact() { sed -E 's#^([a-z+]+://[^:/@]*):[^@/]*@#\1:REDACTED@#' <<<"$1"; }
 
 sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
@@ -246,15 +285,53 @@ run_as_service() {
     -- "$@" </dev/null
 }
 
+# ---- 0. external database and Redis
+EXTERNAL_DB=0      # DATABASE_URL is postgres://…
+EXTERNAL_REDIS=0   # REDIS_URL names another host, or --external-redis
+
+# redis_is_local URL: URL's host is this machine (or a unix socket).
+redis_is_local() {
+  local url=$1 rest host
+  [[ $url == unix://* || $url == redis+unix://* ]] && return 0
+  rest=${url#*://}
+  rest=${rest%%/*}        # the authority,
+  rest=${rest##*@}        # without user:password@
+  if [[ $rest == \[* ]]; then host=${rest%%]*}]; else host=${rest%%:*}; fi
+  [[ -z $host || $host == localhost || $host == 127.* || $host == "[::1]" ]]
+}
+
+plan_external() {
+  local db redis
+  db=$(planned_env_get DATABASE_URL)
+  redis=$(planned_env_get REDIS_URL)
+  redis=${redis:-redis://127.0.0.1:6379}
+  if [[ $db =~ ^postgres(ql)?:// ]]; then
+    EXTERNAL_DB=1
+    log "database: external PostgreSQL $(redact "$db") (no SQLite file; $DATA_DIR is only the working directory)"
+  fi
+  if ((EXTERNAL_REDIS_FLAG)); then
+    EXTERNAL_REDIS=1
+    log "redis: external (--external-redis) at $(redact "$redis"): no local redis-server"
+  elif ! redis_is_local "$redis"; then
+    EXTERNAL_REDIS=1
+    log "redis: external at $(redact "$redis") (REDIS_URL names another host): no local redis-server"
+  fi
+}
+
 # ---- 1. packages: redis-server, and curl for the health check
 is_installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true) == "install ok installed" ]]; }
 install_packages() {
-  local pkg missing=()
-  for pkg in redis-server curl; do
+  local pkg missing=() wanted=(redis-server curl)
+  if ((EXTERNAL_REDIS)); then wanted=(curl); fi
+  for pkg in "${wanted[@]}"; do
     is_installed "$pkg" || missing+=("$pkg")
   done
   if ((${#missing[@]} == 0)); then
-    log "packages: redis-server $(dpkg-query -W -f='${Version}' redis-server) and curl already installed"
+    if ((EXTERNAL_REDIS)); then
+      log "packages: curl already installed"
+    else
+      log "packages: redis-server $(dpkg-query -W -f='${Version}' redis-server) and curl already installed"
+    fi
     return
   fi
   export DEBIAN_FRONTEND=noninteractive
@@ -266,7 +343,11 @@ install_packages() {
   fi
   log "apt-get install ${missing[*]}"
   apt-get install -y -qq "${missing[@]}" >&2 </dev/null || die "apt-get install ${missing[*]} failed"
-  note_change "installed ${missing[*]} (redis-server $(dpkg-query -W -f='${Version}' redis-server))"
+  if ((EXTERNAL_REDIS)); then
+    note_change "installed ${missing[*]}"
+  else
+    note_change "installed ${missing[*]} (redis-server $(dpkg-query -W -f='${Version}' redis-server))"
+  fi
 }
 
 # ---- 2. Redis config
@@ -339,6 +420,14 @@ EOF
     note_change "started redis-server"
   else
     log "redis: config unchanged, running"
+  fi
+}
+
+# Redis is external: nothing to install or configure here. A redis-server a
+# deploy installed before is not stopped (something else may use it).
+no_local_redis() {
+  if is_installed redis-server && systemctl is-enabled --quiet redis-server 2>/dev/null; then
+    warn "redis-server is installed and enabled here but REDIS_URL points elsewhere: the service does not use it ('systemctl disable --now redis-server' if nothing else does)"
   fi
 }
 
@@ -443,8 +532,18 @@ create_env_file() {
     log "$ENV_FILE exists: left as it is"
     return
   fi
-  local tmp s key
+  local tmp
   tmp=$(mktemp "$ETC_DIR/.shortener.env.XXXXXX")   # 0600
+  render_env_file "$tmp"
+  chown root:root "$tmp"
+  chmod 0600 "$tmp"
+  mv -T "$tmp" "$ENV_FILE"
+  note_change "created $ENV_FILE from .env.production${SETS:+ (with ${#SETS[@]} --set)}"
+}
+
+# render_env_file FILE: .env.production with each --set applied, into FILE.
+render_env_file() {
+  local tmp=$1 s key
   cp "$REPO_DIR/.env.production" "$tmp"
   for s in "${SETS[@]}"; do
     key=${s%%=*}
@@ -452,10 +551,6 @@ create_env_file() {
     sed -i "/^[[:space:]]*$key=/d" "$tmp"
     printf '%s\n' "$s" >>"$tmp"
   done
-  chown root:root "$tmp"
-  chmod 0600 "$tmp"
-  mv -T "$tmp" "$ENV_FILE"
-  note_change "created $ENV_FILE from .env.production${SETS:+ (with ${#SETS[@]} --set)}"
 }
 
 # ---- 8. unit files
@@ -490,12 +585,29 @@ EOF
 
 # ---- 9. migrations and the admin key
 migrate_and_admin_key() {
-  log "shortener migrate ($RELEASE)"
-  run_as_service "$RELEASE_BIN" migrate >&2 || die "shortener migrate failed with $RELEASE; current release left as it was"
+  if ((EXTERNAL_DB)); then
+    local db
+    db=$(redact "$(env_get DATABASE_URL)")
+    log "shortener migrate ($RELEASE) on $db"
+    run_as_service "$RELEASE_BIN" migrate >&2 \
+      || die "shortener migrate failed with $RELEASE on $db: is that PostgreSQL reachable from this host (address, port, firewall or security group) and are its user, password and database right? The current release and the running service were left as they were"
+  else
+    log "shortener migrate ($RELEASE)"
+    run_as_service "$RELEASE_BIN" migrate >&2 || die "shortener migrate failed with $RELEASE; current release left as it was"
+  fi
   if [[ -f $ADMIN_KEY_MARKER ]]; then
     return
   fi
   local out key
+  # A shared database may have its admin key already: another instance's
+  # first deploy made it, or it came with a copied installation.
+  # (awk reads the whole list: grep -q could stop early and fail the pipe.)
+  if ((EXTERNAL_DB)) && run_as_service "$RELEASE_BIN" keys list | awk '/^admin +sk_/ { f = 1 } END { exit !f }'; then
+    log "the database already has an 'admin' key (another instance's first deploy, or a copied installation): not creating one"
+    date -u +%FT%TZ >"$ADMIN_KEY_MARKER"
+    chmod 0600 "$ADMIN_KEY_MARKER"
+    return
+  fi
   log "creating the admin API key (first deploy)"
   out=$(run_as_service "$RELEASE_BIN" keys create admin --admin) \
     || die "shortener keys create admin failed (an 'admin' key may already exist; touch $ADMIN_KEY_MARKER to skip)"
@@ -620,10 +732,11 @@ rollback_and_exit() {
 
 main() {
   log "deploying $BINARY on $(hostname) ($(sed -n 's/^PRETTY_NAME=//p' /etc/os-release | tr -d '"'))"
+  plan_external
   install_packages
   ensure_user_and_dirs
   create_env_file          # before Redis: REDIS_PASSWORD / REDIS_MAXMEMORY live there
-  configure_redis
+  if ((EXTERNAL_REDIS)); then no_local_redis; else configure_redis; fi
   configure_sysctl
   configure_limits
   install_release

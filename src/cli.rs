@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `migrate`, `keys …`, `links import`.
+//! The command line: `serve` (the default), `migrate`, `keys …`, `links import`, `db copy`.
 //!
 //! Commands print their result on stdout (a new key alone on the last line, so scripts can take
 //! it with `tail -n1`); logs and progress go to stderr.
@@ -40,6 +40,33 @@ pub enum Command {
     /// Bulk operations on links.
     #[command(subcommand)]
     Links(LinksCommand),
+    /// Whole-database operations (moving an installation).
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+/// `shortener db …`
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Copy every API key, link and daily click count from one database to another (SQLite or
+    /// PostgreSQL, either way), then compare both sides' row counts and checksums; exits non-zero
+    /// when they differ. The target is migrated first and ends up a mirror of the source: running
+    /// it again brings over what changed since, and never adds clicks twice.
+    Copy {
+        /// The database to copy from (`sqlite://PATH` or `postgres://…`).
+        #[arg(long)]
+        from: String,
+        /// The database to copy into (created and migrated when needed; PostgreSQL's database
+        /// itself must exist).
+        #[arg(long)]
+        to: String,
+        /// Rows a page: read with one statement, written in one transaction.
+        #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=db::copy::MAX_BATCH as u64))]
+        batch: u64,
+        /// Copy nothing: only compare both sides' row counts and checksums.
+        #[arg(long)]
+        verify_only: bool,
+    },
 }
 
 /// `shortener keys …`
@@ -98,8 +125,15 @@ type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 /// Runs a command; `inherited` are the listening sockets the process was started with
 /// (socket activation), which `serve` serves instead of binding `LISTEN_ADDR`.
 pub async fn run(cli: Cli, inherited: Vec<crate::net::listen::Inherited>) -> CliResult {
+    let command = match cli.command.unwrap_or(Command::Serve) {
+        // Its databases are its arguments; the service's settings play no part.
+        Command::Db(DbCommand::Copy { from, to, batch, verify_only }) => {
+            return db_copy(&from, &to, batch as usize, verify_only).await;
+        }
+        other => other,
+    };
     let config = Config::from_env()?;
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::Serve => serve(config, inherited).await,
         Command::Migrate => {
             db::migrate(&config.db.url).await?;
@@ -110,6 +144,7 @@ pub async fn run(cli: Cli, inherited: Vec<crate::net::listen::Inherited>) -> Cli
         Command::Links(LinksCommand::Import { file, format, batch }) => {
             import(&config, &file, format, batch.max(1)).await
         }
+        Command::Db(_) => unreachable!("handled before the configuration is read"),
     }
 }
 
@@ -351,5 +386,142 @@ fn progress(tty: bool, lines: u64, read: u64, total: Option<u64>, started: Insta
         eprint!("\r{line}");
     } else {
         eprintln!("{line}");
+    }
+}
+
+/// A database URL as it may be shown: a SQLite path as it is, any other URL without its password.
+fn shown_url(url: &str) -> String {
+    match db::Backend::of(url) {
+        db::Backend::Sqlite => url.to_string(),
+        db::Backend::Postgres => crate::config::redact_url(url),
+    }
+}
+
+/// `db copy`: the copy (unless `verify_only`), then the verification, whose report is printed on
+/// stdout; progress on stderr.
+async fn db_copy(from: &str, to: &str, batch: usize, verify_only: bool) -> CliResult {
+    let (shown_from, shown_to) = (shown_url(from), shown_url(to));
+    if !verify_only {
+        eprintln!("copying {shown_from} -> {shown_to} ({batch} rows a page)");
+        let mut bar = CopyProgress::new(std::io::stderr().is_terminal());
+        let summary = db::copy::copy(from, to, batch, &mut |p| bar.update(p)).await;
+        bar.finish();
+        let summary = summary?;
+        let rows: u64 = summary.copied.iter().map(|(_, n)| n).sum();
+        let secs = summary.elapsed.as_secs_f64();
+        let per_table: Vec<String> = summary
+            .copied
+            .iter()
+            .zip(&summary.deleted)
+            .map(|((t, n), (_, d))| {
+                if *d > 0 {
+                    format!("{} {n} ({d} no longer in the source deleted)", t.name())
+                } else {
+                    format!("{} {n}", t.name())
+                }
+            })
+            .collect();
+        println!(
+            "copied {} rows in {secs:.1}s ({:.0} rows/s): {}",
+            rows,
+            rows as f64 / secs.max(0.001),
+            per_table.join(", ")
+        );
+        if summary.pending_invalidations > 0 {
+            eprintln!(
+                "warning: the source has {} cache invalidations not yet applied to its Redis (not copied): \
+                 start the instances on the target with an empty cache (a new REDIS_KEY_PREFIX, or flush the old one)",
+                summary.pending_invalidations
+            );
+        }
+    }
+    eprintln!("verifying: row counts and checksums of both sides");
+    let checks = db::copy::verify(from, to).await?;
+    println!(
+        "{:<18} {:>12} {:>12}  {:<16}  {:<16}  RESULT",
+        "TABLE", "SOURCE ROWS", "TARGET ROWS", "SOURCE SHA-256", "TARGET SHA-256"
+    );
+    for c in &checks {
+        println!(
+            "{:<18} {:>12} {:>12}  {:<16}  {:<16}  {}",
+            c.table.name(),
+            c.source.rows,
+            c.target.rows,
+            &c.source.sha256[..16],
+            &c.target.sha256[..16],
+            if c.same() { "same" } else { "DIFFERENT" }
+        );
+    }
+    let differ: Vec<&str> = checks.iter().filter(|c| !c.same()).map(|c| c.table.name()).collect();
+    if !differ.is_empty() {
+        return Err(format!(
+            "verification failed: {} differ between {shown_from} and {shown_to} (was the source written during the copy? run it again)",
+            differ.join(", ")
+        )
+        .into());
+    }
+    println!("verified: {shown_to} holds the same rows as {shown_from}");
+    Ok(())
+}
+
+/// How `db copy` shows where it is: a progress bar on a terminal; otherwise (a log, a pipe) a
+/// plain line when a table starts, every 2 s, and when it ends.
+struct CopyProgress {
+    bar: Option<indicatif::ProgressBar>,
+    table: Option<db::copy::Table>,
+    /// The (table, rows) of the last plain line: a table's end is reported once.
+    printed: Option<(db::copy::Table, u64)>,
+    last_line: Instant,
+    started: Instant,
+}
+
+impl CopyProgress {
+    fn new(tty: bool) -> Self {
+        let bar = tty.then(|| {
+            let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+            let style = indicatif::ProgressStyle::with_template(
+                "{msg:<17} [{wide_bar}] {percent:>3}% {human_pos}/{human_len} rows, {eta} left",
+            )
+            .expect("a valid template")
+            .progress_chars("#>-");
+            bar.set_style(style);
+            bar
+        });
+        CopyProgress { bar, table: None, printed: None, last_line: Instant::now(), started: Instant::now() }
+    }
+
+    fn update(&mut self, p: db::copy::Progress) {
+        let new_table = self.table != Some(p.table);
+        self.table = Some(p.table);
+        if let Some(bar) = &self.bar {
+            bar.set_length(p.total);
+            bar.set_position(p.done);
+            if new_table {
+                bar.set_message(p.table.name());
+            }
+            return;
+        }
+        let table_end = p.table_done >= p.table_total && !(new_table && p.table_total > 0);
+        let due = new_table || table_end || self.last_line.elapsed() >= Duration::from_secs(2);
+        if due && self.printed != Some((p.table, p.table_done)) {
+            self.printed = Some((p.table, p.table_done));
+            let rate = p.done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+            eprintln!(
+                "{}: {}/{} rows; all tables {}/{} rows, {rate:.0} rows/s",
+                p.table.name(),
+                p.table_done,
+                p.table_total,
+                p.done,
+                p.total
+            );
+            self.last_line = Instant::now();
+        }
+    }
+
+    /// Clears the bar: the summary line on stdout says the rest.
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }

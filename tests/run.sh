@@ -23,7 +23,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
 fi
 # The packaged redis-server and postgresql services are not needed by the tests; they never
-# touch ports 6379 or 5432.
+# touch ports 6379 or 5432. PostgreSQL's programs are needed on every run: the tests start
+# servers of their own with them (tests/api/pg.rs), and `db copy` is tested against one whatever
+# TEST_DATABASE says.
 
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-2}"
 # The same integration suite, every test of it, with PostgreSQL as the database.

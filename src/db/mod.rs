@@ -19,6 +19,7 @@
 //! (SQLite's `json_each` against PostgreSQL's `unnest`, `last_insert_rowid()` against
 //! `RETURNING`) match on the backend themselves.
 
+pub mod copy;
 pub mod keys;
 pub mod links;
 pub mod writer;

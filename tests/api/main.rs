@@ -5,6 +5,7 @@
 mod cli;
 mod clicks;
 mod connections;
+mod db_copy;
 mod faults;
 mod framing;
 mod helpers;

@@ -10,8 +10,14 @@
 #           (systemd-nspawn -b) and the assertions listed in e2e() below,
 #           among them restarts, an upgrade and rollbacks under load (oha at
 #           -c 1000) with not one failed request
+#   external  deploy/deploy.sh --local in a second fresh container with an
+#           external PostgreSQL (a real one, started on this host as
+#           tests/api/pg.rs does, reached through a unix socket bound into
+#           the container) and a REDIS_URL naming another host: see
+#           e2e_external() below
 #
-# usage: tests/deploy/run.sh [--static-only] [--binary PATH]
+# usage: tests/deploy/run.sh [--static-only | --external-only] [--binary PATH]
+#   --external-only  the static checks and the external phase only
 #   --binary   the shortener binary to deploy (default: the newer of
 #              target/release/shortener and target/debug/shortener; when
 #              neither exists, `cargo build --release --locked` first)
@@ -42,12 +48,14 @@ set -Eeuo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 STATIC_ONLY=0
+EXTERNAL_ONLY=0
 BINARY=""
 while (($#)); do
   case $1 in
     --static-only) STATIC_ONLY=1 ;;
+    --external-only) EXTERNAL_ONLY=1 ;;
     --binary) BINARY=${2:?}; shift ;;
-    *) echo "usage: $0 [--static-only] [--binary PATH]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--static-only | --external-only] [--binary PATH]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -198,6 +206,7 @@ ct() {
     LANG=C.UTF-8 HOME=/root TERM=dumb "$@"
 }
 
+NSPAWN_BINDS=()   # extra --bind= options of the container (the external phase's PostgreSQL socket)
 boot() {
   local t=$SECONDS state=""
   log "booting the container ($MACHINE)"
@@ -208,7 +217,7 @@ boot() {
   # needs CAP_SYS_RESOURCE, which this workplace's sandbox lacks: then nspawn
   # keeps the lower limit and the check in e2e() adapts). Our child's rlimit
   # only: nothing on the host changes.
-  setsid systemd-nspawn --quiet --boot --register=no --keep-unit --private-network \
+  setsid systemd-nspawn --quiet --boot --register=no --keep-unit --private-network "${NSPAWN_BINDS[@]}" \
     --rlimit=RLIMIT_NOFILE=1048576:1048576 --settings=no --console=read-only --machine="$MACHINE" -D "$ROOTFS" \
     >>"$WORK/console.log" 2>&1 </dev/null &
   NSPAWN_PID=$!
@@ -269,6 +278,7 @@ cleanup() {
     ct journalctl -u shortener -u redis-server -n 40 --no-pager 2>/dev/null || true
   fi
   kill_container
+  pg_stop
   if [[ -n $WORK && -d $WORK ]]; then
     if ((rc != 0 || FAILED > 0)); then
       # What a failure leaves to read (logs, probes, oha's reports), not the rootfs.
@@ -583,10 +593,8 @@ under_load() {
     "${R[max_ms]:-?}" "${R[codes]:-?}" "${R[errors]:-?}")")
 }
 
-e2e() {
-  need_root
-  ensure_pkgs debootstrap:debootstrap systemd-nspawn:systemd-container nsenter:util-linux \
-    pgrep:procps setsid:util-linux python3:python3
+# pick_binary: $BINARY, or the newest one under target/ (built if none).
+pick_binary() {
   if [[ -z $BINARY ]]; then
     # The newer of the release and the debug binary: CI's `cargo test
     # --all-targets` has just built the debug one, and the deploy mechanics
@@ -607,15 +615,10 @@ e2e() {
   fi
   [[ -x $BINARY ]] || fatal "no binary at $BINARY"
   log "binary: $BINARY ($("$BINARY" --version))"
+}
 
-  local te=$SECONDS t host_before
-  host_before=$(host_state)
-  WORK=$(mktemp -d /tmp/shortener-e2e.XXXXXX)
-  ROOTFS=$WORK/rootfs
-  mkdir -p "$ROOTFS"
-  oha_start
-  build_rootfs
-
+# stage_src: the repo files deploy.sh reads, and the binary, into $ROOTFS.
+stage_src() {
   # The repo files deploy.sh reads, and the binary, at /root/src inside.
   mkdir -p "$ROOTFS/root/src/deploy" "$ROOTFS/root/src/systemd"
   cp "$REPO"/deploy/deploy.sh "$REPO"/deploy/*.conf "$ROOTFS/root/src/deploy/"
@@ -634,6 +637,23 @@ e2e() {
   printf '127.0.0.1 localhost\n127.0.1.1 shortener-e2e\n::1 localhost ip6-localhost\n' >"$ROOTFS/etc/hosts"
   # Lists fresh enough that deploy.sh does not try apt-get update offline.
   find "$ROOTFS/var/lib/apt/lists" -maxdepth 1 -type f -exec touch {} +
+}
+
+e2e() {
+  need_root
+  ensure_pkgs debootstrap:debootstrap systemd-nspawn:systemd-container nsenter:util-linux \
+    pgrep:procps setsid:util-linux python3:python3
+  pick_binary
+
+  local te=$SECONDS t host_before
+  host_before=$(host_state)
+  WORK=$(mktemp -d /tmp/shortener-e2e.XXXXXX)
+  ROOTFS=$WORK/rootfs
+  mkdir -p "$ROOTFS"
+  oha_start
+  build_rootfs
+
+  stage_src
 
   boot
   timing "boot #1" "$BOOT_SECS"
@@ -887,7 +907,134 @@ EOF
   timing "e2e total" $((SECONDS - te))
 }
 
+# ------------------------------------- external PostgreSQL and Redis
+# A real PostgreSQL on this host, started the way tests/api/pg.rs starts one
+# (initdb and pg_ctl as the postgres user; about a second), listening on a
+# unix socket only, in a directory that the container gets bound at
+# /srv/pg: its network is loopback only, a socket crosses that.
+PG_BIN=""
+PG_DIR=""
+pg_start() {
+  ensure_pkgs /usr/lib/postgresql:postgresql
+  PG_BIN=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d | sort -V | tail -n 1)
+  PG_DIR=$(mktemp -d /tmp/shortener-e2e-pg.XXXXXX)
+  chmod 0755 "$PG_DIR"
+  mkdir -p "$PG_DIR/data" "$PG_DIR/sock"
+  chown postgres "$PG_DIR/data" "$PG_DIR/sock"
+  runuser -u postgres -- "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres --no-sync -E UTF8 \
+    >"$PG_DIR/initdb.log" 2>&1 || { cat "$PG_DIR/initdb.log"; fatal "initdb failed"; }
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/data/log" -w \
+    -o "-k $PG_DIR/sock -c listen_addresses='' -c fsync=off" start >/dev/null \
+    || { cat "$PG_DIR/data/log"; fatal "PostgreSQL did not start"; }
+  chmod 0777 "$PG_DIR/sock"   # the container's service user connects through it
+  pg_sql postgres "CREATE DATABASE shortener" >/dev/null
+  log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $NF}') on $PG_DIR/sock"
+}
+pg_sql() {   # pg_sql DB SQL: one statement, unaligned output
+  "$PG_BIN/psql" -X -q -t -A -v ON_ERROR_STOP=1 -h "$PG_DIR/sock" -U postgres -d "$1" -c "$2"
+}
+pg_stop() {
+  [[ -n $PG_DIR && -d $PG_DIR/data ]] || return 0
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$PG_DIR"
+  PG_DIR=""
+}
+
+# e2e_external: a fresh container deployed with DATABASE_URL on that
+# PostgreSQL and REDIS_URL on another host (a managed Redis): deploy.sh
+# installs no redis-server, makes no SQLite file, migrates the PostgreSQL
+# before starting the service, which serves from it; a second instance's
+# first deploy finds the admin key made by the first; a PostgreSQL that
+# cannot be reached stops a deploy, clearly, before anything restarts.
+e2e_external() {
+  need_root
+  ensure_pkgs debootstrap:debootstrap systemd-nspawn:systemd-container nsenter:util-linux \
+    pgrep:procps setsid:util-linux
+  pick_binary
+  local te=$SECONDS t v
+  [[ -n $WORK ]] || WORK=$(mktemp -d /tmp/shortener-e2e.XXXXXX)
+  ROOTFS=$WORK/rootfs-external
+  mkdir -p "$ROOTFS"
+  pg_start
+  build_rootfs
+  stage_src
+  NSPAWN_BINDS=("--bind=$PG_DIR/sock:/srv/pg")
+  MACHINE="shortener-e2e-ext-$$"
+  ADDR=127.0.0.1:8080
+  boot
+  timing "external: boot" "$BOOT_SECS"
+
+  t=$SECONDS
+  local db_url="postgres://postgres@localhost/shortener?host=/srv/pg"
+  log "external deploy #1: DATABASE_URL=$db_url, REDIS_URL=redis://cache.internal:6379"
+  deploy --binary /root/src/shortener --set "LISTEN_ADDR=$ADDR" --set "DATABASE_URL=$db_url" \
+    --set "REDIS_URL=redis://cache.internal:6379" --health-timeout 60
+  timing "external: deploy #1" $((SECONDS - t))
+  check "external: first deploy exits 0" -- test "$DEPLOY_RC" = 0
+  local key
+  key=$(sed -n 's/^ADMIN_API_KEY=//p' <<<"$DEPLOY_OUT")
+  check "external: the admin API key is printed once" -- test -n "$key"
+  check "external: deploy says the database and Redis are external" -- \
+    grep -q 'database: external PostgreSQL .*redis: external at redis://cache.internal:6379' <<<"$(paste -sd' ' <<<"$DEPLOY_ERR")"
+  # shellcheck disable=SC2016  # dpkg-query's own ${Status}, not the shell's
+  v=$(ct dpkg-query -W -f='${Status}' redis-server 2>/dev/null || true)
+  check "external: redis-server is not installed ('$v')" -- test "$v" != "install ok installed"
+  check "external: no /etc/redis/shortener.conf, no redis-server drop-in" -- \
+    ct test ! -e /etc/redis/shortener.conf -a ! -e /etc/systemd/system/redis-server.service.d/shortener.conf
+  check "external: nothing listens on :6379" -- test -z "$(ct ss -Hltn 'sport = :6379')"
+  v=$(ct find /var/lib/shortener -mindepth 1 -print -quit)
+  check "external: no SQLite file in /var/lib/shortener ('$v')" -- test -z "$v"
+  v=$(pg_sql shortener "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+  check "external: the PostgreSQL was migrated (5 tables: $v)" -- test "$v" = 5
+  v=$(pg_sql shortener "SELECT name FROM api_keys WHERE admin")
+  check "external: the admin key is in the PostgreSQL ($v)" -- test "$v" = admin
+  check "external: shortener is active" -- ct systemctl is-active --quiet shortener
+  check "external: /health/ready 200 (Redis unreachable is degraded, not down)" -- \
+    test "$(http_code "http://$ADDR/health/ready")" = 200
+  check "external: POST /api/v1/links with the admin key -> 201" -- create_link "$key"
+  local code=$LINK_CODE
+  check "external: GET /$code -> 302" -- follows "$code"
+  v=$(pg_sql shortener "SELECT original_url FROM link_mappings WHERE short_code = '$code'")
+  check "external: the link is a row of the PostgreSQL ($v)" -- test "$v" = https://example.com/x
+
+  t=$SECONDS
+  deploy --binary /root/src/shortener
+  check "external: deploying again changes nothing" -- \
+    test "$DEPLOY_RC/$(grep -c 'no change' <<<"$DEPLOY_OUT")" = 0/1
+  # Another instance's first deploy on the same database: its env file and
+  # marker are new, the database has its admin key already.
+  ct rm -f /etc/shortener/.admin-key-issued
+  deploy --binary /root/src/shortener
+  timing "external: deploys #2, #3" $((SECONDS - t))
+  check "external: a deploy on a database that has an admin key exits 0" -- test "$DEPLOY_RC" = 0
+  check "external: ... and makes no second admin key" -- lacks ADMIN_API_KEY "$DEPLOY_OUT"
+  check "external: ... and says why" -- grep -q "already has an 'admin' key" <<<"$DEPLOY_ERR"
+  v=$(pg_sql shortener "SELECT count(*) FROM api_keys")
+  check "external: one key in the PostgreSQL ($v)" -- test "$v" = 1
+
+  # The database goes away: an upgrade stops at the migration, says which
+  # database, and changes nothing that runs.
+  t=$SECONDS
+  local before_app release
+  before_app=$(svc_fingerprint shortener)
+  release=$(ct readlink /opt/shortener/current)
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast stop >/dev/null
+  deploy --binary /root/src/shortener-next
+  timing "external: deploy with the PostgreSQL down" $((SECONDS - t))
+  check "external: PostgreSQL down: deploy exits non-zero (rc=$DEPLOY_RC)" -- test "$DEPLOY_RC" != 0
+  check "external: PostgreSQL down: the error names the migration and the database" -- \
+    grep -q 'ERROR: shortener migrate failed .* on postgres://postgres@localhost/shortener?host=/srv/pg: is that PostgreSQL reachable' <<<"$DEPLOY_ERR"
+  check "external: PostgreSQL down: current still -> $release" -- test "$(ct readlink /opt/shortener/current)" = "$release"
+  check "external: PostgreSQL down: shortener not restarted" -- test "$(svc_fingerprint shortener)" = "$before_app"
+
+  poweroff
+  timing "external total" $((SECONDS - te))
+}
+
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 static_checks
-((STATIC_ONLY)) || e2e
+if ((!STATIC_ONLY)); then
+  ((EXTERNAL_ONLY)) || e2e
+  e2e_external
+fi
