@@ -14,4 +14,5 @@ mod ownership;
 mod ratelimit;
 mod read_through;
 mod redirect;
+mod topology;
 mod urls;
