@@ -25,6 +25,9 @@
 //! Redis exactly as a failed invalidation does: nothing is read from Redis until the outbox
 //! (which keeps every change for `invalidation::OUTBOX_RETAIN` after it landed) has been
 //! replayed against the new topology. Those are counted in `shortener_redis_failovers_total`.
+//! With one node the same holds for another process answering at the same address (its
+//! `run_id` changed: a restart, or a managed failover behind a DNS name), though not counted as
+//! a failover.
 //!
 //! # Why a shared connection
 //! A pool checkout runs deadpool-redis's recycle check (`UNWATCH` + `PING`), which would double
@@ -149,6 +152,8 @@ pub struct RedisClient {
     shared: RwLock<Option<Shared>>,
     /// Sentinel: the master's address at the last connection (`host:port`).
     master: Mutex<Option<String>>,
+    /// One node: the `run_id` of the process at the last connection.
+    run_id: Mutex<Option<String>>,
     /// Cluster: every node id at the last look, and whether it was a master serving slots.
     cluster_roles: Mutex<Option<HashMap<String, bool>>>,
     names: Names,
@@ -210,6 +215,7 @@ impl RedisClient {
             target,
             shared: RwLock::new(None),
             master: Mutex::new(None),
+            run_id: Mutex::new(None),
             cluster_roles: Mutex::new(None),
             names,
             timeout: s.timeout,
@@ -370,7 +376,24 @@ impl RedisClient {
     /// used, so nothing is read from the new master before the replay.
     async fn connect(&self) -> RedisResult<Shared> {
         match &self.target {
-            Target::Single { pool, .. } => pool.get().await.map(Shared::Pooled).map_err(|e| io_error(&e.to_string())),
+            Target::Single { pool, .. } => {
+                let mut c = pool.get().await.map_err(|e| io_error(&e.to_string()))?;
+                // Behind one address there may be another process than last time: a restart, or
+                // a managed failover behind a DNS name (ElastiCache's primary endpoint). Either
+                // may lack acknowledged invalidations: distrust until the replay, as after an
+                // outage.
+                let info: String = redis::cmd("INFO").arg("server").query_async(&mut *c).await?;
+                if let Some(run_id) = info.lines().find_map(|l| l.strip_prefix("run_id:")).map(str::trim) {
+                    let previous = self.run_id.lock().unwrap_or_else(|e| e.into_inner()).replace(run_id.to_string());
+                    if previous.is_some_and(|p| p != run_id) {
+                        self.distrust();
+                        tracing::warn!(
+                            "another redis process answers (restart or failover): replaying invalidations before trusting it"
+                        );
+                    }
+                }
+                Ok(Shared::Pooled(c))
+            }
             Target::Sentinel { master_name, .. } => {
                 let addr = self.resolve_master().await?;
                 let previous = self.master.lock().unwrap_or_else(|e| e.into_inner()).replace(addr.clone());

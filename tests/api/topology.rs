@@ -625,3 +625,46 @@ async fn on_a_cluster_instances_never_serve_a_target_older_than_an_acknowledged_
     assert_eq!(h.stale, 0, "{} of {} reads were stale", h.stale, h.reads);
     assert!(h.kills > 0, "subscriptions were killed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_redis_process_behind_the_same_address_is_not_trusted_before_the_replay() {
+    // As after a managed failover behind one DNS name: the new process may lack the last
+    // invalidation. The breaker never opens here (high threshold, heartbeat seconds away), so
+    // only noticing the new process keeps the stale value from being served.
+    let mut redis = crate::helpers::RedisServer::start();
+    let app = spawn_app(Some(&redis), |c| {
+        c.cache.l1_capacity = 0;
+        c.redis.breaker_threshold = 1000;
+        c.redis.probe_interval = Duration::from_secs(5);
+    })
+    .await;
+    app.create_code("moved", "https://example.com/old").await;
+    assert_eq!(target(&app, "moved").await.unwrap(), "https://example.com/old");
+    assert!(
+        eventually(Duration::from_secs(2), || async { redis.cli(&["GET", "shortener:l:moved"]).contains("/old") })
+            .await,
+        "cached in Redis"
+    );
+    assert_eq!(app.patch("moved", json!({"url": "https://example.com/new"})).await, StatusCode::OK);
+
+    redis.restart();
+    redis.cli(&["SET", "shortener:l:moved", "302||https://example.com/old"]);
+    let started = Instant::now();
+    let mut reads = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        assert_eq!(target(&app, "moved").await.unwrap(), "https://example.com/new", "read {reads} after the switch");
+        reads += 1;
+    }
+    let replayed = eventually(Duration::from_secs(5), || async {
+        app.cache_stats().await["redis_breaker"] == "closed"
+            && !redis.cli(&["GET", "shortener:l:moved"]).contains("/old")
+    })
+    .await;
+    assert!(replayed, "the replay removed the stale value and Redis is trusted again: {}", app.cache_stats().await);
+    let served = eventually(Duration::from_secs(5), || async {
+        target(&app, "moved").await.as_deref() == Ok("https://example.com/new")
+            && redis.cli(&["GET", "shortener:l:moved"]).contains("/new")
+    })
+    .await;
+    assert!(served, "Redis serves the new target again");
+}
