@@ -46,6 +46,16 @@
 //! - **Revocation acks**: an instance that forgot its verified keys on a revocation increments
 //!   the announcement's counter, so `shortener keys revoke` can wait for every instance.
 //!
+//! - **Topologies**: everything above relies on one node executing every instance's pings and
+//!   announcements in one order. With Sentinel that node is the master (found again after a
+//!   failover; losing it loses the subscriptions, so every L1 starts over). In a Cluster the bus
+//!   uses classic pub/sub, not sharded: the channels share a hash tag, so every `PUBLISH` is
+//!   executed by the master of that one slot, and the listeners subscribe there too
+//!   (`RedisClient::bus_connections`). Classic rather than sharded because our message rate is
+//!   low (a cluster broadcasting it costs little), and because `shortener keys revoke`
+//!   publishes with a plain connection to whichever node it reaches, which only classic pub/sub
+//!   carries to every node.
+//!
 //! What this does not cover: an instance cut off from Redis (not from the database) for longer
 //! than [`PRESENT_WITHIN`] while Redis still works for the others is no longer waited for, and
 //! learns of a change from the outbox only at its next read: it may serve the old target for up
