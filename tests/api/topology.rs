@@ -41,6 +41,7 @@ fn low_free_port() -> u16 {
 
 /// One redis-server (or Sentinel) process in the foreground, killed with `kill -9`.
 pub struct Node {
+    /// Its port on 127.0.0.1.
     pub port: u16,
     child: Option<Child>,
 }
@@ -134,8 +135,11 @@ fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
 
 /// One master, one replica, three Sentinels (quorum 2, down after 1 s).
 pub struct SentinelSet {
+    /// The master at the start.
     pub master: Node,
+    /// Its replica, promoted when the master is killed.
     pub replica: Node,
+    /// The three Sentinels.
     pub sentinels: Vec<Node>,
     _dir: TempDir,
 }
@@ -199,6 +203,7 @@ impl SentinelSet {
 
 /// Three masters with a replica each (`redis-cli --cluster create`), node timeout 1 s.
 pub struct ClusterSet {
+    /// The six nodes, in the order given to `--cluster create`.
     pub nodes: Vec<Node>,
     _dir: TempDir,
 }
