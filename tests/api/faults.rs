@@ -18,6 +18,19 @@ use crate::helpers::{
     client, create_key, eventually, raw_conn, seed_links, spawn_app, RedisServer, ServiceProcess, TestApp,
 };
 
+/// Every acknowledged create — (code, target) — is in the database with its target.
+async fn assert_all_stored(db_url: &str, acked: &[(String, String)]) {
+    let mut conn = raw_conn(db_url).await;
+    for (code, url) in acked {
+        let stored: Option<String> = sqlx::query_scalar("SELECT original_url FROM link_mappings WHERE short_code = $1")
+            .bind(code)
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(stored.as_deref(), Some(url.as_str()), "acknowledged create {code} lost");
+    }
+}
+
 /// What a steady load saw.
 #[derive(Default, Debug)]
 struct LoadReport {
@@ -340,15 +353,7 @@ async fn sigkill_during_concurrent_creates_loses_no_acknowledged_create() {
 
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 50, "too few creates to mean anything: {}", acked.len());
-    let mut conn = raw_conn(&db_url).await;
-    for (code, url) in &acked {
-        let stored: Option<String> = sqlx::query_scalar("SELECT original_url FROM link_mappings WHERE short_code = $1")
-            .bind(code)
-            .fetch_optional(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(stored.as_deref(), Some(url.as_str()), "acknowledged create {code} lost");
-    }
+    assert_all_stored(&db_url, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,13 +476,5 @@ async fn with_postgres_killed_under_load_cached_links_keep_redirecting_and_creat
     assert_eq!((report.wrong, report.errors), (0, 0), "no redirect failed during the outage: {report:?}");
 
     // Nothing acknowledged was lost.
-    let mut conn = raw_conn(&db_url).await;
-    for (code, url) in &acked {
-        let stored: Option<String> = sqlx::query_scalar("SELECT original_url FROM link_mappings WHERE short_code = $1")
-            .bind(code)
-            .fetch_optional(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(stored.as_deref(), Some(url.as_str()), "acknowledged create {code} lost");
-    }
+    assert_all_stored(&db_url, &acked).await;
 }
