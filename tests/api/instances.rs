@@ -87,17 +87,16 @@ async fn kill_subscriptions(url: String, stop: Arc<AtomicBool>) -> u64 {
     killed
 }
 
-/// What a history run saw.
-pub(crate) struct History {
-    pub(crate) reads: u64,
-    pub(crate) stale: u64,
-    pub(crate) writes: u64,
-    pub(crate) kills: u64,
+struct History {
+    reads: u64,
+    stale: u64,
+    writes: u64,
+    kills: u64,
 }
 
 impl History {
     /// Fails unless the run made enough reads and `writes` changes to mean anything.
-    pub(crate) fn enough(&self, writes: u64) {
+    fn enough(&self, writes: u64) {
         let (r, w) = (self.reads, self.writes);
         assert!(r > 1000 && w > writes, "too little traffic to mean anything: {r} reads, {w} writes");
     }
@@ -107,15 +106,9 @@ impl History {
 /// two and Redis is flushed every few milliseconds (and, with `kill`, subscriptions are killed);
 /// a read that started after a change was acknowledged and saw an older target is stale.
 async fn history(apps: &[Arc<TestApp>], redis: &RedisServer, kill: bool) -> History {
-    history_against(apps, vec![redis.url()], if kill { vec![redis.url()] } else { Vec::new() }).await
-}
-
-/// [`history`] against any topology: `flush` are the nodes (masters) flushed every few
-/// milliseconds, `kill` those whose subscriptions are killed.
-pub(crate) async fn history_against(apps: &[Arc<TestApp>], flush: Vec<String>, kill: Vec<String>) -> History {
     const CODES: usize = 8;
     let writer = apps[0].clone();
-    let tag = if kill.is_empty() { "f" } else { "k" };
+    let tag = if kill { "k" } else { "f" };
     for i in 0..CODES {
         writer.create_code(&format!("h{tag}{i}"), "https://example.com/h/0").await;
     }
@@ -139,8 +132,8 @@ pub(crate) async fn history_against(apps: &[Arc<TestApp>], flush: Vec<String>, k
             v
         });
     }
-    for url in flush {
-        let stop = stop.clone();
+    {
+        let (url, stop) = (redis.url(), stop.clone());
         others.spawn(async move {
             let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
             while !stop.load(Ordering::Relaxed) {
@@ -151,8 +144,8 @@ pub(crate) async fn history_against(apps: &[Arc<TestApp>], flush: Vec<String>, k
             0
         });
     }
-    for url in kill {
-        others.spawn(kill_subscriptions(url, stop.clone()));
+    if kill {
+        others.spawn(kill_subscriptions(redis.url(), stop.clone()));
     }
     for r in 0..8 {
         let (app, acked, stop) = (apps[1 + r % 2].clone(), acked.clone(), stop.clone());

@@ -17,5 +17,4 @@ mod pg;
 mod ratelimit;
 mod read_through;
 mod redirect;
-mod topology;
 mod urls;
