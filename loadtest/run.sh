@@ -44,7 +44,15 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_WORK=${KEEP_WORK:-0}
 FD_RESERVE=${FD_RESERVE:-1000}
 # "sqlite postgres": after the SQLite scenarios, hot, cold and creates again with the service on
-# a PostgreSQL server this script starts (target service_pg in the report).
+# PostgreSQL (target service_pg in the report): a server this script starts, or the one a
+# DATABASE_URL=postgres://… given to the script names (an empty database: the links are imported
+# into it; its server's CPU is then not counted). Such a DATABASE_URL implies both backends.
+USER_DATABASE_URL=${DATABASE_URL:-}
+case "$USER_DATABASE_URL" in
+  postgres://* | postgresql://*) BACKENDS=${BACKENDS:-sqlite postgres} ;;
+  "") ;;
+  *) echo "loadtest: DATABASE_URL=${USER_DATABASE_URL%%:*}:… is not a PostgreSQL URL; the SQLite database is the script's own" >&2 ;;
+esac
 BACKENDS=${BACKENDS:-sqlite}
 
 LOG_TAG=loadtest DIE_STATUS=1
@@ -151,8 +159,12 @@ pg_run() {
   shift
   if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$PG_BIN/$prog" "$@"; else "$PG_BIN/$prog" "$@"; fi
 }
-if want_pg; then
-  PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+if want_pg && [[ "$USER_DATABASE_URL" == postgres* ]]; then
+  PG_URL=$USER_DATABASE_URL
+  log "PostgreSQL phase on the DATABASE_URL given (not shown: it may carry a password); its server's CPU is not counted"
+elif want_pg; then
+  pg_bins=(/usr/lib/postgresql/*/bin)
+  PG_BIN=$(printf '%s\n' "${pg_bins[@]}" | sort -V | tail -1)
   [[ -x "$PG_BIN/initdb" ]] || die "BACKENDS has postgres but PostgreSQL is not installed (apt-get install postgresql)"
   PG_PORT=$(python3 "$LT/lt.py" freeport)
   chmod 755 "$WORK"
@@ -226,9 +238,12 @@ wait_http "$BASE_URL/$(head -n1 "$WORK/hot.codes")" "$BASE_PID" \
 
 # --- measuring --------------------------------------------------------------------------------
 snap() { # snap TARGET FILE
-  if [[ $1 == service_pg ]]; then
+  if [[ $1 == service_pg && -n "$PG_DATA" ]]; then
     python3 "$LT/lt.py" snap --pid "$SVC_PID" --redis-pid "$REDIS_PID" --redis-port "$REDIS_PORT" \
       --health "$SVC_URL/health/cache" --pg-data "$PG_DATA" >"$2"
+  elif [[ $1 == service_pg ]]; then
+    python3 "$LT/lt.py" snap --pid "$SVC_PID" --redis-pid "$REDIS_PID" --redis-port "$REDIS_PORT" \
+      --health "$SVC_URL/health/cache" >"$2"
   elif [[ $1 == service ]]; then
     python3 "$LT/lt.py" snap --pid "$SVC_PID" --redis-pid "$REDIS_PID" --redis-port "$REDIS_PORT" \
       --health "$SVC_URL/health/cache" >"$2"
