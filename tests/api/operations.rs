@@ -488,3 +488,19 @@ async fn made_up_methods_paths_and_headers_leave_metrics_and_memory_flat() {
         rss_after / 1024
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_that_accepts_only_tls_is_reached_with_sslmode_require() {
+    // As RDS by default (`rds.force_ssl`): a server of this test's own, whatever the run's
+    // backend, refusing every TCP connection without TLS.
+    let pg = crate::helpers::PgServer::start_tls_only();
+    let url = pg.create_database();
+    let plain = crate::helpers::run_cli(&format!("{url}?sslmode=disable"), &["migrate"], &[("REDIS_ENABLED", "false")]);
+    assert!(!plain.status.success(), "the server refuses plain connections");
+    let tls = format!("{url}?sslmode=require");
+    let app = spawn_app(None, move |c| c.db.url = tls).await;
+    app.create_code("secure1", "https://example.com/tls").await;
+    assert_eq!(app.location("secure1").await.unwrap(), "https://example.com/tls");
+    let (s, db) = get_json(&app, "/health/db").await;
+    assert_eq!(s, StatusCode::OK, "{db}");
+}

@@ -94,6 +94,16 @@ pub struct PgServer {
 impl PgServer {
     /// `initdb` (about 0.4 s) and start on a free port; waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// [`PgServer::start`], but accepting TLS connections only, as RDS does by default
+    /// (`rds.force_ssl`): a self-signed certificate, and `hostssl` as the only TCP rule.
+    pub fn start_tls_only() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls_only: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut perms = std::fs::metadata(dir.path()).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
@@ -111,6 +121,35 @@ impl PgServer {
             .output()
             .expect("initdb");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        if tls_only {
+            let ok = Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+                .arg("-keyout")
+                .arg(data.join("server.key"))
+                .arg("-out")
+                .arg(data.join("server.crt"))
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl")
+                .success();
+            assert!(ok, "openssl req");
+            std::fs::write(data.join("pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
+                .unwrap();
+            let mut key = std::fs::metadata(data.join("server.key")).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut key, 0o600);
+            std::fs::set_permissions(data.join("server.key"), key).unwrap();
+            std::fs::write(
+                data.join("postgresql.auto.conf"),
+                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            )
+            .unwrap();
+            if is_root() {
+                for f in ["server.key", "server.crt", "pg_hba.conf", "postgresql.auto.conf"] {
+                    let ok = Command::new("chown").arg("postgres").arg(data.join(f)).status().unwrap().success();
+                    assert!(ok, "chown postgres {f}");
+                }
+            }
+        }
         let mut server = PgServer { port: 0, data, watchdog: Mutex::new(None), next_db: AtomicU64::new(0), _dir: dir };
         for _ in 0..10 {
             server.port = free_port();
