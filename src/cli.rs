@@ -389,18 +389,10 @@ fn progress(tty: bool, lines: u64, read: u64, total: Option<u64>, started: Insta
     }
 }
 
-/// A database URL as it may be shown: a SQLite path as it is, any other URL without its password.
-fn shown_url(url: &str) -> String {
-    match db::Backend::of(url) {
-        db::Backend::Sqlite => url.to_string(),
-        db::Backend::Postgres => crate::config::redact_url(url),
-    }
-}
-
 /// `db copy`: the copy (unless `verify_only`), then the verification, whose report is printed on
 /// stdout; progress on stderr.
 async fn db_copy(from: &str, to: &str, batch: usize, verify_only: bool) -> CliResult {
-    let (shown_from, shown_to) = (shown_url(from), shown_url(to));
+    let (shown_from, shown_to) = (crate::config::redact_url(from), crate::config::redact_url(to));
     if !verify_only {
         eprintln!("copying {shown_from} -> {shown_to} ({batch} rows a page)");
         let mut bar = CopyProgress::new(std::io::stderr().is_terminal());

@@ -234,7 +234,9 @@ impl fmt::Debug for Auth {
     }
 }
 
-/// Hides the password of a `redis://user:pass@host` URL.
+/// Hides the password of a `redis://user:pass@host` or `postgres://user:pass@host/db` URL. A
+/// plain file path (`DATABASE_URL=data/links.db`) has none to hide and is shown as it is;
+/// anything else that does not parse is not shown at all.
 pub fn redact_url(raw: &str) -> String {
     match Url::parse(raw) {
         Ok(mut u) if u.password().is_some() => {
@@ -242,6 +244,7 @@ pub fn redact_url(raw: &str) -> String {
             u.to_string()
         }
         Ok(u) => u.to_string(),
+        Err(url::ParseError::RelativeUrlWithoutBase) if !raw.contains('@') => raw.to_string(),
         Err(_) => "<unparseable>".to_string(),
     }
 }
@@ -567,6 +570,16 @@ mod tests {
     fn from(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_source(&move |var| vars.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_password_and_plain_paths_as_they_are() {
+        assert_eq!(redact_url("postgres://u:hunter2@db/links"), "postgres://u:REDACTED@db/links");
+        assert_eq!(redact_url("redis://:hunter2@cache:6379"), "redis://:REDACTED@cache:6379");
+        assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+        assert_eq!(redact_url("data/links.db"), "data/links.db");
+        assert_eq!(redact_url("/var/lib/shortener/links.db"), "/var/lib/shortener/links.db");
+        assert_eq!(redact_url("//u:hunter2@db/links"), "<unparseable>");
     }
 
     #[test]
