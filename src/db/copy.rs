@@ -117,19 +117,6 @@ pub const MAX_BATCH: usize = 10_000;
 /// Most parameters one multi-row statement takes (SQLite's limit is 32,766, PostgreSQL's 65,535).
 const MAX_PARAMS: usize = 30_000;
 
-/// `rows` groups of `width` placeholders for `backend` ([`placeholders`]: `$N` numbered from
-/// `first` on PostgreSQL, anonymous `?` on SQLite, whose named parameters cost O(n²) to bind).
-fn marks(backend: Backend, first: usize, rows: usize, width: usize) -> String {
-    placeholders(backend, first, rows, width)
-}
-
-fn backend_of(conn: &Conn<'_>) -> Backend {
-    match conn {
-        Conn::Sqlite(_) => Backend::Sqlite,
-        Conn::Postgres(_) => Backend::Postgres,
-    }
-}
-
 /// Where a copy is, after each page: reported to the caller, which draws it.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
@@ -242,8 +229,8 @@ fn same_database(a: &str, b: &str) -> bool {
     }
 }
 
-/// Starts a read-only snapshot: every read until [`end_snapshot`] sees the database as it was at
-/// the first one.
+/// Starts a read-only snapshot: every read until its `COMMIT` ([`super::commit`]) sees the
+/// database as it was at the first one.
 async fn begin_snapshot(conn: &mut Conn<'_>) -> Result<(), sqlx::Error> {
     match conn {
         // Deferred: a read transaction whose snapshot is taken by its first read (WAL).
@@ -252,10 +239,6 @@ async fn begin_snapshot(conn: &mut Conn<'_>) -> Result<(), sqlx::Error> {
             sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut **c).await.map(drop)
         }
     }
-}
-
-async fn end_snapshot(conn: &mut Conn<'_>) -> Result<(), sqlx::Error> {
-    on_db!(conn conn, c => sqlx::query("COMMIT").execute(c).await.map(drop))
 }
 
 async fn count(conn: &mut Conn<'_>, table: &str) -> Result<i64, sqlx::Error> {
@@ -358,7 +341,7 @@ fn range_sql(backend: Backend, table: Table, after: &Cursor, upto: Option<&Curso
     let mut next = first;
     // One group of placeholders: `$1`, or `($1, $2)` for a composite key.
     let group = |n: &mut usize| {
-        let p = marks(backend, *n, 1, key.len());
+        let p = placeholders(backend, *n, 1, key.len());
         *n += key.len();
         p
     };
@@ -387,13 +370,13 @@ macro_rules! bind_cursor {
 
 /// The page of `table` after `after`, at most `limit` rows, in primary-key order.
 async fn read_page(conn: &mut Conn<'_>, table: Table, after: &Cursor, limit: usize) -> Result<Page, sqlx::Error> {
-    let backend = backend_of(conn);
+    let backend = conn.backend();
     let (range, next) = range_sql(backend, table, after, None, 1);
     let sql = format!(
         "{} WHERE {range} ORDER BY {} LIMIT {}",
         table.select(),
         table.key().join(", "),
-        marks(backend, next, 1, 1)
+        placeholders(backend, next, 1, 1)
     );
     let limit = limit as i64;
     Ok(match table {
@@ -421,11 +404,11 @@ async fn delete_absent(
     upto: Option<&Cursor>,
     page: &Page,
 ) -> Result<u64, sqlx::Error> {
-    let backend = backend_of(conn);
+    let backend = conn.backend();
     let (range, next) = range_sql(backend, table, after, upto, 1);
     let mut sql = format!("DELETE FROM {} WHERE {range}", table.name());
     if page.len() > 0 {
-        let list = marks(backend, next, page.len(), table.key().len());
+        let list = placeholders(backend, next, page.len(), table.key().len());
         match table {
             Table::Daily => sql.push_str(&format!(" AND (short_code, day) NOT IN (VALUES {list})")),
             _ => sql.push_str(&format!(" AND {} NOT IN ({list})", table.key()[0])),
@@ -471,7 +454,7 @@ async fn delete_clashing_keys(conn: &mut Conn<'_>, keys: &[KeyRecord]) -> Result
         let sql = format!(
             "DELETE FROM api_keys WHERE EXISTS (SELECT 1 FROM (VALUES {}) AS s
              WHERE (s.column2 = api_keys.name OR s.column3 = api_keys.key_hash) AND s.column1 <> api_keys.id)",
-            marks(backend_of(conn), 1, chunk.len(), 3)
+            placeholders(conn.backend(), 1, chunk.len(), 3)
         );
         done += on_db!(conn conn, c => {
             let mut q = sqlx::query(&sql).persistent(false);
@@ -493,7 +476,7 @@ fn upsert_sql(backend: Backend, table: Table, rows: usize) -> String {
         "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
         table.name(),
         cols.join(", "),
-        marks(backend, 1, rows, cols.len()),
+        placeholders(backend, 1, rows, cols.len()),
         key.join(", "),
         set.join(", ")
     )
@@ -501,7 +484,7 @@ fn upsert_sql(backend: Backend, table: Table, rows: usize) -> String {
 
 /// Writes a page into the target: every row inserted or overwritten with the source's values.
 async fn upsert_page(conn: &mut Conn<'_>, page: &Page) -> Result<(), sqlx::Error> {
-    let backend = backend_of(conn);
+    let backend = conn.backend();
     match page {
         Page::Keys(rows) => {
             for chunk in rows.chunks(MAX_PARAMS / Table::Keys.columns().len()) {
@@ -579,16 +562,7 @@ async fn write_page(
         Ok::<_, sqlx::Error>(deleted)
     }
     .await;
-    match written {
-        Ok(deleted) => {
-            super::commit(conn).await?;
-            Ok(deleted)
-        }
-        Err(e) => {
-            super::rollback(conn).await;
-            Err(e)
-        }
-    }
+    super::end(conn, written).await
 }
 
 /// PostgreSQL hands out key ids from an identity sequence, which copied rows (inserted with their
@@ -660,7 +634,7 @@ pub async fn copy(
         copied.push((table, table_done));
         deleted.push((table, table_deleted));
     }
-    end_snapshot(&mut src).await.map_err(sql_err("ending the snapshot of the source"))?;
+    super::commit(&mut src).await.map_err(sql_err("ending the snapshot of the source"))?;
     Ok(CopySummary { copied, deleted, pending_invalidations, elapsed: started.elapsed() })
 }
 
@@ -694,7 +668,7 @@ async fn digest_all(conn: &mut Conn<'_>) -> Result<Vec<Digest256>, sqlx::Error> 
         }
         out.push(Digest256 { rows, sha256: hex::encode(hash.finalize()) });
     }
-    end_snapshot(conn).await?;
+    super::commit(conn).await?;
     Ok(out)
 }
 

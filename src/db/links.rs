@@ -570,18 +570,15 @@ pub async fn insert_links_bulk(conn: &mut Conn<'_>, rows: &[(String, String)], n
         rows.iter().map(|(code, url)| NewLink { code, url, status: 302, expires_at: None, created_by: None }).collect();
     let refs: Vec<&NewLink<'_>> = links.iter().collect();
     super::begin(conn).await?;
-    let mut inserted = 0;
-    for chunk in refs.chunks(MAX_ROWS_PER_INSERT) {
-        match insert_links_skipping_taken(conn, chunk, now).await {
-            Ok(n) => inserted += n,
-            Err(e) => {
-                super::rollback(conn).await;
-                return Err(e);
-            }
+    let done = async {
+        let mut inserted = 0;
+        for chunk in refs.chunks(MAX_ROWS_PER_INSERT) {
+            inserted += insert_links_skipping_taken(conn, chunk, now).await?;
         }
+        Ok(inserted)
     }
-    super::commit(conn).await?;
-    Ok(inserted)
+    .await;
+    super::end(conn, done).await
 }
 
 #[cfg(test)]

@@ -426,3 +426,18 @@ pub async fn commit(conn: &mut Conn<'_>) -> Result<(), sqlx::Error> {
 pub async fn rollback(conn: &mut Conn<'_>) {
     let _ = on_db!(conn conn, c => sqlx::query("ROLLBACK").execute(c).await.map(drop));
 }
+
+/// Ends the transaction [`begin`] started with what was done in it: commits when `done` is
+/// `Ok` (and returns it only if the commit went through), rolls back otherwise. A failed
+/// `COMMIT` is rolled back too: SQLite leaves the transaction open when its commit is busy.
+pub async fn end<T>(conn: &mut Conn<'_>, done: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+    let failed = match done {
+        Ok(value) => match commit(conn).await {
+            Ok(()) => return Ok(value),
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    rollback(conn).await;
+    Err(failed)
+}

@@ -323,11 +323,8 @@ impl WriterTask {
         let r = async {
             let mut conn = batch_conn(&mut self.conn, &mut held).await?;
             super::begin(&mut conn).await?;
-            if let Err(e) = links::delete_invalidations(&mut conn, &acked).await {
-                super::rollback(&mut conn).await;
-                return Err(e);
-            }
-            super::commit(&mut conn).await
+            let done = links::delete_invalidations(&mut conn, &acked).await;
+            super::end(&mut conn, done).await
         }
         .await;
         if let Err(e) = r {
@@ -346,19 +343,8 @@ async fn commit(
     acked: &[i64],
 ) -> Result<(Vec<Outcome>, Vec<String>, Vec<i64>), sqlx::Error> {
     super::begin(conn).await?;
-    match apply_in_tx(conn, new_code, jobs, acked).await {
-        Ok(done) => match super::commit(conn).await {
-            Ok(()) => Ok(done),
-            Err(e) => {
-                super::rollback(conn).await;
-                Err(e)
-            }
-        },
-        Err(e) => {
-            super::rollback(conn).await;
-            Err(e)
-        }
-    }
+    let done = apply_in_tx(conn, new_code, jobs, acked).await;
+    super::end(conn, done).await
 }
 
 /// The common batch under load: only creates under random codes. One `INSERT` outside a
