@@ -117,7 +117,13 @@ pub struct Redis {
     /// `REDIS_ENABLED`: false runs on L1 + SQLite only. Default true.
     pub enabled: bool,
     /// `REDIS_URL`: default `redis://127.0.0.1:6379`. May carry a password (redacted in Debug).
+    /// With Sentinel or Cluster it is not set by the operator; it then holds the first node of
+    /// `REDIS_CLUSTER_NODES` (a plain connection there reaches the whole cluster's classic
+    /// pub/sub, which one-shot commands use), or is empty for Sentinel.
     pub url: String,
+    /// Where Redis is: one node (`REDIS_URL`), a Sentinel-watched master (`REDIS_SENTINELS` +
+    /// `REDIS_SENTINEL_MASTER`) or a Cluster (`REDIS_CLUSTER_NODES`). At most one may be set.
+    pub topology: Topology,
     /// `REDIS_KEY_PREFIX`: namespace of every key this service writes. Default `shortener:`.
     pub key_prefix: String,
     /// `REDIS_POOL_SIZE`: deadpool-redis pool size. Default 8.
@@ -135,11 +141,93 @@ pub struct Redis {
     pub probe_interval: Duration,
 }
 
+/// How the service reaches Redis (`redis_client` is the one module that acts on it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// One node at `REDIS_URL`.
+    Single,
+    /// A master found, and followed through failovers, by asking Sentinels.
+    Sentinel {
+        /// `REDIS_SENTINELS`: `host:port` of each Sentinel, asked in order.
+        sentinels: Vec<String>,
+        /// `REDIS_SENTINEL_MASTER`: the name the Sentinels monitor the master under.
+        master: String,
+    },
+    /// A Redis Cluster.
+    Cluster {
+        /// `REDIS_CLUSTER_NODES`: `host:port` of some nodes (seeds: the rest is discovered).
+        nodes: Vec<String>,
+    },
+}
+
+impl Topology {
+    /// `single`, `sentinel` or `cluster` (health output, logs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Topology::Single => "single",
+            Topology::Sentinel { .. } => "sentinel",
+            Topology::Cluster { .. } => "cluster",
+        }
+    }
+}
+
+/// `host:port,host:port` into its entries; each must have a host and a numeric port.
+fn host_ports(var: &'static str, raw: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let ok = part.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        check(ok, var, part, "expected host:port entries separated by commas")?;
+        out.push(part.to_string());
+    }
+    check(!out.is_empty(), var, raw, "expected at least one host:port")?;
+    Ok(out)
+}
+
+/// The topology named by the environment; more than one (or half of Sentinel's pair) is an error
+/// naming the variables, so a deployment never silently runs against the wrong Redis.
+fn topology(src: &Source<'_>) -> Result<Topology, ConfigError> {
+    let url = src.lookup("REDIS_URL");
+    let sentinels = src.lookup("REDIS_SENTINELS");
+    let master = src.lookup("REDIS_SENTINEL_MASTER");
+    let cluster = src.lookup("REDIS_CLUSTER_NODES");
+    let set = [url.is_some(), sentinels.is_some() || master.is_some(), cluster.is_some()];
+    if set.iter().filter(|s| **s).count() > 1 {
+        return Err(ConfigError {
+            var: "REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_NODES",
+            value: [("REDIS_URL", set[0]), ("REDIS_SENTINELS/REDIS_SENTINEL_MASTER", set[1]), ("REDIS_CLUSTER_NODES", set[2])]
+                .iter()
+                .filter(|(_, on)| *on)
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(" and "),
+            reason: "set exactly one of REDIS_URL (one node), REDIS_SENTINELS with REDIS_SENTINEL_MASTER (Sentinel) or REDIS_CLUSTER_NODES (Cluster)".into(),
+        });
+    }
+    match (sentinels, master, cluster) {
+        (Some(s), Some(m), _) => {
+            Ok(Topology::Sentinel { sentinels: host_ports("REDIS_SENTINELS", &s)?, master: m.trim().to_string() })
+        }
+        (Some(_), None, _) => Err(ConfigError {
+            var: "REDIS_SENTINEL_MASTER",
+            value: String::new(),
+            reason: "REDIS_SENTINELS is set: name the master the Sentinels monitor".into(),
+        }),
+        (None, Some(m), _) => Err(ConfigError {
+            var: "REDIS_SENTINELS",
+            value: String::new(),
+            reason: format!("REDIS_SENTINEL_MASTER is set ({m}): list the Sentinels as host:port,…"),
+        }),
+        (None, None, Some(c)) => Ok(Topology::Cluster { nodes: host_ports("REDIS_CLUSTER_NODES", &c)? }),
+        (None, None, None) => Ok(Topology::Single),
+    }
+}
+
 impl fmt::Debug for Redis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Redis")
             .field("enabled", &self.enabled)
             .field("url", &redact_url(&self.url))
+            .field("topology", &self.topology)
             .field("key_prefix", &self.key_prefix)
             .field("pool_size", &self.pool_size)
             .field("timeout", &self.timeout)
@@ -329,9 +417,15 @@ impl Config {
                 parse_base_url(&v).map_err(|reason| ConfigError { var: "PUBLIC_BASE_URL", value: v.clone(), reason })?
             }
         };
-        let redis_url = src.lookup("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        let redis_topology = topology(&src)?;
+        let redis_url = match &redis_topology {
+            Topology::Single => src.lookup("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            Topology::Sentinel { .. } => String::new(),
+            Topology::Cluster { nodes } => format!("redis://{}", nodes[0]),
+        };
         check(
-            redis_url.starts_with("redis://")
+            redis_url.is_empty()
+                || redis_url.starts_with("redis://")
                 || redis_url.starts_with("rediss://")
                 || redis_url.starts_with("redis+unix://")
                 || redis_url.starts_with("unix://"),
@@ -359,6 +453,7 @@ impl Config {
             redis: Redis {
                 enabled: src.boolean("REDIS_ENABLED", true)?,
                 url: redis_url,
+                topology: redis_topology,
                 key_prefix: src.lookup("REDIS_KEY_PREFIX").unwrap_or_else(|| "shortener:".into()),
                 pool_size: src.parse("REDIS_POOL_SIZE", 8)?,
                 timeout: src.millis("REDIS_TIMEOUT_MS", 25)?,
@@ -629,6 +724,40 @@ mod tests {
             assert_eq!(e.var, var);
             assert!(e.to_string().contains(var), "{e}");
         }
+    }
+
+    #[test]
+    fn more_than_one_redis_topology_stops_startup_naming_the_variables() {
+        for vars in [
+            &[("REDIS_URL", "redis://a:6379"), ("REDIS_CLUSTER_NODES", "b:7000")][..],
+            &[("REDIS_URL", "redis://a:6379"), ("REDIS_SENTINELS", "s:26379"), ("REDIS_SENTINEL_MASTER", "m")][..],
+            &[("REDIS_CLUSTER_NODES", "b:7000"), ("REDIS_SENTINELS", "s:26379"), ("REDIS_SENTINEL_MASTER", "m")][..],
+        ] {
+            let e = from(vars).unwrap_err().to_string();
+            assert!(
+                e.contains("REDIS_URL") && e.contains("REDIS_SENTINELS") && e.contains("REDIS_CLUSTER_NODES"),
+                "{e}"
+            );
+        }
+        let e = from(&[("REDIS_SENTINELS", "s:26379")]).unwrap_err();
+        assert_eq!(e.var, "REDIS_SENTINEL_MASTER");
+        let e = from(&[("REDIS_SENTINEL_MASTER", "m")]).unwrap_err();
+        assert_eq!(e.var, "REDIS_SENTINELS");
+        let e = from(&[("REDIS_CLUSTER_NODES", "b:seven")]).unwrap_err();
+        assert_eq!(e.var, "REDIS_CLUSTER_NODES");
+    }
+
+    #[test]
+    fn each_redis_topology_is_read_from_its_own_variables() {
+        assert_eq!(from(&[]).unwrap().redis.topology, Topology::Single);
+        let c = from(&[("REDIS_SENTINELS", "s1:26379, s2:26380"), ("REDIS_SENTINEL_MASTER", "cache")]).unwrap();
+        assert_eq!(
+            c.redis.topology,
+            Topology::Sentinel { sentinels: vec!["s1:26379".into(), "s2:26380".into()], master: "cache".into() }
+        );
+        let c = from(&[("REDIS_CLUSTER_NODES", "n1:7000,n2:7001")]).unwrap();
+        assert_eq!(c.redis.topology, Topology::Cluster { nodes: vec!["n1:7000".into(), "n2:7001".into()] });
+        assert_eq!(c.redis.url, "redis://n1:7000");
     }
 
     #[test]

@@ -90,10 +90,10 @@ pub async fn build_on(
         let bus = Bus::new(client.clone(), Arc::new(DbOutbox(read_pool.clone())));
         client.tick(&*bus).await;
         if client.readable() {
-            tracing::info!(redis.url = %crate::config::redact_url(&config.redis.url), "redis connected");
+            tracing::info!(redis.at = %client.describe(), "redis connected");
         } else {
             tracing::warn!(
-                redis.url = %crate::config::redact_url(&config.redis.url),
+                redis.at = %client.describe(),
                 "redis not reachable at startup: serving from L1 and SQLite, retrying in the background"
             );
         }
@@ -125,7 +125,7 @@ pub async fn build_on(
     );
     let key_cache = Arc::new(crate::auth::KeyCache::new(config.auth.cache_ttl));
     if let (Some(cache), Some(bus)) = (resolver.redis.clone(), resolver.bus.clone()) {
-        let (r, k, rx, url) = (resolver.clone(), key_cache.clone(), shutdown_rx.clone(), config.redis.url.clone());
+        let (r, k, rx) = (resolver.clone(), key_cache.clone(), shutdown_rx.clone());
         let outbox_bus = bus.clone();
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
         let connect_timeout = cache.client().connect_timeout();
@@ -142,7 +142,7 @@ pub async fn build_on(
                 },
                 distrust: || r.l1.distrust(),
             };
-            bus.listen(&url, listeners, subscribed_tx, rx).await
+            bus.listen(listeners, subscribed_tx, rx).await
         }));
         {
             let (r, b, rx) = (resolver.clone(), outbox_bus, shutdown_rx.clone());

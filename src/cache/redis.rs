@@ -7,6 +7,9 @@
 //! as one `MGET` or one script call over many codes (up to 512 a call, 4 calls in flight). Under
 //! load a Redis hit costs a small fraction of a command; idle, a call carries one code and goes
 //! out at once. A failed or timed-out call is a miss (or "unavailable") for every code in it.
+//! In a Redis Cluster a script's keys must share a slot: the lease and fill scripts then run
+//! once per hash-tag bucket of the batch (`redis_client::names`), concurrently, and an `MGET`
+//! is split by slot by the cluster connection.
 //!
 //! # Trust
 //! The cache is read and written back to only while the client trusts Redis
@@ -20,6 +23,7 @@
 //! change cannot land after it, whatever order the commands reach Redis in.
 
 use std::{
+    collections::HashMap,
     future::Future,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -255,7 +259,51 @@ impl LinkCache {
         }
     }
 
+    /// The items' indices grouped so that each group's keys share a slot: one group unless in
+    /// a Cluster.
+    fn slot_groups<T>(&self, items: &[T], code: impl Fn(&T) -> &str) -> Vec<Vec<usize>> {
+        let names = self.client.names();
+        if !self.client.is_cluster() {
+            return vec![(0..items.len()).collect()];
+        }
+        let mut by_bucket: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            by_bucket.entry(names.bucket(code(item)).unwrap_or(0)).or_default().push(i);
+        }
+        by_bucket.into_values().collect()
+    }
+
+    /// Runs `call` on each slot group of `items` at once and puts the answers back in order.
+    async fn per_slot<T: Clone, O: Clone, F, Fut>(
+        &self,
+        items: Vec<T>,
+        code: impl Fn(&T) -> &str,
+        call: F,
+    ) -> Vec<Option<O>>
+    where
+        F: Fn(Vec<T>) -> Fut,
+        Fut: Future<Output = Vec<Option<O>>>,
+    {
+        let groups = self.slot_groups(&items, code);
+        if groups.len() == 1 {
+            return call(items).await;
+        }
+        let calls = groups.iter().map(|g| call(g.iter().map(|&i| items[i].clone()).collect()));
+        let answers = futures_util::future::join_all(calls).await;
+        let mut out: Vec<Option<O>> = vec![None; items.len()];
+        for (g, answer) in groups.iter().zip(answers) {
+            for (&i, v) in g.iter().zip(answer) {
+                out[i] = v;
+            }
+        }
+        out
+    }
+
     async fn lease_many(&self, items: Vec<(String, String)>) -> Vec<GetOutcome> {
+        self.per_slot(items, |i| &i.0, |group| self.lease_slot(group)).await
+    }
+
+    async fn lease_slot(&self, items: Vec<(String, String)>) -> Vec<GetOutcome> {
         let n = items.len();
         let mut inv = self.lease_script.prepare_invoke();
         for (code, _) in &items {
@@ -312,6 +360,10 @@ impl LinkCache {
     }
 
     async fn fill_many(&self, items: Vec<FillItem>) -> Vec<Option<bool>> {
+        self.per_slot(items, |i| &i.0, |group| self.fill_slot(group)).await
+    }
+
+    async fn fill_slot(&self, items: Vec<FillItem>) -> Vec<Option<bool>> {
         let n = items.len();
         let mut inv = self.fill_script.prepare_invoke();
         for (code, token, encoded, ttl_ms) in &items {

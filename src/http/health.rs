@@ -147,13 +147,10 @@ async fn redis_info(state: &AppState, client: &RedisClient) -> serde_json::Map<S
         }
     }
     let mut info = serde_json::Map::new();
-    if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_millis(500), client.pool().get()).await {
-        let raw: Result<String, _> = tokio::time::timeout(
-            Duration::from_millis(500),
-            redis::cmd("INFO").arg("all").query_async::<String>(&mut *c),
-        )
-        .await
-        .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::IoError, "INFO timed out"))));
+    {
+        let raw: Result<String, _> = tokio::time::timeout(Duration::from_millis(1000), client.info())
+            .await
+            .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::IoError, "INFO timed out"))));
         if let Ok(raw) = raw {
             for line in raw.lines() {
                 if let Some((k, v)) = line.split_once(':') {
@@ -210,6 +207,9 @@ pub async fn redis(State(state): State<AppState>) -> Json<Value> {
         "errors": snap.errors,
         "timeouts": snap.timeouts,
         "invalidations_replayed": replayed,
+        "topology": snap.topology,
+        "failovers": snap.failovers,
+        "redirections": {"moved": snap.redirections_moved, "ask": snap.redirections_ask},
         "pool": {"max": state.config.redis.pool_size, "size": snap.pool_size, "available": snap.pool_available, "waiting": snap.pool_waiting},
         "info": info,
         "warnings": warnings,

@@ -46,6 +46,16 @@
 //! - **Revocation acks**: an instance that forgot its verified keys on a revocation increments
 //!   the announcement's counter, so `shortener keys revoke` can wait for every instance.
 //!
+//! - **Topologies**: everything above relies on one node executing every instance's pings and
+//!   announcements in one order. With Sentinel that node is the master (found again after a
+//!   failover; losing it loses the subscriptions, so every L1 starts over). In a Cluster the bus
+//!   uses classic pub/sub, not sharded: the channels share a hash tag, so every `PUBLISH` is
+//!   executed by the master of that one slot, and the listeners subscribe there too
+//!   (`RedisClient::bus_connections`). Classic rather than sharded because our message rate is
+//!   low (a cluster broadcasting it costs little), and because `shortener keys revoke`
+//!   publishes with a plain connection to whichever node it reaches, which only classic pub/sub
+//!   carries to every node.
+//!
 //! What this does not cover: an instance cut off from Redis (not from the database) for longer
 //! than [`PRESENT_WITHIN`] while Redis still works for the others is no longer waited for, and
 //! learns of a change from the outbox only at its next read: it may serve the old target for up
@@ -61,12 +71,11 @@ use std::{
 };
 
 use futures_util::{future::BoxFuture, StreamExt};
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{watch, Notify};
 
 use crate::{
     observe::Metrics,
-    redis_client::{Names, RedisClient, Restore},
+    redis_client::{Conn, Names, RedisClient, Restore},
 };
 
 /// Where the invalidations that may be missing from Redis are queued: the database's outbox
@@ -469,29 +478,22 @@ impl Bus {
     /// starts over. `subscribed` fires once the first ping has come back (L1 is trusted).
     pub async fn listen<F: Fn(&str), K: Fn(), A: Fn(), T: Fn(Instant), D: Fn()>(
         &self,
-        url: &str,
         listeners: Listeners<F, K, A, T, D>,
         subscribed: tokio::sync::oneshot::Sender<()>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut subscribed = Some(subscribed);
-        let client = match redis::Client::open(url) {
-            Ok(c) => c,
-            Err(e) => return tracing::warn!(error = %e, "invalidation listener not started"),
-        };
         let channel = self.names().invalidation_channel();
         let keys_channel = self.names().keys_channel();
         let own_channel = self.names().instance_channel(&self.instance);
         let presence_channel = self.names().presence_channel();
         loop {
             // The subscription, and a connection of its own for pings and confirmations (the
-            // pool's may be busy or its breaker open; these must not wait behind it).
-            let connect = async {
-                let ps = client.get_async_pubsub().await?;
-                let control = client.get_multiplexed_async_connection().await?;
-                Ok::<_, redis::RedisError>((ps, control))
-            };
-            if let Ok(Ok((mut ps, control))) = tokio::time::timeout(self.client.connect_timeout(), connect).await {
+            // request path's may be busy or its breaker open; these must not wait behind it),
+            // both on the node that carries the bus (with Sentinel or Cluster, found anew at
+            // every reconnection: after a failover it is another node).
+            let connect = self.client.bus_connections();
+            if let Ok(Ok((mut ps, control))) = tokio::time::timeout(self.client.connect_timeout() * 2, connect).await {
                 if ps.subscribe(&[&channel, &keys_channel, &own_channel, &presence_channel]).await.is_ok() {
                     (listeners.forget_all)();
                     tracing::debug!(redis.channel = %channel, "subscribed to invalidations");
@@ -538,12 +540,7 @@ impl Bus {
     }
 
     /// A change announced by some instance: forget its codes, then confirm it to its writer.
-    fn on_change<F: Fn(&str), K, A, T, D>(
-        &self,
-        payload: &str,
-        listeners: &Listeners<F, K, A, T, D>,
-        control: &MultiplexedConnection,
-    ) {
+    fn on_change<F: Fn(&str), K, A, T, D>(&self, payload: &str, listeners: &Listeners<F, K, A, T, D>, control: &Conn) {
         let mut words = payload.split(' ').filter(|c| !c.is_empty()).peekable();
         let tag = words.next_if(|w| w.starts_with('!')).and_then(|t| t[1..].split_once(':'));
         words.for_each(&listeners.forget);
@@ -607,7 +604,7 @@ impl Bus {
     }
 
     /// Publishes a ping (`kind` `p`) or a goodbye (`b`) on the presence channel, without waiting.
-    fn ping(&self, control: &MultiplexedConnection, presence_channel: &str, kind: &str) {
+    fn ping(&self, control: &Conn, presence_channel: &str, kind: &str) {
         let mut c = control.clone();
         let cmd = redis::cmd("PUBLISH")
             .arg(presence_channel)

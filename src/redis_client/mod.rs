@@ -1,8 +1,33 @@
-//! The Redis client: a deadpool-redis pool, a shared multiplexed connection for the request
-//! path, time budgets, and the circuit breaker. It knows how to reach Redis and when to trust
-//! it, not what is stored there: the link cache (`cache::redis`), the invalidation bus
-//! (`invalidation`) and the rate limiter are its users, and [`names`] is the one place for every
-//! key and channel name.
+//! The Redis client: the topology (one node, a Sentinel-watched master, or a Cluster), a shared
+//! connection for the request path, time budgets, and the circuit breaker. It knows how to
+//! reach Redis and when to trust it, not what is stored there: the link cache (`cache::redis`),
+//! the invalidation bus (`invalidation`) and the rate limiter are its users, and [`names`] is
+//! the one place for every key and channel name. Users get a [`Conn`] whatever the topology.
+//!
+//! # Topologies
+//! - **One node** (`REDIS_URL`): a deadpool-redis pool; the request path holds one of its
+//!   multiplexed connections (below).
+//! - **Sentinel** (`REDIS_SENTINELS`, `REDIS_SENTINEL_MASTER`): the supervisor asks the
+//!   Sentinels, in order, for the master's address (`SENTINEL get-master-addr-by-name`),
+//!   connects, and checks with `ROLE` that the node is a master. The client resolves the
+//!   address itself rather than through redis-rs's Sentinel client because it must know when
+//!   the address changes: that is a failover. A broken connection, or a `READONLY` answer (a
+//!   demoted master), drops the connection, and the next one is made to whatever the Sentinels
+//!   name then.
+//! - **Cluster** (`REDIS_CLUSTER_NODES`): one redis-rs cluster connection, which routes each
+//!   command by slot; redirections are followed and counted in [`Conn`]. Every script's keys
+//!   share a slot, and batched reads are per slot ([`names`]).
+//!
+//! # A failover is an outage
+//! A promoted replica may lack the last writes of its master, among them invalidations whose
+//! `DEL` was acknowledged. So in Sentinel and Cluster, any connection error, a changed master
+//! address, or a replica seen promoted (`CLUSTER NODES`, at every supervisor tick) distrusts
+//! Redis exactly as a failed invalidation does: nothing is read from Redis until the outbox
+//! (which keeps every change for `invalidation::OUTBOX_RETAIN` after it landed) has been
+//! replayed against the new topology. Those are counted in `shortener_redis_failovers_total`.
+//! With one node the same holds for another process answering at the same address (its
+//! `run_id` changed: a restart, or a managed failover behind a DNS name), though not counted as
+//! a failover.
 //!
 //! # Why a shared connection
 //! A pool checkout runs deadpool-redis's recycle check (`UNWATCH` + `PING`), which would double
@@ -20,9 +45,11 @@
 //! its [`Restore`] (the invalidation bus replays the queued invalidations) once Redis answers
 //! again, and only then trusts Redis again (`Replaying` until then).
 
+mod conn;
 pub mod names;
 
 use std::{
+    collections::HashMap,
     future::Future,
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
@@ -34,11 +61,20 @@ use std::{
 use deadpool_redis::{Connection, Pool, Runtime};
 use futures_util::future::BoxFuture;
 use metrics::Label;
-use redis::{aio::MultiplexedConnection, RedisResult};
+use redis::{
+    aio::{MultiplexedConnection, PubSub},
+    cluster::ClusterClient,
+    cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
+    ErrorKind, RedisError, RedisResult,
+};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
-use crate::{config, observe::Metrics};
+use crate::{
+    config::{self, Topology},
+    observe::Metrics,
+};
+pub use conn::{ClusterConn, Conn};
 pub use names::Names;
 
 /// The breaker's state.
@@ -88,12 +124,38 @@ pub struct ClientStats {
     pub timeouts: AtomicU64,
     /// Times the breaker opened.
     pub breaker_opened: AtomicU64,
+    /// Failovers noticed (Sentinel: the master's address changed; Cluster: a replica became a
+    /// master), each followed by a replay before Redis is trusted again.
+    pub failovers: AtomicU64,
+    /// `MOVED` answers followed (Cluster).
+    pub redirections_moved: AtomicU64,
+    /// `ASK` answers followed (Cluster).
+    pub redirections_ask: AtomicU64,
+}
+
+/// How this client reaches Redis.
+enum Target {
+    Single { pool: Pool, url: String },
+    Sentinel { sentinels: Vec<String>, master_name: String },
+    Cluster { client: Box<ClusterClient>, nodes: Vec<String> },
+}
+
+/// The request path's connection: a pool's (held out of it) or one of our own.
+enum Shared {
+    Pooled(Connection),
+    Own(Conn),
 }
 
 /// The client. One per process, shared through `Arc`.
 pub struct RedisClient {
-    pool: Pool,
-    shared: RwLock<Option<Connection>>,
+    target: Target,
+    shared: RwLock<Option<Shared>>,
+    /// Sentinel: the master's address at the last connection (`host:port`).
+    master: Mutex<Option<String>>,
+    /// One node: the `run_id` of the process at the last connection.
+    run_id: Mutex<Option<String>>,
+    /// Cluster: every node id at the last look, and whether it was a master serving slots.
+    cluster_roles: Mutex<Option<HashMap<String, bool>>>,
     names: Names,
     timeout: Duration,
     connect_timeout: Duration,
@@ -109,26 +171,53 @@ pub struct RedisClient {
     wake: Notify,
     last_change: Mutex<Instant>,
     /// Counters, for `/health` and `/metrics`.
-    pub stats: ClientStats,
+    pub stats: Arc<ClientStats>,
 }
 
 impl RedisClient {
-    /// Builds the pool; connects nothing yet (the supervisor does).
+    /// Builds the pool (or the cluster client); connects nothing yet (the supervisor does).
     pub fn new(s: &config::Redis) -> Result<Arc<Self>, String> {
-        let pool = deadpool_redis::Config::from_url(s.url.clone())
-            .builder()
-            .map_err(|e| format!("REDIS_URL: {e}"))?
-            .max_size(s.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(s.connect_timeout))
-            .create_timeout(Some(s.connect_timeout))
-            .recycle_timeout(Some(s.connect_timeout))
-            .build()
-            .map_err(|e| format!("REDIS_URL: {e}"))?;
+        let target = match &s.topology {
+            Topology::Single => Target::Single {
+                pool: deadpool_redis::Config::from_url(s.url.clone())
+                    .builder()
+                    .map_err(|e| format!("REDIS_URL: {e}"))?
+                    .max_size(s.pool_size)
+                    .runtime(Runtime::Tokio1)
+                    .wait_timeout(Some(s.connect_timeout))
+                    .create_timeout(Some(s.connect_timeout))
+                    .recycle_timeout(Some(s.connect_timeout))
+                    .build()
+                    .map_err(|e| format!("REDIS_URL: {e}"))?,
+                url: s.url.clone(),
+            },
+            Topology::Sentinel { sentinels, master } => {
+                Target::Sentinel { sentinels: sentinels.clone(), master_name: master.clone() }
+            }
+            Topology::Cluster { nodes } => Target::Cluster {
+                // No retries of its own: redirections are followed (and counted) by `Conn`, and
+                // connection errors must reach the breaker (module doc).
+                client: Box::new(
+                    ClusterClient::builder(nodes.iter().map(|n| format!("redis://{n}")).collect::<Vec<_>>())
+                        .retries(0)
+                        .connection_timeout(s.connect_timeout)
+                        .build()
+                        .map_err(|e| format!("REDIS_CLUSTER_NODES: {e}"))?,
+                ),
+                nodes: nodes.clone(),
+            },
+        };
+        let names = match s.topology {
+            Topology::Cluster { .. } => Names::for_cluster(&s.key_prefix),
+            _ => Names::new(&s.key_prefix),
+        };
         Ok(Arc::new(RedisClient {
-            pool,
+            target,
             shared: RwLock::new(None),
-            names: Names::new(&s.key_prefix),
+            master: Mutex::new(None),
+            run_id: Mutex::new(None),
+            cluster_roles: Mutex::new(None),
+            names,
             timeout: s.timeout,
             connect_timeout: s.connect_timeout,
             probe_interval: s.probe_interval,
@@ -143,8 +232,33 @@ impl RedisClient {
             clean_seq: AtomicU64::new(0),
             wake: Notify::new(),
             last_change: Mutex::new(Instant::now()),
-            stats: ClientStats::default(),
+            stats: Arc::new(ClientStats::default()),
         }))
+    }
+
+    /// `single`, `sentinel` or `cluster`.
+    pub fn topology(&self) -> &'static str {
+        match self.target {
+            Target::Single { .. } => "single",
+            Target::Sentinel { .. } => "sentinel",
+            Target::Cluster { .. } => "cluster",
+        }
+    }
+
+    /// Whether this is a Redis Cluster (scripts then run once per slot: see `names`).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
+    }
+
+    /// Where Redis is, for logs (passwords hidden).
+    pub fn describe(&self) -> String {
+        match &self.target {
+            Target::Single { url, .. } => config::redact_url(url),
+            Target::Sentinel { sentinels, master_name } => {
+                format!("sentinel master {master_name} via {}", sentinels.join(","))
+            }
+            Target::Cluster { nodes, .. } => format!("cluster via {}", nodes.join(",")),
+        }
     }
 
     /// The names of every key and channel.
@@ -162,9 +276,184 @@ impl RedisClient {
         self.probe_interval
     }
 
-    /// The pool, for occasional commands (health, INFO). Not for the request path.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// The one-node pool (`REDIS_URL` only).
+    fn pool(&self) -> Option<&Pool> {
+        match &self.target {
+            Target::Single { pool, .. } => Some(pool),
+            _ => None,
+        }
+    }
+
+    /// A connection for occasional commands (health, INFO): the pool's with one node, the
+    /// request path's otherwise. Not for the request path.
+    pub async fn side_connection(&self) -> RedisResult<Conn> {
+        match self.pool() {
+            Some(pool) => match tokio::time::timeout(self.connect_timeout, pool.get()).await {
+                // Multiplexed: the clone stays usable after the pool takes the original back.
+                Ok(Ok(c)) => Ok(Conn::Node(MultiplexedConnection::clone(&c))),
+                Ok(Err(e)) => Err(io_error(&e.to_string())),
+                Err(_) => Err(io_error("connect timed out")),
+            },
+            None => self.conn().ok_or_else(|| io_error("not connected")),
+        }
+    }
+
+    /// A subscription and a connection of its own for the invalidation bus, both on the node
+    /// whose pub/sub carries the bus's channels (see `invalidation`'s doc for why one node): one
+    /// node's, the current master's, or in a Cluster the master serving the bus channels' slot
+    /// (`names`), where every instance's pings and announcements are executed, in one order.
+    pub async fn bus_connections(&self) -> RedisResult<(PubSub, Conn)> {
+        let url = match &self.target {
+            Target::Single { url, .. } => url.clone(),
+            Target::Sentinel { .. } => format!("redis://{}", self.resolve_master().await?),
+            Target::Cluster { nodes, .. } => format!("redis://{}", self.bus_node(nodes).await?),
+        };
+        let client = redis::Client::open(url)?;
+        let ps = client.get_async_pubsub().await?;
+        let mut control = client.get_multiplexed_async_connection().await?;
+        if !matches!(self.target, Target::Single { .. }) {
+            // A demoted master would still carry pub/sub, but no longer the others' messages.
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut control).await?;
+            if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
+                return Err(RedisError::from((ErrorKind::ReadOnly, "bus node is not a master")));
+            }
+        }
+        Ok((ps, Conn::Node(control)))
+    }
+
+    /// The master serving the bus channels' slot, asked of the seed nodes in order.
+    async fn bus_node(&self, nodes: &[String]) -> RedisResult<String> {
+        let channel = self.names.invalidation_channel();
+        let mut last = io_error("no cluster node answered");
+        for node in nodes {
+            let ask = async {
+                let mut c = redis::Client::open(format!("redis://{node}"))?.get_multiplexed_async_connection().await?;
+                let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(&channel).query_async(&mut c).await?;
+                let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await?;
+                for r in ranges {
+                    if let Some((start, end, master)) = slot_range(&r) {
+                        if (start..=end).contains(&slot) {
+                            return Ok(master);
+                        }
+                    }
+                }
+                Err(io_error("the bus slot is not served"))
+            };
+            match tokio::time::timeout(self.connect_timeout, ask).await {
+                Ok(Ok(addr)) => return Ok(addr),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = io_error("cluster node timed out"),
+            }
+        }
+        Err(last)
+    }
+
+    /// Sentinel: the master's address, from the first Sentinel that knows it.
+    async fn resolve_master(&self) -> RedisResult<String> {
+        let Target::Sentinel { sentinels, master_name } = &self.target else {
+            return Err(io_error("not a Sentinel topology"));
+        };
+        let mut last = io_error("no sentinel answered");
+        for s in sentinels {
+            let ask = async {
+                let mut c = redis::Client::open(format!("redis://{s}"))?.get_multiplexed_async_connection().await?;
+                let addr: Option<(String, u16)> =
+                    redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(master_name).query_async(&mut c).await?;
+                addr.map(|(h, p)| format!("{h}:{p}"))
+                    .ok_or_else(|| RedisError::from((ErrorKind::MasterNameNotFoundBySentinel, "unknown master name")))
+            };
+            match tokio::time::timeout(self.connect_timeout, ask).await {
+                Ok(Ok(addr)) => return Ok(addr),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = io_error("sentinel timed out"),
+            }
+        }
+        Err(last)
+    }
+
+    /// Opens the request path's connection for the topology. With Sentinel, a master address
+    /// other than the last one is a failover: Redis is distrusted before the connection is
+    /// used, so nothing is read from the new master before the replay.
+    async fn connect(&self) -> RedisResult<Shared> {
+        match &self.target {
+            Target::Single { pool, .. } => {
+                let mut c = pool.get().await.map_err(|e| io_error(&e.to_string()))?;
+                // Behind one address there may be another process than last time: a restart, or
+                // a managed failover behind a DNS name (ElastiCache's primary endpoint). Either
+                // may lack acknowledged invalidations: distrust until the replay, as after an
+                // outage.
+                let info: String = redis::cmd("INFO").arg("server").query_async(&mut *c).await?;
+                if let Some(run_id) = info.lines().find_map(|l| l.strip_prefix("run_id:")).map(str::trim) {
+                    let previous = self.run_id.lock().unwrap_or_else(|e| e.into_inner()).replace(run_id.to_string());
+                    if previous.is_some_and(|p| p != run_id) {
+                        self.distrust();
+                        tracing::warn!(
+                            "another redis process answers (restart or failover): replaying invalidations before trusting it"
+                        );
+                    }
+                }
+                Ok(Shared::Pooled(c))
+            }
+            Target::Sentinel { master_name, .. } => {
+                let addr = self.resolve_master().await?;
+                let previous = self.master.lock().unwrap_or_else(|e| e.into_inner()).replace(addr.clone());
+                if previous.as_ref().is_some_and(|p| *p != addr) {
+                    self.on_failover(&format!("sentinel master {master_name} moved to {addr}"));
+                }
+                let mut c = redis::Client::open(format!("redis://{addr}"))?.get_multiplexed_async_connection().await?;
+                let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await?;
+                if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
+                    // The Sentinels have not caught up yet (or the node was demoted): ask again.
+                    return Err(RedisError::from((ErrorKind::ReadOnly, "the node Sentinel named is not a master")));
+                }
+                Ok(Shared::Own(Conn::Node(c)))
+            }
+            Target::Cluster { client, .. } => {
+                let c = client.get_async_connection().await?;
+                Ok(Shared::Own(Conn::Cluster(ClusterConn::new(c, self.stats.clone()))))
+            }
+        }
+    }
+
+    /// A failover was noticed: count it, and distrust Redis until the outbox is replayed.
+    fn on_failover(&self, what: &str) {
+        self.stats.failovers.fetch_add(1, Ordering::Relaxed);
+        self.distrust();
+        tracing::warn!(
+            redis.topology = self.topology(),
+            what,
+            "redis failover: replaying invalidations before trusting redis again"
+        );
+    }
+
+    /// Cluster: compares the nodes' roles with the last look; a node that was a replica and now
+    /// serves slots as a master is a failover.
+    async fn watch_cluster_roles(&self) {
+        if !self.is_cluster() {
+            return;
+        }
+        let got: Option<String> =
+            self.run(|mut c| async move { redis::cmd("CLUSTER").arg("NODES").query_async(&mut c).await }).await;
+        let Some(nodes) = got else { return };
+        let roles = cluster_roles(&nodes);
+        let mut last = self.cluster_roles.lock().unwrap_or_else(|e| e.into_inner());
+        let promoted: Vec<&String> = match last.as_ref() {
+            Some(before) => {
+                roles.iter().filter(|(id, m)| **m && before.get(*id) == Some(&false)).map(|(id, _)| id).collect()
+            }
+            None => Vec::new(),
+        };
+        if !promoted.is_empty() {
+            let what = format!("{} replica(s) promoted", promoted.len());
+            self.on_failover(&what);
+        }
+        // Nodes are asked at random, and one may not have noticed a promotion yet: a node once
+        // seen a master stays one here, so that its promotion is counted once.
+        let roles = match last.as_ref() {
+            Some(before) => roles.iter().map(|(id, m)| (id.clone(), *m || before.get(id) == Some(&true))).collect(),
+            None => roles,
+        };
+        *last = Some(roles);
     }
 
     /// Whether Redis may be read and written back to now.
@@ -197,14 +486,17 @@ impl RedisClient {
         self.wake.notify_one();
     }
 
-    fn conn(&self) -> Option<MultiplexedConnection> {
+    fn conn(&self) -> Option<Conn> {
         let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().map(|c| MultiplexedConnection::clone(c))
+        guard.as_ref().map(|s| match s {
+            Shared::Pooled(c) => Conn::Node(MultiplexedConnection::clone(c)),
+            Shared::Own(c) => c.clone(),
+        })
     }
 
     fn discard_connection(&self) {
         let old = self.shared.write().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(c) = old {
+        if let Some(Shared::Pooled(c)) = old {
             // Out of the pool for good: the pool opens a fresh one on the next checkout.
             drop(Connection::take(c));
         }
@@ -272,7 +564,7 @@ impl RedisClient {
     /// `None` on any trouble.
     pub async fn run<T, F, Fut>(&self, call: F) -> Option<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         self.run_within(Duration::ZERO, call).await
@@ -283,7 +575,7 @@ impl RedisClient {
     /// counted in Redis, and is then decided again from local memory).
     pub async fn run_within<T, F, Fut>(&self, floor: Duration, call: F) -> Option<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let conn = self.conn()?;
@@ -295,10 +587,33 @@ impl RedisClient {
             }
             Ok(Err(e)) => {
                 let broken = e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error();
-                self.on_failure(false, broken, &e);
+                let failing_over = broken
+                    || matches!(
+                        e.kind(),
+                        ErrorKind::ReadOnly
+                            | ErrorKind::ClusterDown
+                            | ErrorKind::MasterDown
+                            | ErrorKind::ClusterConnectionNotFound
+                    );
+                tracing::debug!(error = %e, redis.failing_over = failing_over, "redis call failed");
+                match self.target {
+                    Target::Single { .. } => self.on_failure(false, broken, &e),
+                    // A failover may be under way: no read until the replay (module doc), and
+                    // the connection is dropped. The next Sentinel one goes to the master named
+                    // then; the next cluster one reads the slot map afresh (redis-rs would only
+                    // reconnect to the dead node's address, never learning of the promotion,
+                    // since a promoted replica is never asked and so never answers MOVED).
+                    Target::Sentinel { .. } | Target::Cluster { .. } => {
+                        if failing_over {
+                            self.distrust();
+                        }
+                        self.on_failure(false, failing_over, &e);
+                    }
+                }
                 None
             }
             Err(_) => {
+                tracing::debug!(redis.budget_ms = self.budget().max(floor).as_millis() as u64, "redis call timed out");
                 self.on_failure(true, false, &"timed out");
                 None
             }
@@ -324,7 +639,8 @@ impl RedisClient {
     /// One supervisor step; also run once at startup so a healthy Redis is trusted at once.
     pub async fn tick(&self, restore: &dyn Restore) {
         if self.conn().is_none() {
-            match tokio::time::timeout(self.connect_timeout, self.pool.get()).await {
+            // Sentinel asks the Sentinels first, then connects: two budgets.
+            match tokio::time::timeout(self.connect_timeout * 2, self.connect()).await {
                 Ok(Ok(c)) => {
                     *self.shared.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
                 }
@@ -332,6 +648,7 @@ impl RedisClient {
                 Err(_) => return self.note_down(&"connect timed out"),
             }
         }
+        self.watch_cluster_roles().await;
         if self.readable() {
             // A heartbeat, so that a Redis that died while idle is noticed without traffic
             // (readiness and rate limiting then report and act on it at once).
@@ -342,8 +659,16 @@ impl RedisClient {
             }
             return;
         }
-        let pong: Option<String> = self.run(|mut c| async move { redis::cmd("PING").query_async(&mut c).await }).await;
-        if pong.is_none() {
+        let pong = if self.is_cluster() {
+            self.cluster_whole().await
+        } else {
+            let pong: Option<String> =
+                self.run(|mut c| async move { redis::cmd("PING").query_async(&mut c).await }).await;
+            pong.is_some()
+        };
+        if !pong {
+            tracing::debug!("redis probe failed; still untrusted");
+            self.renew_cluster_connection();
             return;
         }
         let target = self.dirty_seq.load(Ordering::SeqCst);
@@ -363,7 +688,58 @@ impl RedisClient {
                     tracing::info!(redis.replayed = n, "redis invalidations replayed");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "redis invalidation replay failed; will retry"),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis invalidation replay failed; will retry");
+                self.renew_cluster_connection();
+            }
+        }
+    }
+
+    /// Cluster: whether every slot is served and every master serving slots answers itself.
+    /// Before the replay that makes Redis trusted again, that is what "Redis answers" means: a
+    /// master that was just killed is still listed for its slots until the cluster notices, and
+    /// its replica may be promoted only after that; a replay before it would not reach the
+    /// promoted replica, which may lack the last invalidations.
+    async fn cluster_whole(&self) -> bool {
+        let Some(Conn::Cluster(mut c)) = self.conn() else { return false };
+        let check = async move {
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut Conn::Cluster(c.clone())).await?;
+            if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+                return Err(io_error("cluster_state is not ok"));
+            }
+            let ranges: Vec<redis::Value> =
+                redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut Conn::Cluster(c.clone())).await?;
+            let mut masters: Vec<String> = ranges.iter().filter_map(slot_range).map(|(_, _, m)| m).collect();
+            masters.sort();
+            masters.dedup();
+            for m in masters {
+                let Some((host, port)) = m.rsplit_once(':').and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
+                else {
+                    return Err(io_error("unparseable master address"));
+                };
+                // To that node itself: the connection would otherwise answer from another one.
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+                c.route(&redis::cmd("PING"), route).await?;
+            }
+            Ok::<_, RedisError>(())
+        };
+        match tokio::time::timeout(self.budget(), check).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "redis cluster not whole yet");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Cluster: drops the connection so that the next tick builds one with the slot map read
+    /// afresh. A connection made while a master was failing keeps that master's address for its
+    /// slots, and while it recovers its map it holds every command back; a new one is cheaper
+    /// than waiting for it (and only an untrusted Redis pays this).
+    fn renew_cluster_connection(&self) {
+        if self.is_cluster() {
+            self.discard_connection();
         }
     }
 
@@ -384,36 +760,113 @@ impl RedisClient {
         m.copy_counter("shortener_redis_timeouts_total", vec![], &s.timeouts);
         m.copy_counter("shortener_redis_breaker_opened_total", vec![], &s.breaker_opened);
         m.gauge("shortener_redis_breaker_state", vec![]).set(self.breaker().gauge());
-        let status = self.pool().status();
-        m.gauge("shortener_redis_pool_connections", vec![Label::new("state", "open")]).set(status.size as f64);
-        m.gauge("shortener_redis_pool_connections", vec![Label::new("state", "idle")]).set(status.available as f64);
-        m.gauge("shortener_redis_pool_waiting", vec![]).set(status.waiting as f64);
+        m.copy_counter("shortener_redis_failovers_total", vec![], &s.failovers);
+        m.copy_counter("shortener_redis_redirections_total", vec![Label::new("kind", "moved")], &s.redirections_moved);
+        m.copy_counter("shortener_redis_redirections_total", vec![Label::new("kind", "ask")], &s.redirections_ask);
+        if let Some(pool) = self.pool() {
+            let status = pool.status();
+            m.gauge("shortener_redis_pool_connections", vec![Label::new("state", "open")]).set(status.size as f64);
+            m.gauge("shortener_redis_pool_connections", vec![Label::new("state", "idle")]).set(status.available as f64);
+            m.gauge("shortener_redis_pool_waiting", vec![]).set(status.waiting as f64);
+        }
     }
 
     /// A point-in-time view for `/health/redis`.
     pub async fn snapshot(&self) -> RedisSnapshot {
         let started = Instant::now();
-        let ping = match tokio::time::timeout(self.connect_timeout, self.pool.get()).await {
-            Ok(Ok(mut c)) => redis::cmd("PING").query_async::<String>(&mut *c).await.is_ok(),
-            _ => false,
+        let conn = self.side_connection().await.ok();
+        let ping = match conn.clone() {
+            Some(mut c) => tokio::time::timeout(self.connect_timeout, redis::cmd("PING").query_async::<()>(&mut c))
+                .await
+                .is_ok_and(|r| r.is_ok()),
+            None => false,
         };
-        let status = self.pool.status();
+        let ping_ms = ping.then(|| started.elapsed().as_secs_f64() * 1000.0);
+        let topology = match conn {
+            Some(c) if ping => self.topology_view(c).await,
+            _ => TopologyView { kind: self.topology(), ..TopologyView::default() },
+        };
+        let status = self.pool().map(|p| p.status());
         RedisSnapshot {
             reachable: ping,
-            ping_ms: ping.then(|| started.elapsed().as_secs_f64() * 1000.0),
+            ping_ms,
             breaker: self.breaker().as_str(),
-            pool_size: status.size,
-            pool_available: status.available,
-            pool_waiting: status.waiting,
+            pool_size: status.map_or(0, |s| s.size),
+            pool_available: status.map_or(0, |s| s.available),
+            pool_waiting: status.map_or(0, |s| s.waiting),
             errors: self.stats.errors.load(Ordering::Relaxed),
             timeouts: self.stats.timeouts.load(Ordering::Relaxed),
             breaker_opened: self.stats.breaker_opened.load(Ordering::Relaxed),
+            failovers: self.stats.failovers.load(Ordering::Relaxed),
+            redirections_moved: self.stats.redirections_moved.load(Ordering::Relaxed),
+            redirections_ask: self.stats.redirections_ask.load(Ordering::Relaxed),
+            topology,
         }
     }
 
+    /// What `/health/redis` shows of the topology, asked over `c`.
+    async fn topology_view(&self, mut c: Conn) -> TopologyView {
+        let budget = self.connect_timeout;
+        let mut view = TopologyView { kind: self.topology(), ..TopologyView::default() };
+        match &self.target {
+            Target::Single { .. } | Target::Sentinel { .. } => {
+                let role =
+                    tokio::time::timeout(budget, redis::cmd("ROLE").query_async::<Vec<redis::Value>>(&mut c)).await;
+                if let Ok(Ok(role)) = role {
+                    view.role = role.first().and_then(|r| redis::from_redis_value::<String>(r).ok());
+                }
+                if let Target::Sentinel { master_name, .. } = &self.target {
+                    view.master_name = Some(master_name.clone());
+                    view.current_master = self.master.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                }
+            }
+            Target::Cluster { .. } => {
+                let info =
+                    tokio::time::timeout(budget, redis::cmd("CLUSTER").arg("INFO").query_async::<String>(&mut c)).await;
+                if let Ok(Ok(info)) = info {
+                    for line in info.lines() {
+                        match line.split_once(':') {
+                            Some(("cluster_state", v)) => view.cluster_state = Some(v.trim().to_string()),
+                            Some(("cluster_slots_ok", v)) => view.slots_covered = v.trim().parse().ok(),
+                            Some(("cluster_slots_assigned", v)) => view.slots_assigned = v.trim().parse().ok(),
+                            _ => {}
+                        }
+                    }
+                }
+                let nodes =
+                    tokio::time::timeout(budget, redis::cmd("CLUSTER").arg("NODES").query_async::<String>(&mut c))
+                        .await;
+                if let Ok(Ok(nodes)) = nodes {
+                    view.masters = Some(cluster_masters(&nodes));
+                }
+            }
+        }
+        view
+    }
+
+    /// Runs `INFO all` on one node: the node, the master, or in a Cluster one master chosen by
+    /// the connection (the figures are that node's).
+    pub async fn info(&self) -> RedisResult<String> {
+        let mut c = self.side_connection().await?;
+        let cmd = {
+            let mut cmd = redis::cmd("INFO");
+            cmd.arg("all");
+            cmd
+        };
+        if let Conn::Cluster(cc) = &mut c {
+            let v = cc.route(&cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary)).await?;
+            return redis::from_redis_value(&v);
+        }
+        cmd.query_async(&mut c).await
+    }
+
     /// Deletes every key of this service's namespace (load tests and operators' cold starts).
+    /// One node or the master only: a Cluster's keys are spread over its masters.
     pub async fn flush_namespace(&self) -> RedisResult<u64> {
-        let mut c = self.pool.get().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
+        if self.is_cluster() {
+            return Err(io_error("flush_namespace does not scan a cluster's masters"));
+        }
+        let mut c = self.side_connection().await?;
         let mut cursor: u64 = 0;
         let mut deleted = 0;
         loop {
@@ -423,10 +876,10 @@ impl RedisClient {
                 .arg(self.names.everything())
                 .arg("COUNT")
                 .arg(1000)
-                .query_async(&mut *c)
+                .query_async(&mut c)
                 .await?;
             if !keys.is_empty() {
-                deleted += redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut *c).await?;
+                deleted += redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut c).await?;
             }
             if next == 0 {
                 return Ok(deleted);
@@ -457,4 +910,102 @@ pub struct RedisSnapshot {
     pub timeouts: u64,
     /// Times the breaker opened.
     pub breaker_opened: u64,
+    /// Failovers noticed.
+    pub failovers: u64,
+    /// `MOVED` redirections followed.
+    pub redirections_moved: u64,
+    /// `ASK` redirections followed.
+    pub redirections_ask: u64,
+    /// The topology as seen now.
+    pub topology: TopologyView,
+}
+
+/// The topology as `/health/redis` shows it; fields that do not apply are left out.
+#[derive(Debug, Default, Serialize)]
+pub struct TopologyView {
+    /// `single`, `sentinel` or `cluster`.
+    pub kind: &'static str,
+    /// The connected node's `ROLE` (`master` when all is well).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Sentinel: the monitored master's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
+    /// Sentinel: the master's address the client is connected to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_master: Option<String>,
+    /// Cluster: `cluster_state` (`ok` or `fail`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_state: Option<String>,
+    /// Cluster: slots served (`cluster_slots_ok`, of 16384).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slots_covered: Option<u32>,
+    /// Cluster: slots assigned to some master.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slots_assigned: Option<u32>,
+    /// Cluster: each master's address and how many slots it serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub masters: Option<Vec<ClusterMaster>>,
+}
+
+/// One master of a Cluster.
+#[derive(Debug, Serialize)]
+pub struct ClusterMaster {
+    /// `host:port`.
+    pub addr: String,
+    /// Slots it serves.
+    pub slots: u32,
+}
+
+fn io_error(what: &str) -> RedisError {
+    RedisError::from(std::io::Error::other(what.to_string()))
+}
+
+/// One entry of `CLUSTER SLOTS`: first slot, last slot, master's `host:port`.
+fn slot_range(v: &redis::Value) -> Option<(u16, u16, String)> {
+    let redis::Value::Array(parts) = v else { return None };
+    let start: u16 = redis::from_redis_value(parts.first()?).ok()?;
+    let end: u16 = redis::from_redis_value(parts.get(1)?).ok()?;
+    let redis::Value::Array(master) = parts.get(2)? else { return None };
+    let host: String = redis::from_redis_value(master.first()?).ok()?;
+    let port: u16 = redis::from_redis_value(master.get(1)?).ok()?;
+    Some((start, end, format!("{host}:{port}")))
+}
+
+/// `CLUSTER NODES` lines: `<id> <addr>@<bus> <flags> <master> <ping> <pong> <epoch> <link> <slots>…`.
+fn cluster_lines(nodes: &str) -> impl Iterator<Item = Vec<&str>> {
+    nodes.lines().map(|l| l.split(' ').collect::<Vec<_>>()).filter(|f| f.len() >= 8)
+}
+
+/// Each node id, and whether it is a master that serves slots (and is not failed).
+fn cluster_roles(nodes: &str) -> HashMap<String, bool> {
+    cluster_lines(nodes)
+        .map(|f| {
+            let flags = f[2];
+            let master = flags.split(',').any(|x| x == "master") && !flags.contains("fail") && f.len() > 8;
+            (f[0].to_string(), master)
+        })
+        .collect()
+}
+
+/// The masters that serve slots, with their slot counts.
+fn cluster_masters(nodes: &str) -> Vec<ClusterMaster> {
+    let mut out: Vec<ClusterMaster> = cluster_lines(nodes)
+        .filter(|f| f[2].split(',').any(|x| x == "master") && !f[2].contains("fail"))
+        .map(|f| {
+            let slots = f[8..]
+                .iter()
+                .filter(|r| !r.starts_with('['))
+                .map(|r| match r.split_once('-') {
+                    Some((a, b)) => b.parse::<u32>().unwrap_or(0).saturating_sub(a.parse().unwrap_or(0)) + 1,
+                    None => u32::from(!r.is_empty()),
+                })
+                .sum();
+            let addr = f[1].split('@').next().unwrap_or(f[1]).to_string();
+            ClusterMaster { addr, slots }
+        })
+        .filter(|m| m.slots > 0)
+        .collect();
+    out.sort_by(|a, b| a.addr.cmp(&b.addr));
+    out
 }

@@ -87,16 +87,17 @@ async fn kill_subscriptions(url: String, stop: Arc<AtomicBool>) -> u64 {
     killed
 }
 
-struct History {
-    reads: u64,
-    stale: u64,
-    writes: u64,
-    kills: u64,
+/// What a history run saw.
+pub(crate) struct History {
+    pub(crate) reads: u64,
+    pub(crate) stale: u64,
+    pub(crate) writes: u64,
+    pub(crate) kills: u64,
 }
 
 impl History {
     /// Fails unless the run made enough reads and `writes` changes to mean anything.
-    fn enough(&self, writes: u64) {
+    pub(crate) fn enough(&self, writes: u64) {
         let (r, w) = (self.reads, self.writes);
         assert!(r > 1000 && w > writes, "too little traffic to mean anything: {r} reads, {w} writes");
     }
@@ -106,9 +107,15 @@ impl History {
 /// two and Redis is flushed every few milliseconds (and, with `kill`, subscriptions are killed);
 /// a read that started after a change was acknowledged and saw an older target is stale.
 async fn history(apps: &[Arc<TestApp>], redis: &RedisServer, kill: bool) -> History {
+    history_against(apps, vec![redis.url()], if kill { vec![redis.url()] } else { Vec::new() }).await
+}
+
+/// [`history`] against any topology: `flush` are the nodes (masters) flushed every few
+/// milliseconds, `kill` those whose subscriptions are killed.
+pub(crate) async fn history_against(apps: &[Arc<TestApp>], flush: Vec<String>, kill: Vec<String>) -> History {
     const CODES: usize = 8;
     let writer = apps[0].clone();
-    let tag = if kill { "k" } else { "f" };
+    let tag = if kill.is_empty() { "f" } else { "k" };
     for i in 0..CODES {
         writer.create_code(&format!("h{tag}{i}"), "https://example.com/h/0").await;
     }
@@ -132,8 +139,8 @@ async fn history(apps: &[Arc<TestApp>], redis: &RedisServer, kill: bool) -> Hist
             v
         });
     }
-    {
-        let (url, stop) = (redis.url(), stop.clone());
+    for url in flush {
+        let stop = stop.clone();
         others.spawn(async move {
             let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
             while !stop.load(Ordering::Relaxed) {
@@ -144,8 +151,8 @@ async fn history(apps: &[Arc<TestApp>], redis: &RedisServer, kill: bool) -> Hist
             0
         });
     }
-    if kill {
-        others.spawn(kill_subscriptions(redis.url(), stop.clone()));
+    for url in kill {
+        others.spawn(kill_subscriptions(url, stop.clone()));
     }
     for r in 0..8 {
         let (app, acked, stop) = (apps[1 + r % 2].clone(), acked.clone(), stop.clone());

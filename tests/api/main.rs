@@ -17,4 +17,5 @@ mod pg;
 mod ratelimit;
 mod read_through;
 mod redirect;
+mod topology;
 mod urls;
