@@ -244,13 +244,22 @@ async fn announce_revocation(config: &Config, name: &str) {
     if !config.redis.enabled {
         return;
     }
-    let names = crate::redis_client::Names::new(&config.redis.key_prefix);
-    let channel = names.keys_channel();
+    // The topology's own client (one node, Sentinel's master, or the Cluster's bus node): where
+    // running instances listen and acknowledge.
+    let client = match crate::redis_client::RedisClient::new(&config.redis) {
+        Ok(c) => c,
+        Err(e) => {
+            return eprintln!(
+                "warning: could not announce the revocation ({e}); running instances refuse the key within AUTH_CACHE_TTL_MS ({} ms)",
+                config.auth.cache_ttl.as_millis()
+            )
+        }
+    };
+    let channel = client.names().keys_channel();
     let nonce = format!("{:016x}", rand::random::<u64>());
-    let acks_key = names.revocation_acks(&nonce);
+    let acks_key = client.names().revocation_acks(&nonce);
     let announce = async {
-        let client = redis::Client::open(config.redis.url.as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let (_subscription, mut conn) = client.bus_connections().await?;
         let listeners: i64 =
             redis::cmd("PUBLISH").arg(&channel).arg(format!("{name} {nonce}")).query_async(&mut conn).await?;
         let started = std::time::Instant::now();

@@ -109,8 +109,10 @@ impl Names {
     }
 
     /// The counter on which running instances acknowledge the revocation announced with `nonce`.
+    /// In a Cluster it carries the bus's hash tag: it lives on the bus node, where `keys revoke`
+    /// announces and reads it.
     pub fn revocation_acks(&self, nonce: &str) -> String {
-        format!("{}keys:ack:{nonce}", self.prefix)
+        format!("{}{}keys:ack:{nonce}", self.prefix, self.bus())
     }
 
     /// A `SCAN MATCH` pattern for every key of this namespace.

@@ -673,3 +673,37 @@ async fn another_redis_process_behind_the_same_address_is_not_trusted_before_the
     .await;
     assert!(served, "Redis serves the new target again");
 }
+
+/// `keys revoke` with the topology's variables, while one instance holds the key verified.
+async fn a_revoked_key_is_refused_at_once_on(topology: Topology) {
+    let env: Vec<(&str, String)> = match &topology {
+        Topology::Sentinel { sentinels, master } => {
+            vec![("REDIS_SENTINELS", sentinels.join(",")), ("REDIS_SENTINEL_MASTER", master.clone())]
+        }
+        Topology::Cluster { nodes } => vec![("REDIS_CLUSTER_NODES", nodes.join(","))],
+        Topology::Single => unreachable!("tested in links_api.rs"),
+    };
+    let app = app_on(topology, |c| c.auth.cache_ttl = Duration::from_secs(3600)).await;
+    let key = crate::helpers::create_key(&app.db_url, "soon-revoked", false).await;
+    let r = app.client.get(app.url("/api/v1/links")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "verified, and remembered for an hour");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = crate::helpers::run_cli(&app.db_url, &["keys", "revoke", "soon-revoked"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("announced to 1 running instance"), "{stderr}");
+    let r = app.client.get(app.url("/api/v1/links")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "refused at once, not after the hour");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sentinel_a_key_revoked_from_the_command_line_is_refused_at_once() {
+    let set = SentinelSet::start();
+    a_revoked_key_is_refused_at_once_on(set.topology()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_key_revoked_from_the_command_line_is_refused_at_once() {
+    let set = ClusterSet::start();
+    a_revoked_key_is_refused_at_once_on(set.topology()).await;
+}
