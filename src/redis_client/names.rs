@@ -13,10 +13,11 @@
 //! | `{p}keys:ack:{nonce}` | counter: instances that applied that revocation |
 //!
 //! # In a Redis Cluster
-//! Every key that one script call or one `MGET` touches must hash to one slot, so in a Cluster
+//! Every key that one script call touches must hash to one slot, so in a Cluster
 //! ([`Names::for_cluster`]) a code's value and lease carry a hash tag naming one of
 //! [`SLOT_BUCKETS`] buckets: `{p}l:{17}abc` and `{p}lease:{17}abc`. The cache groups batched
-//! reads and script calls by bucket ([`Names::bucket`]). Why 64 buckets: one per code would
+//! script calls by bucket ([`Names::bucket`]); an `MGET` or `DEL` over many buckets is split per
+//! slot by the cluster connection (`conn`). Why 64 buckets: one per code would
 //! make every batch one command per code; one for all would put the whole cache on one node.
 //! 64 spread over the default three-master layout as 21/22/21 and keep a batch at most 64
 //! commands. (A `REDIS_KEY_PREFIX` with braces of its own would put everything in one slot.)
