@@ -415,6 +415,15 @@ if want redis; then
 fi
 stop_service
 
+# Phase 3b (SCENARIOS containing "cluster"): the Redis-only scenario on one redis-server and on a
+# Redis Cluster of three masters with a replica each, CPU per request of the service plus every
+# redis-server (loadtest/topology.sh, with this build); its table is appended to the report.
+if want cluster; then
+  log "cluster: the Redis-only scenario on one node, then on a Redis Cluster (loadtest/topology.sh)"
+  CARGO_TARGET_DIR=$TARGET_DIR SKIP_BUILD=1 C=$HOT_C DURATION=$DURATION LINKS=$((LINKS < 10000 ? LINKS : 10000)) \
+    bash "$LT/topology.sh" >"$RAW/topology.txt" || die "loadtest/topology.sh failed"
+fi
+
 # Phase 4: the same service on PostgreSQL (BACKENDS="sqlite postgres"): hot, creates, cold.
 if want_pg; then
   export DATABASE_URL=$PG_URL
@@ -457,4 +466,12 @@ cat >"$RAW/meta.json" <<EOF
  "kernel":"$(uname -r)","redis":"$(redis-server --version | tr -d '"')"}
 EOF
 python3 "$LT/report.py" --out "$RES" "$MANIFEST"
+if [[ -s "$RAW/topology.txt" ]]; then
+  {
+    printf '\n## Redis Cluster against one node (loadtest/topology.sh)\n\n```\n'
+    cat "$RAW/topology.txt"
+    printf '```\n'
+  } >>"$RES/report.md"
+  cp "$RAW/topology.txt" "$RES/topology.txt"
+fi
 log "report: $RES/report.md"

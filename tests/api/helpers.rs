@@ -158,9 +158,16 @@ pub struct TestApp {
     _dir: TempDir,
 }
 
-/// A client that never follows redirects.
+/// A client that never follows redirects, and that drops a pooled connection after 5 s idle:
+/// before the service's own idle limit (`HEADER_READ_TIMEOUT_MS`, 10 s), as a well-behaved
+/// client does, so that a request is never sent on a connection the service is just closing.
 pub fn client() -> Client {
-    Client::builder().redirect(Policy::none()).pool_max_idle_per_host(2000).build().unwrap()
+    Client::builder()
+        .redirect(Policy::none())
+        .pool_max_idle_per_host(2000)
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
 }
 
 /// Starts the service against `redis` (or without Redis), after `tweak` adjusted the config.
