@@ -139,6 +139,53 @@ pub struct Redis {
     pub breaker_threshold: u32,
     /// `REDIS_PROBE_INTERVAL_MS`: how often a probe checks an unhealthy Redis. Default 500.
     pub probe_interval: Duration,
+    /// How to reach the nodes of a Sentinel or Cluster topology (with one node, `REDIS_URL`
+    /// says it all: `rediss://` for TLS, `redis://user:password@…`).
+    pub nodes: NodeAccess,
+}
+
+/// Credentials and TLS for the nodes of a Sentinel or Cluster topology.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct NodeAccess {
+    /// `REDIS_TLS`: TLS to every node (and Sentinel), verified against the system's CA roots
+    /// (`SSL_CERT_FILE` names another bundle). Default false.
+    pub tls: bool,
+    /// `REDIS_USERNAME`: the ACL user of the data nodes (Redis 6+); unset = `default`.
+    pub username: Option<String>,
+    /// `REDIS_PASSWORD`: the data nodes' password (`requirepass`, or the ACL user's), if any.
+    pub password: Option<String>,
+    /// `REDIS_SENTINEL_PASSWORD`: the Sentinels' own password, if they have one.
+    pub sentinel_password: Option<String>,
+}
+
+impl NodeAccess {
+    /// The URL of data node `addr` (`host:port`), with the credentials.
+    pub fn node_url(&self, addr: &str) -> String {
+        self.url(addr, self.username.as_deref(), self.password.as_deref())
+    }
+
+    /// The URL of Sentinel `addr`, with the Sentinels' password.
+    pub fn sentinel_url(&self, addr: &str) -> String {
+        self.url(addr, None, self.sentinel_password.as_deref())
+    }
+
+    fn url(&self, addr: &str, user: Option<&str>, password: Option<&str>) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let Some(password) = password else { return format!("{scheme}://{addr}") };
+        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
+        format!("{scheme}://{}:{}@{addr}", enc(user.unwrap_or("")), enc(password))
+    }
+}
+
+impl fmt::Debug for NodeAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeAccess")
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("sentinel_password", &self.sentinel_password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// How the service reaches Redis (`redis_client` is the one module that acts on it).
@@ -231,6 +278,7 @@ impl fmt::Debug for Redis {
             .field("key_prefix", &self.key_prefix)
             .field("pool_size", &self.pool_size)
             .field("timeout", &self.timeout)
+            .field("nodes", &self.nodes)
             .finish_non_exhaustive()
     }
 }
@@ -418,10 +466,38 @@ impl Config {
             }
         };
         let redis_topology = topology(&src)?;
+        let redis_nodes = NodeAccess {
+            tls: src.boolean("REDIS_TLS", false)?,
+            username: src.lookup("REDIS_USERNAME").filter(|v| !v.is_empty()),
+            password: src.lookup("REDIS_PASSWORD").filter(|v| !v.is_empty()),
+            sentinel_password: src.lookup("REDIS_SENTINEL_PASSWORD").filter(|v| !v.is_empty()),
+        };
+        if redis_topology == Topology::Single {
+            // One node: the URL carries both; two places for one setting would disagree.
+            for (var, set) in [
+                ("REDIS_TLS", redis_nodes.tls),
+                ("REDIS_USERNAME", redis_nodes.username.is_some()),
+                ("REDIS_PASSWORD", redis_nodes.password.is_some()),
+                ("REDIS_SENTINEL_PASSWORD", redis_nodes.sentinel_password.is_some()),
+            ] {
+                check(
+                    !set,
+                    var,
+                    "(set)",
+                    "applies to REDIS_SENTINELS or REDIS_CLUSTER_NODES; with REDIS_URL put it in the URL (rediss://user:password@host:port)",
+                )?;
+            }
+        }
+        check(
+            redis_nodes.username.is_none() || redis_nodes.password.is_some(),
+            "REDIS_USERNAME",
+            "(set)",
+            "needs REDIS_PASSWORD",
+        )?;
         let redis_url = match &redis_topology {
             Topology::Single => src.lookup("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
             Topology::Sentinel { .. } => String::new(),
-            Topology::Cluster { nodes } => format!("redis://{}", nodes[0]),
+            Topology::Cluster { nodes } => redis_nodes.node_url(&nodes[0]),
         };
         check(
             redis_url.is_empty()
@@ -460,6 +536,7 @@ impl Config {
                 connect_timeout: src.millis("REDIS_CONNECT_TIMEOUT_MS", 250)?,
                 breaker_threshold: src.parse("REDIS_BREAKER_THRESHOLD", 5)?,
                 probe_interval: src.millis("REDIS_PROBE_INTERVAL_MS", 500)?,
+                nodes: redis_nodes,
             },
             cache: Cache {
                 l1_capacity: src.parse("L1_CAPACITY", 100_000)?,
@@ -665,6 +742,53 @@ mod tests {
     fn from(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_source(&move |var| vars.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn cluster_and_sentinel_nodes_get_tls_and_percent_encoded_credentials() {
+        let c = from(&[
+            ("REDIS_CLUSTER_NODES", "n1:6379,n2:6379"),
+            ("REDIS_TLS", "true"),
+            ("REDIS_USERNAME", "app"),
+            ("REDIS_PASSWORD", "p@ss word/:x"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis.nodes.node_url("n2:6379"), "rediss://app:p%40ss%20word%2F%3Ax@n2:6379");
+        let parsed = url::Url::parse(&c.redis.nodes.node_url("n2:6379")).unwrap();
+        assert_eq!(
+            parsed.password().map(|p| url::form_urlencoded::parse(format!("p={p}").as_bytes())
+                .next()
+                .unwrap()
+                .1
+                .into_owned()),
+            Some("p@ss word/:x".into())
+        );
+        assert_eq!(c.redis.url, "rediss://app:p%40ss%20word%2F%3Ax@n1:6379");
+        assert!(!format!("{:?}", c.redis).contains("p@ss"), "{:?}", c.redis);
+
+        let c = from(&[
+            ("REDIS_SENTINELS", "s1:26379"),
+            ("REDIS_SENTINEL_MASTER", "cache"),
+            ("REDIS_PASSWORD", "data"),
+            ("REDIS_SENTINEL_PASSWORD", "watch"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis.nodes.node_url("m:6379"), "redis://:data@m:6379");
+        assert_eq!(c.redis.nodes.sentinel_url("s1:26379"), "redis://:watch@s1:26379");
+        let plain = from(&[("REDIS_CLUSTER_NODES", "n1:6379")]).unwrap();
+        assert_eq!(plain.redis.nodes.node_url("n1:6379"), "redis://n1:6379");
+    }
+
+    #[test]
+    fn node_credentials_and_tls_are_refused_with_one_node_and_a_user_needs_a_password() {
+        for var in ["REDIS_TLS", "REDIS_PASSWORD", "REDIS_USERNAME", "REDIS_SENTINEL_PASSWORD"] {
+            let value = if var == "REDIS_TLS" { "true" } else { "x" };
+            let e = from(&[("REDIS_URL", "redis://a:6379"), (var, value)]).unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(e.reason.contains("REDIS_URL"), "{}", e.reason);
+        }
+        let e = from(&[("REDIS_CLUSTER_NODES", "n1:6379"), ("REDIS_USERNAME", "app")]).unwrap_err();
+        assert_eq!(e.var, "REDIS_USERNAME");
     }
 
     #[test]

@@ -18,6 +18,11 @@
 //!   command by slot; redirections are followed and counted in [`Conn`]. Every script's keys
 //!   share a slot, and batched reads are per slot ([`names`]).
 //!
+//! Sentinel and Cluster nodes are reached as `config::NodeAccess` says: `rediss://` with
+//! `REDIS_TLS` (rustls, the system's CA roots), with `REDIS_PASSWORD` (and `REDIS_USERNAME`) on
+//! the data nodes and `REDIS_SENTINEL_PASSWORD` on the Sentinels. One node's `REDIS_URL` carries
+//! its own.
+//!
 //! # A failover is an outage
 //! A promoted replica may lack the last writes of its master, among them invalidations whose
 //! `DEL` was acknowledged. So in Sentinel and Cluster, any connection error, a changed master
@@ -149,6 +154,8 @@ enum Shared {
 /// The client. One per process, shared through `Arc`.
 pub struct RedisClient {
     target: Target,
+    /// Credentials and TLS of Sentinel and Cluster nodes.
+    nodes: config::NodeAccess,
     shared: RwLock<Option<Shared>>,
     /// Sentinel: the master's address at the last connection (`host:port`).
     master: Mutex<Option<String>>,
@@ -198,7 +205,7 @@ impl RedisClient {
                 // No retries of its own: redirections are followed (and counted) by `Conn`, and
                 // connection errors must reach the breaker (module doc).
                 client: Box::new(
-                    ClusterClient::builder(nodes.iter().map(|n| format!("redis://{n}")).collect::<Vec<_>>())
+                    ClusterClient::builder(nodes.iter().map(|n| s.nodes.node_url(n)).collect::<Vec<_>>())
                         .retries(0)
                         .connection_timeout(s.connect_timeout)
                         .build()
@@ -213,6 +220,7 @@ impl RedisClient {
         };
         Ok(Arc::new(RedisClient {
             target,
+            nodes: s.nodes.clone(),
             shared: RwLock::new(None),
             master: Mutex::new(None),
             run_id: Mutex::new(None),
@@ -305,8 +313,8 @@ impl RedisClient {
     pub async fn bus_connections(&self) -> RedisResult<(PubSub, Conn)> {
         let url = match &self.target {
             Target::Single { url, .. } => url.clone(),
-            Target::Sentinel { .. } => format!("redis://{}", self.resolve_master().await?),
-            Target::Cluster { nodes, .. } => format!("redis://{}", self.bus_node(nodes).await?),
+            Target::Sentinel { .. } => self.nodes.node_url(&self.resolve_master().await?),
+            Target::Cluster { nodes, .. } => self.nodes.node_url(&self.bus_node(nodes).await?),
         };
         let client = redis::Client::open(url)?;
         let ps = client.get_async_pubsub().await?;
@@ -327,7 +335,7 @@ impl RedisClient {
         let mut last = io_error("no cluster node answered");
         for node in nodes {
             let ask = async {
-                let mut c = redis::Client::open(format!("redis://{node}"))?.get_multiplexed_async_connection().await?;
+                let mut c = redis::Client::open(self.nodes.node_url(node))?.get_multiplexed_async_connection().await?;
                 let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(&channel).query_async(&mut c).await?;
                 let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await?;
                 for r in ranges {
@@ -356,7 +364,7 @@ impl RedisClient {
         let mut last = io_error("no sentinel answered");
         for s in sentinels {
             let ask = async {
-                let mut c = redis::Client::open(format!("redis://{s}"))?.get_multiplexed_async_connection().await?;
+                let mut c = redis::Client::open(self.nodes.sentinel_url(s))?.get_multiplexed_async_connection().await?;
                 let addr: Option<(String, u16)> =
                     redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(master_name).query_async(&mut c).await?;
                 addr.map(|(h, p)| format!("{h}:{p}"))
@@ -400,7 +408,7 @@ impl RedisClient {
                 if previous.as_ref().is_some_and(|p| *p != addr) {
                     self.on_failover(&format!("sentinel master {master_name} moved to {addr}"));
                 }
-                let mut c = redis::Client::open(format!("redis://{addr}"))?.get_multiplexed_async_connection().await?;
+                let mut c = redis::Client::open(self.nodes.node_url(&addr))?.get_multiplexed_async_connection().await?;
                 let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await?;
                 if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
                     // The Sentinels have not caught up yet (or the node was demoted): ask again.

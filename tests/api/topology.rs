@@ -6,7 +6,7 @@
 
 use std::{
     net::{TcpListener, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -44,18 +44,20 @@ pub struct Node {
     /// Its port on 127.0.0.1.
     pub port: u16,
     child: Option<Child>,
+    /// What `redis-cli` needs to reach it (TLS, password), before the command.
+    cli_args: Vec<String>,
 }
 
 impl Node {
     /// Starts `redis-server ARGS…` on `port`; `None` if it exited (port taken) or did not answer.
-    fn spawn(port: u16, args: &[String]) -> Option<Node> {
+    fn spawn(port: u16, args: &[String], cli_args: &[String]) -> Option<Node> {
         let child = Command::new("redis-server")
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
-        let mut node = Node { port, child: Some(child) };
+        let mut node = Node { port, child: Some(child), cli_args: cli_args.to_vec() };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Some(Ok(Some(_))) = node.child.as_mut().map(|c| c.try_wait()) {
@@ -72,6 +74,11 @@ impl Node {
 
     /// A data node: the production settings, with the port, directory and `extra` overridden.
     fn data(dir: &Path, extra: &[&str]) -> Node {
+        Node::data_secured(dir, extra, None)
+    }
+
+    /// [`Node::data`], with TLS only and a password when `secure` is given.
+    fn data_secured(dir: &Path, extra: &[&str], secure: Option<&Secure>) -> Node {
         for _ in 0..20 {
             let port = low_free_port();
             let d = dir.join(port.to_string());
@@ -80,13 +87,18 @@ impl Node {
             let conf = d.join("redis.conf");
             std::fs::copy(REDIS_CONF, &conf).unwrap();
             let mut args: Vec<String> = vec![conf.display().to_string()];
-            for a in ["--port", &port.to_string(), "--bind", "127.0.0.1", "--daemonize", "no", "--logfile", ""] {
+            for a in ["--bind", "127.0.0.1", "--daemonize", "no", "--logfile", ""] {
                 args.push(a.to_string());
+            }
+            match secure {
+                None => args.extend(["--port".to_string(), port.to_string()]),
+                Some(sec) => args.extend(sec.server_args(port)),
             }
             args.push("--dir".into());
             args.push(d.display().to_string());
             args.extend(extra.iter().map(|s| s.to_string()));
-            if let Some(n) = Node::spawn(port, &args) {
+            let cli_args = secure.map(Secure::cli_args).unwrap_or_default();
+            if let Some(n) = Node::spawn(port, &args, &cli_args) {
                 return n;
             }
         }
@@ -113,7 +125,12 @@ impl Node {
 
     /// Runs `redis-cli -p PORT ARGS…` and returns its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().unwrap();
+        let out = Command::new("redis-cli")
+            .args(&self.cli_args)
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -173,7 +190,7 @@ impl SentinelSet {
                 ),
             )
             .unwrap();
-            if let Some(s) = Node::spawn(port, &[file.display().to_string(), "--sentinel".into()]) {
+            if let Some(s) = Node::spawn(port, &[file.display().to_string(), "--sentinel".into()], &[]) {
                 sentinels.push(s);
             }
         }
@@ -208,13 +225,103 @@ pub struct ClusterSet {
     _dir: TempDir,
 }
 
+/// TLS and a password for every node: a CA and a certificate for 127.0.0.1 made with `openssl`,
+/// `requirepass` and `masterauth`, TLS for clients, replication and the cluster bus, and no
+/// plain-text port at all.
+pub struct Secure {
+    /// The CA's certificate (PEM): what the service must trust (`SSL_CERT_FILE`).
+    pub ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    /// The nodes' password.
+    pub password: String,
+    _dir: TempDir,
+}
+
+impl Secure {
+    /// Makes the CA and the node certificate.
+    pub fn new(password: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |f: &str| dir.path().join(f);
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).output().expect("openssl must be installed");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let s = |p: &PathBuf| p.display().to_string();
+        std::fs::write(p("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+        openssl(
+            &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=shortener test CA"]
+                .into_iter()
+                .chain(["-keyout", &s(&p("ca.key")), "-out", &s(&p("ca.crt"))])
+                .collect::<Vec<_>>(),
+        );
+        openssl(
+            &["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"]
+                .into_iter()
+                .chain(["-keyout", &s(&p("node.key")), "-out", &s(&p("node.csr"))])
+                .collect::<Vec<_>>(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &s(&p("node.csr")),
+            "-CA",
+            &s(&p("ca.crt")),
+            "-CAkey",
+            &s(&p("ca.key")),
+            "-CAcreateserial",
+            "-extfile",
+            &s(&p("leaf.ext")),
+            "-out",
+            &s(&p("node.crt")),
+        ]);
+        Secure { ca: p("ca.crt"), cert: p("node.crt"), key: p("node.key"), password: password.into(), _dir: dir }
+    }
+
+    /// A node's arguments: TLS on `port` and nowhere else, and the password.
+    fn server_args(&self, port: u16) -> Vec<String> {
+        let (ca, cert, key) = (self.ca.display(), self.cert.display(), self.key.display());
+        let mut args: Vec<String> = format!(
+            "--port 0 --tls-port {port} --tls-cert-file {cert} --tls-key-file {key} --tls-ca-cert-file {ca} \
+             --tls-auth-clients no --tls-replication yes --tls-cluster yes"
+        )
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+        // One argument each, spaces and all.
+        for flag in ["--requirepass", "--masterauth"] {
+            args.extend([flag.to_string(), self.password.clone()]);
+        }
+        args
+    }
+
+    /// What `redis-cli` needs to reach such a node.
+    fn cli_args(&self) -> Vec<String> {
+        ["--tls", "--cacert", &self.ca.display().to_string(), "-a", &self.password, "--no-auth-warning"]
+            .map(String::from)
+            .to_vec()
+    }
+}
+
 impl ClusterSet {
     /// Starts six nodes, makes them a cluster, and waits until every node sees it `ok`.
     pub fn start() -> Self {
+        ClusterSet::start_with(None)
+    }
+
+    /// [`ClusterSet::start`] with TLS only and a password on every node.
+    pub fn start_secure(secure: &Secure) -> Self {
+        ClusterSet::start_with(Some(secure))
+    }
+
+    fn start_with(secure: Option<&Secure>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let nodes: Vec<Node> = (0..6)
             .map(|_| {
-                Node::data(
+                Node::data_secured(
                     dir.path(),
                     &[
                         "--cluster-enabled",
@@ -224,11 +331,12 @@ impl ClusterSet {
                         "--cluster-node-timeout",
                         "1000",
                     ],
+                    secure,
                 )
             })
             .collect();
         let mut create = Command::new("redis-cli");
-        create.arg("--cluster").arg("create");
+        create.args(secure.map(Secure::cli_args).unwrap_or_default()).arg("--cluster").arg("create");
         for n in &nodes {
             create.arg(n.addr());
         }
@@ -435,7 +543,7 @@ async fn target(app: &TestApp, code: &str) -> Result<String, String> {
     match app.client.get(app.url(&format!("/{code}"))).send().await {
         Ok(r) if r.status().is_redirection() => Ok(r.headers()["location"].to_str().unwrap().to_string()),
         Ok(r) => Err(r.status().to_string()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(format!("{e:?}")),
     }
 }
 
@@ -469,14 +577,27 @@ async fn tiers(app: &TestApp) -> (u64, u64) {
     (app.stat("redis_hits").await, app.stat("db_lookups").await)
 }
 
-/// Whether reads come back to Redis: over the next 3,000 Redis hits (within 20 s), more than
-/// 95 % of reads are Redis hits.
+/// Whether reads come back to Redis: within 30 s, some window of 3,000 Redis hits in which more
+/// than 95 % of reads were Redis hits (windows follow each other, so a first one that still
+/// carries the failover's tail — a late timeout, a slot map being re-read — does not decide it).
+/// Returns the best window's ratio too.
 async fn reads_return_to_redis(app: &TestApp) -> (bool, f64) {
-    let (h0, d0) = tiers(app).await;
-    let enough = eventually(Duration::from_secs(20), || async { app.stat("redis_hits").await >= h0 + 3000 }).await;
-    let (h1, d1) = tiers(app).await;
-    let ratio = (h1 - h0) as f64 / ((h1 - h0) + (d1 - d0)).max(1) as f64;
-    (enough && ratio > 0.95, ratio)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut best = 0.0f64;
+    while Instant::now() < deadline {
+        let (h0, d0) = tiers(app).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !eventually(left, || async { app.stat("redis_hits").await >= h0 + 3000 }).await {
+            break;
+        }
+        let (h1, d1) = tiers(app).await;
+        let ratio = (h1 - h0) as f64 / ((h1 - h0) + (d1 - d0)).max(1) as f64;
+        best = best.max(ratio);
+        if ratio > 0.95 {
+            return (true, ratio);
+        }
+    }
+    (false, best)
 }
 
 /// The load's concurrency: a thousand requests in flight.
@@ -706,4 +827,62 @@ async fn on_sentinel_a_key_revoked_from_the_command_line_is_refused_at_once() {
 async fn on_a_cluster_a_key_revoked_from_the_command_line_is_refused_at_once() {
     let set = ClusterSet::start();
     a_revoked_key_is_refused_at_once_on(set.topology()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_from_a_password_protected_cluster_over_tls_only() {
+    let secure = Secure::new("s3cret pass/word");
+    let set = ClusterSet::start_secure(&secure);
+    let db = tempfile::tempdir().unwrap();
+    let db_url = crate::helpers::test_db_url(db.path(), "tls");
+    let nodes: Vec<String> = set.nodes.iter().map(Node::addr).collect();
+    let env = [
+        ("REDIS_CLUSTER_NODES", nodes.join(",")),
+        ("REDIS_TLS", "true".to_string()),
+        ("REDIS_PASSWORD", secure.password.clone()),
+        // The test CA: rustls reads the system's roots, or this bundle instead.
+        ("SSL_CERT_FILE", secure.ca.display().to_string()),
+        ("L1_CAPACITY", "0".to_string()),
+    ];
+    let run = crate::helpers::run_cli(&db_url, &["migrate"], &[]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    seed_links(&db_url, "tls", "https://example.com/tls/", 50).await;
+    let stderr = db.path().join("service.log");
+    let svc = crate::helpers::ServiceProcess::start(&db_url, &env, "", stderr).await;
+    let http = crate::helpers::client();
+
+    let redis_health = |svc: &crate::helpers::ServiceProcess| {
+        let (http, url) = (http.clone(), svc.url("/health/redis"));
+        async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let trusted = eventually(Duration::from_secs(20), || async {
+        let h = redis_health(&svc).await;
+        h["breaker"] == "closed" && h["topology"]["cluster_state"] == "ok"
+    })
+    .await;
+    assert!(trusted, "the service trusts the cluster: {}\n{}", redis_health(&svc).await, svc.stderr());
+    let h = redis_health(&svc).await;
+    assert_eq!(h["topology"]["kind"], "cluster", "{h}");
+    assert_eq!(h["topology"]["slots_covered"], 16384, "{h}");
+
+    // Every link twice: the first read fills Redis, the second must be a Redis hit.
+    for round in 0..2 {
+        for i in 0..50 {
+            let r = http.get(svc.url(&format!("/tls{i}"))).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::FOUND, "round {round}, tls{i}");
+            assert_eq!(r.headers()["location"], format!("https://example.com/tls/{i}"));
+        }
+    }
+    let cache: Value = http.get(svc.url("/health/cache")).send().await.unwrap().json().await.unwrap();
+    assert!(cache["redis_hits"].as_u64().unwrap() >= 50, "second reads came from the cluster: {cache}");
+    // What was cached is really in the cluster, under the password and over TLS.
+    let keys: u64 = set
+        .masters()
+        .iter()
+        .map(|(_, port)| {
+            set.nodes.iter().find(|n| n.port == *port).unwrap().cli(&["DBSIZE"]).trim().parse::<u64>().unwrap()
+        })
+        .sum();
+    assert!(keys >= 50, "{keys} keys in the cluster");
+    assert!(!svc.stderr().contains("s3cret"), "the password is never logged");
 }
