@@ -1,4 +1,4 @@
-//! `/api/v1/links …`: create, read, list, update, delete; a link's QR code.
+//! `/api/v1/links …`: create, read, list, update, delete, export; a link's QR code.
 //!
 //! Every handler works within the caller's scope ([`crate::db::keys::ApiKeyRow::scope`]): an
 //! ordinary key manages the links it created, an admin key every link. A link outside the scope
@@ -26,6 +26,7 @@ use crate::{
         writer::{Change, Outcome},
     },
     error::ApiError,
+    links::export::{export_stream, ExportFormat},
     links::{
         code::{self, CodeError},
         target,
@@ -442,6 +443,50 @@ pub async fn get_link_qr(
             (header::CONTENT_DISPOSITION, HeaderValue::from_str(&disposition).expect("a code is a valid header value")),
         ],
         image,
+    )
+        .into_response())
+}
+
+/// Query of `GET /api/v1/links/export`.
+#[derive(Debug, Deserialize)]
+pub struct ExportQuery {
+    /// `csv` (default) or `jsonl`.
+    pub format: Option<String>,
+}
+
+/// `GET /api/v1/links/export?format=csv|jsonl`: every link in the caller's scope (an admin
+/// key's: every link), streamed (`links::export`). The first page is read before the status is
+/// sent, so a database that fails at once is answered as any other call (503 when busy); one
+/// that fails later ends the body early, logged here.
+pub async fn export_links(
+    State(state): State<AppState>,
+    Caller(key): Caller,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    use futures_util::StreamExt;
+    let Query(q) = query?;
+    let format = match q.format.as_deref() {
+        None => ExportFormat::Csv,
+        Some(f) => {
+            ExportFormat::parse(f).ok_or_else(|| ApiError::invalid("invalid_format", "format must be csv or jsonl"))?
+        }
+    };
+    let mut stream = Box::pin(export_stream(state.db.clone(), key.scope(), format));
+    let first = stream.next().await.transpose()?.unwrap_or_default();
+    let key_name = key.name.clone();
+    let rest = stream.map(move |chunk| {
+        chunk.inspect_err(|e| tracing::error!(error = %e, key.name = %key_name, "export ended early: database error"))
+    });
+    let body = axum::body::Body::from_stream(futures_util::stream::once(async { Ok(first) }).chain(rest));
+    tracing::info!(key.name = %key.name, export.format = format.extension(), "export started");
+    let disposition = format!("attachment; filename=\"links.{}\"", format.extension());
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(format.content_type())),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (header::CONTENT_DISPOSITION, HeaderValue::from_str(&disposition).expect("an ASCII file name")),
+        ],
+        body,
     )
         .into_response())
 }

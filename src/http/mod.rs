@@ -188,6 +188,9 @@ impl Table {
 fn routes(state: &AppState) -> Table {
     let api = Router::new()
         .route("/links", post(links::create_link).get(links::list_links))
+        // A static segment wins over a parameter (matchit), whatever the order of declaration:
+        // `/links/export` is the export, not the link `export` (see `links::code::RESERVED`).
+        .route("/links/export", get(links::export_links))
         .route("/links/{code}", get(links::get_link).patch(links::update_link).delete(links::delete_link))
         .route("/links/{code}/clicks", get(links::get_link_clicks))
         .route("/links/{code}/qr", get(links::get_link_qr))
@@ -275,7 +278,7 @@ impl Surface {
         (*method == Method::GET || *method == Method::HEAD)
             && path.strip_prefix('/').is_some_and(|seg| {
                 code::is_code_shaped(seg)
-                    && !code::is_reserved(seg)
+                    && !code::is_never_a_link(seg)
                     && !self.routed.iter().any(|r| r.eq_ignore_ascii_case(seg))
             })
     }

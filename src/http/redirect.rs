@@ -57,7 +57,7 @@ async fn answer(state: &AppState, req: &Parts) -> Response {
         return resp;
     }
     let code = &req.uri.path()[1..];
-    if !code::is_code_shaped(code) || code::is_reserved(code) {
+    if !code::is_code_shaped(code) || code::is_never_a_link(code) {
         return page(StatusCode::NOT_FOUND, NOT_FOUND_PAGE);
     }
     match state.resolver.resolve(code).await {

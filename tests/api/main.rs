@@ -6,6 +6,7 @@ mod cli;
 mod clicks;
 mod connections;
 mod db_copy;
+mod export;
 mod faults;
 mod framing;
 mod helpers;
