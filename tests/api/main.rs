@@ -12,6 +12,7 @@ mod framing;
 mod helpers;
 mod instances;
 mod links_api;
+mod openapi;
 mod operations;
 mod ownership;
 mod pg;
