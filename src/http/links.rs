@@ -41,16 +41,20 @@ use crate::{
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLink {
-    /// Target URL: `http` or `https`, at most 2,048 bytes.
+    /// Target URL: `http` or `https` with a host, at most 2,048 bytes, not this service.
+    #[schema(max_length = 2048)]
     pub url: String,
     /// Custom code (optional): `[A-Za-z0-9_-]{3,64}`, not a reserved word.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{3,64}$")]
     pub code: Option<String>,
     /// RFC 3339 expiry (optional), in the future.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     /// 301, 302 (default), 307 or 308.
     #[serde(default)]
+    #[schema(minimum = 301, maximum = 308)]
     pub redirect_status: Option<u16>,
 }
 
@@ -58,15 +62,17 @@ pub struct CreateLink {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchLink {
-    /// New target URL.
+    /// New target URL (the rules of `CreateLink.url`).
     #[serde(default)]
+    #[schema(max_length = 2048)]
     pub url: Option<String>,
     /// New expiry (RFC 3339); `null` = never.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Option<String>>,
-    /// New redirect status.
+    /// New redirect status: 301, 302, 307 or 308.
     #[serde(default)]
+    #[schema(minimum = 301, maximum = 308)]
     pub redirect_status: Option<u16>,
 }
 
