@@ -228,3 +228,40 @@ async fn a_link_named_export_from_before_the_word_was_reserved_still_redirects()
     let qr = app.api(Method::GET, "/links/export/qr").send().await.unwrap();
     assert_eq!(qr.status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_error_in_the_middle_of_an_export_truncates_the_body_without_an_error_status() {
+    let app = spawn_app(None, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    // 60 pages of 1,000: far more than the socket buffers hold once the client stops reading.
+    let n = 60_000;
+    let csv: String = (0..n).map(|i| format!("mid{i:05},https://example.com/a/long/enough/path/{i}\n")).collect();
+    let file = dir.path().join("many.csv");
+    std::fs::write(&file, csv).unwrap();
+    shortener(&app.db_url, &["links", "import", file.to_str().unwrap()]);
+    let full = shortener(&app.db_url, &["links", "export", "-"]).stdout.len();
+
+    let mut r = app.api(Method::GET, "/links/export").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut got = r.chunk().await.unwrap().expect("a first chunk").len();
+    // The table goes away under the export: the next page's query fails.
+    let mut conn = raw_conn(&app.db_url).await;
+    sqlx::query("ALTER TABLE link_mappings RENAME TO link_mappings_gone").execute(&mut conn).await.unwrap();
+    let ended = loop {
+        match r.chunk().await {
+            Ok(Some(c)) => got += c.len(),
+            Ok(None) => break "the body ended",
+            Err(_) => break "the body broke off",
+        }
+    };
+    assert!(got < full, "{ended} after {got} of {full} bytes: the export must stop early");
+    // Not a clean end: the client can tell that the export is incomplete.
+    assert_eq!(ended, "the body broke off");
+
+    // The service itself carries on.
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    sqlx::query("ALTER TABLE link_mappings_gone RENAME TO link_mappings").execute(&mut conn).await.unwrap();
+    let (status, _, _, body) = api_export(&app, &app.key, "").await;
+    assert_eq!((status, body.len()), (StatusCode::OK, full), "with the table back, the whole export");
+}
