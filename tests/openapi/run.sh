@@ -109,6 +109,9 @@ echo "service on $base, links seeded; schemathesis with $examples examples per o
 
 args=()
 if [ -n "${SCHEMATHESIS_SEED:-}" ]; then args+=(--seed "$SCHEMATHESIS_SEED"); fi
+# schemathesis keeps a cache in its working directory: the temp dir, not the work tree.
+venv=$(realpath "$venv")
+cd "$work"
 "$venv/bin/schemathesis" run "$base/api/v1/openapi.json" \
     -H "Authorization: Bearer $key" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
