@@ -42,7 +42,7 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub struct CreateLink {
     /// Target URL: `http` or `https` with a host, at most 2,048 bytes, not this service.
-    #[schema(max_length = 2048)]
+    #[schema(format = "uri", max_length = 2048, pattern = "^[Hh][Tt][Tt][Pp][Ss]?://")]
     pub url: String,
     /// Custom code (optional): `[A-Za-z0-9_-]{3,64}`, not a reserved word.
     #[serde(default)]
@@ -64,7 +64,7 @@ pub struct CreateLink {
 pub struct PatchLink {
     /// New target URL (the rules of `CreateLink.url`).
     #[serde(default)]
-    #[schema(max_length = 2048)]
+    #[schema(format = "uri", max_length = 2048, pattern = "^[Hh][Tt][Tt][Pp][Ss]?://")]
     pub url: Option<String>,
     /// New expiry (RFC 3339); `null` = never.
     #[serde(default, deserialize_with = "present")]
@@ -97,13 +97,16 @@ pub struct LinkView {
     /// RFC 3339.
     pub updated_at: String,
     /// RFC 3339, or null for never.
+    #[schema(required = true)]
     pub expires_at: Option<String>,
     /// Clicks: flushed to the database plus still buffered in this process.
     pub clicks: u64,
     /// RFC 3339 of the last flushed click, or null.
+    #[schema(required = true)]
     pub last_clicked_at: Option<String>,
     /// The name of the key that created the link; null for imported or hand-inserted links
     /// (which belong to admin keys) and for links of a key that no longer exists.
+    #[schema(required = true)]
     pub created_by: Option<String>,
 }
 
@@ -272,6 +275,7 @@ pub struct LinkPage {
     /// The caller's links (an admin key's: every link), ordered by code.
     pub links: Vec<LinkView>,
     /// Pass as `cursor` to get the next page; null on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
