@@ -18,6 +18,10 @@ fi
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     missing+=(postgresql)
 fi
+# Certificates for the TLS tests (PostgreSQL, a Redis Cluster over TLS).
+if ! command -v openssl >/dev/null 2>&1; then
+    missing+=(openssl)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} (the tests start their own servers)" >&2
     as_root apt-get update -qq >&2
