@@ -21,9 +21,17 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 pub use crate::pg::{on_postgres, sqlite_url, test_db_url, PgServer};
 
-/// A free TCP port on loopback (bound and released; callers retry if someone takes it).
+/// A free TCP port on loopback (bound and released; callers retry if someone takes it), below
+/// the kernel's ephemeral range: a port the kernel hands out itself could be taken, between the
+/// release and the server's bind, by one of the thousands of outgoing connections the load
+/// tests make (each gets an ephemeral local port).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    loop {
+        let p = 10_000 + rand::random::<u16>() % 22_000;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 /// The Redis configuration that deploy.sh installs in production.

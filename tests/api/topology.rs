@@ -29,10 +29,11 @@ use crate::{
 /// The Redis configuration that deploy.sh installs in production.
 const REDIS_CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/redis-shortener.conf");
 
-/// A free port `p` on loopback with `p + 10000` free too (a cluster node's bus), below 55536.
+/// A free port `p` on loopback with `p + 10000` free too (a cluster node's bus), both below the
+/// kernel's ephemeral range (32768 up), where no outgoing connection can take them meanwhile.
 fn low_free_port() -> u16 {
     loop {
-        let p = 20_000 + (rand::random::<u16>() % 25_000);
+        let p = 12_000 + (rand::random::<u16>() % 10_700);
         if TcpListener::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
             return p;
         }
