@@ -18,6 +18,7 @@
 //! id, request tracing (one info line per request, with the id in every line of its span),
 //! metrics by route and status, and — for the API — a body limit and a timeout answered as 503.
 
+pub mod admin;
 pub mod auth;
 pub mod health;
 pub mod limits;
@@ -210,6 +211,7 @@ fn routes(state: &AppState) -> Table {
         .route("/health/ready", get(health::readiness))
         .merge(operator)
         .nest("/api/v1", api)
+        .nest("/admin", admin::router(state))
         .map_router(|r| {
             r.route_layer(middleware::from_fn_with_state(state.clone(), track))
                 .layer(
