@@ -17,6 +17,13 @@ fi
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     missing+=(postgresql)
 fi
+# The admin app's browser tests (tests/browser/): a real headless Chromium over WebDriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    missing+=(chromium chromium-driver)
+fi
+if ! command -v npm >/dev/null 2>&1; then
+    missing+=(nodejs npm)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} (the tests start their own servers)" >&2
     as_root apt-get update -qq >&2
@@ -27,6 +34,12 @@ fi
 # servers of their own with them (tests/api/pg.rs), and `db copy` is tested against one whatever
 # TEST_DATABASE says.
 
+# axe-core for the browser tests' accessibility checks, at the version package-lock.json pins.
+if [ ! -f tests/browser/node_modules/axe-core/axe.min.js ]; then
+    npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error >&2
+fi
+
+# Unit and integration tests, the browser tests (tests/browser/) among them, once.
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-2}"
 # The same integration suite, every test of it, with PostgreSQL as the database.
 TEST_DATABASE=postgres cargo test --locked --test api -- --test-threads="${TEST_THREADS:-2}"

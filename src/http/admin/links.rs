@@ -80,6 +80,8 @@ pub struct LinkItem {
     pub status: i64,
     /// When it was created.
     pub created: String,
+    /// The same, without the zone (the list's column says UTC).
+    pub created_short: String,
     /// When it was last changed.
     pub updated: String,
     /// When it expires, or "never".
@@ -98,6 +100,7 @@ fn item(state: &AppState, row: LinkRow, owner: Option<String>) -> LinkItem {
         short_url: format!("{}{}", state.config.http.public_base_url, row.short_code),
         clicks: u64::try_from(row.clicks).unwrap_or(0) + pending,
         created: shown_time(row.created_at),
+        created_short: shown_time(row.created_at).trim_end_matches(" UTC").to_string(),
         updated: shown_time(row.updated_at),
         expires: row.expires_at.map_or_else(|| "never".to_string(), shown_time),
         expired: row.expires_at.is_some_and(|e| e <= now_ms()),
