@@ -15,7 +15,7 @@
 //! - The domain: [`links`] (short codes, target URLs, the read-through resolver), `auth` (key
 //!   verification and what is remembered about presented keys), `clicks` (counting without a
 //!   database write per redirect, and its flusher), [`ratelimit`] (GCRA limits shared through
-//!   Redis, with a per-process fallback).
+//!   Redis, with a per-process fallback), [`qr`] (QR code images of a text, SVG or PNG).
 //! - [`cache`]: what the caches hold ([`cache::Resolved`]), the in-process L1 and the link cache
 //!   in Redis (batched reads, guarded write-backs); `invalidation`: the bus that carries every
 //!   change to every cache and waits for every instance to confirm it (publish, confirmations,
@@ -46,6 +46,7 @@ pub(crate) mod invalidation;
 pub mod links;
 pub mod net;
 pub(crate) mod observe;
+pub mod qr;
 pub mod ratelimit;
 pub(crate) mod redis_client;
 pub mod startup;

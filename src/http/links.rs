@@ -1,4 +1,4 @@
-//! `/api/v1/links …`: create, read, list, update, delete.
+//! `/api/v1/links …`: create, read, list, update, delete; a link's QR code.
 //!
 //! Every handler works within the caller's scope ([`crate::db::keys::ApiKeyRow::scope`]): an
 //! ordinary key manages the links it created, an admin key every link. A link outside the scope
@@ -11,8 +11,8 @@ use axum::{
         rejection::{PathRejection, QueryRejection},
         Path, Query, State,
     },
-    http::StatusCode,
-    response::IntoResponse,
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
     Json,
 };
 use serde::{Deserialize, Deserializer, Serialize};
@@ -30,6 +30,7 @@ use crate::{
         code::{self, CodeError},
         target,
     },
+    qr::{self, QrError, QrFormat},
     state::AppState,
     time_util::{now_ms, parse_rfc3339, to_rfc3339},
 };
@@ -382,4 +383,65 @@ pub async fn get_link_clicks(
         .collect();
     let total = days.iter().map(|d| d.clicks).sum();
     Ok(Json(ClickSeries { code: code.to_string(), days, total }))
+}
+
+/// Query of `GET /api/v1/links/{code}/qr`. Both are taken as text, so that a size that is not a
+/// number is a 422 like one out of range, not a query the API could not read.
+#[derive(Debug, Deserialize)]
+pub struct QrQuery {
+    /// `svg` (default) or `png`.
+    pub format: Option<String>,
+    /// Image side in pixels, `qr::MIN_SIZE..=qr::MAX_SIZE` (default `qr::DEFAULT_SIZE`).
+    pub size: Option<String>,
+}
+
+/// `Cache-Control` of a QR image: it depends only on the short URL, which never changes for a
+/// code, but it is answered to an authenticated caller only, so no shared cache may keep it.
+const QR_CACHE_CONTROL: &str = "private, max-age=3600";
+
+/// `GET /api/v1/links/{code}/qr?format=svg|png&size=N`: an image of the QR code of the link's
+/// `short_url`, for the keys that may read the link (others get 404, as for the link itself).
+pub async fn get_link_qr(
+    State(state): State<AppState>,
+    Caller(key): Caller,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<QrQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(code) = path?;
+    let code = path_code(&code)?;
+    let Query(q) = query?;
+    let format = match q.format.as_deref() {
+        None => QrFormat::Svg,
+        Some(f) => {
+            QrFormat::parse(f).ok_or_else(|| ApiError::invalid("invalid_format", "format must be svg or png"))?
+        }
+    };
+    let size_error = || ApiError::invalid("invalid_size", QrError::Size.to_string());
+    let size = match q.size.as_deref() {
+        None => qr::DEFAULT_SIZE,
+        Some(s) => {
+            s.parse::<u32>().ok().filter(|n| (qr::MIN_SIZE..=qr::MAX_SIZE).contains(n)).ok_or_else(size_error)?
+        }
+    };
+    let row = find_managed(&state, &key, code).await?;
+    let short_url = format!("{}{}", state.config.http.public_base_url, row.short_code);
+    // Up to 2048×2048 pixels: a few milliseconds of CPU, kept off the runtime's workers.
+    let image = tokio::task::spawn_blocking(move || qr::render(&short_url, format, size))
+        .await
+        .map_err(|e| ApiError::Internal(format!("QR rendering task failed: {e}")))?
+        .map_err(|e| match e {
+            QrError::Size => size_error(),
+            QrError::TooLong => ApiError::invalid("qr_too_long", e.to_string()),
+        })?;
+    let disposition = format!("inline; filename=\"{}.{}\"", row.short_code, format.extension());
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(format.content_type())),
+            (header::CACHE_CONTROL, HeaderValue::from_static(QR_CACHE_CONTROL)),
+            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            (header::CONTENT_DISPOSITION, HeaderValue::from_str(&disposition).expect("a code is a valid header value")),
+        ],
+        image,
+    )
+        .into_response())
 }

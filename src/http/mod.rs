@@ -191,6 +191,7 @@ fn routes(state: &AppState) -> Table {
         .route("/links", post(links::create_link).get(links::list_links))
         .route("/links/{code}", get(links::get_link).patch(links::update_link).delete(links::delete_link))
         .route("/links/{code}/clicks", get(links::get_link_clicks))
+        .route("/links/{code}/qr", get(links::get_link_qr))
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), limits::api_gate))
         .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))

@@ -14,6 +14,9 @@ mod links_api;
 mod operations;
 mod ownership;
 mod pg;
+mod qr;
+#[path = "../support/qr_decode.rs"]
+mod qr_decode;
 mod ratelimit;
 mod read_through;
 mod redirect;
