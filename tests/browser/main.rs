@@ -15,6 +15,8 @@ mod helpers;
 #[path = "../api/pg.rs"]
 #[allow(dead_code)]
 mod pg;
+#[path = "../support/qr_decode.rs"]
+mod qr_decode;
 
 use std::{
     net::SocketAddr,
@@ -287,6 +289,18 @@ async fn an_admin_signs_in_creates_follows_edits_deletes_a_link_and_signs_out_in
     assert!(s.text(".notice").await.contains("Link created"));
     let short_url = s.field("#short-url").await.prop("value").await.unwrap().unwrap();
     assert_eq!(short_url, format!("{}/brws01", s.app.base));
+    // The QR code is on the page, and its downloads (with the session only) say the short URL.
+    assert!(s.field(".qr svg[role=img]").await.attr("aria-label").await.unwrap().unwrap().contains("brws01"));
+    let cookie = s.b.get_named_cookie("shortener_admin").await.unwrap().value().to_string();
+    for (file, decode) in [("qr.png", qr_decode::decode_png as fn(&[u8]) -> String), ("qr.svg", qr_decode::decode_svg)]
+    {
+        let url = s.app.url(&format!("/admin/links/brws01/{file}"));
+        let r = helpers::client().get(&url).header("cookie", format!("shortener_admin={cookie}")).send().await.unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK, "{file}");
+        assert_eq!(decode(&r.bytes().await.unwrap()), short_url, "{file}");
+        let anonymous = helpers::client().get(&url).send().await.unwrap();
+        assert_eq!(anonymous.status(), reqwest::StatusCode::SEE_OTHER, "{file} without a session");
+    }
     // The copy button is shown once its script runs.
     assert!(s.field("button[data-copy]").await.is_displayed().await.unwrap());
     s.assert_accessible("link").await;
@@ -386,7 +400,7 @@ async fn another_keys_link_is_a_404_page_and_an_ordinary_key_lists_only_its_own(
     s.goto("/admin/links/adminsown").await;
     assert!(s.text("h1").await.contains("Not found"));
     s.assert_accessible("not found").await;
-    for path in ["/admin/links/adminsown/edit", "/admin/links/adminsown/delete"] {
+    for path in ["/admin/links/adminsown/edit", "/admin/links/adminsown/delete", "/admin/links/adminsown/qr.png"] {
         s.goto(path).await;
         assert!(s.text("h1").await.contains("Not found"), "{path}");
     }
@@ -486,8 +500,10 @@ async fn the_list_link_and_sign_in_pages_are_screenshotted_and_readable_on_a_pho
     for _ in 0..5 {
         s.b.goto(&format!("{}/hello", s.app.base)).await.unwrap();
     }
+    s.b.set_window_size(1280, 1400).await.unwrap();
     s.goto("/admin/links/hello?days=7").await;
     shoot("link").await;
+    s.b.set_window_size(1280, 900).await.unwrap();
 
     // A phone-sized window: nothing overflows sideways, and the pages stay accessible.
     s.b.set_window_size(390, 844).await.unwrap();

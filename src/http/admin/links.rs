@@ -32,6 +32,7 @@ use crate::{
         code::{self, CodeError},
         target,
     },
+    qr::{self, QrFormat},
     state::AppState,
     time_util::{day_of, now_ms},
 };
@@ -451,6 +452,22 @@ struct LinkTemplate {
     table: Vec<DayRow>,
     total: u64,
     notice: Option<&'static str>,
+    qr_svg: Option<String>,
+}
+
+/// Side of the downloadable QR images, in pixels (print-sized).
+pub const QR_DOWNLOAD_SIZE: u32 = 1024;
+
+/// The QR code of `short_url` as SVG markup to put inside the page (without its XML
+/// declaration, labelled for screen readers); `None` if it cannot be drawn.
+async fn inline_qr(short_url: &str) -> Option<String> {
+    let text = short_url.to_string();
+    let svg =
+        tokio::task::spawn_blocking(move || qr::render(&text, QrFormat::Svg, qr::DEFAULT_SIZE)).await.ok()?.ok()?;
+    let svg = String::from_utf8(svg).ok()?;
+    let at = svg.find("<svg")?;
+    let label = format!(r#"<svg role="img" aria-label="QR code of {}" "#, short_url.replace('"', ""));
+    Some(svg[at..].replacen("<svg ", &label, 1))
 }
 
 /// The daily clicks of a link over the last `days` days, today last (today includes clicks
@@ -491,6 +508,7 @@ pub async fn show_link(
         chart_svg: chart::clicks_svg(&data),
         total: data.iter().map(|d| d.1).sum(),
         table: data.into_iter().rev().map(|(day, clicks)| DayRow { day, clicks }).collect(),
+        qr_svg: inline_qr(&link.short_url).await,
         days,
         link,
         notice: if q.created.is_some() {
@@ -502,6 +520,32 @@ pub async fn show_link(
         },
     };
     Ok(render(StatusCode::OK, &t))
+}
+
+/// `GET /admin/links/{code}/qr.png` and `…/qr.svg`: the QR code of the link's short URL as a
+/// download, for the signed-in key's links only.
+pub async fn get_link_qr(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(file): Path<(String, String)>,
+) -> Result<Response, Page> {
+    let (code, file) = file;
+    let format = file.strip_prefix("qr.").and_then(QrFormat::parse).ok_or(Page::NotFound)?;
+    let row = find_managed(&state, &signed.0.key, &code).await?;
+    let short_url = format!("{}{}", state.config.http.public_base_url, row.short_code);
+    let image = tokio::task::spawn_blocking(move || qr::render(&short_url, format, QR_DOWNLOAD_SIZE))
+        .await
+        .map_err(|e| Page::Internal(e.to_string()))?
+        .map_err(|e| Page::BadRequest(e.to_string()))?;
+    let disposition = format!("attachment; filename=\"{}-qr.{}\"", row.short_code, format.extension());
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, format.content_type().to_string()),
+            (axum::http::header::CONTENT_DISPOSITION, disposition),
+        ],
+        image,
+    )
+        .into_response())
 }
 
 /// `GET /admin/links/{code}/edit`.

@@ -49,6 +49,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/links/{code}", get(links::show_link))
         .route("/links/{code}/edit", get(links::edit_link_page).post(links::update_link))
         .route("/links/{code}/delete", get(links::delete_link_page).post(links::delete_link))
+        .route("/links/{code}/{file}", get(links::get_link_qr))
         .route("/admin.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
         .route("/copy.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], COPY_JS) }))
         .fallback(|| async { Page::NotFound })
