@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::{
     config::Config,
     db::{self, keys, links},
-    links::{code, target},
+    links::target,
     startup,
     time_util::{now_ms, to_rfc3339},
 };
@@ -278,35 +278,8 @@ async fn announce_revocation(config: &Config, name: &str) {
 
 /// Parses one import line into (code, url); `Ok(None)` for blank lines and the CSV header.
 fn parse_import_line(line: &str, format: ImportFormat, config: &Config) -> Result<Option<(String, String)>, String> {
-    let line = line.trim_end_matches(['\r', '\n']);
-    if line.trim().is_empty() {
-        return Ok(None);
-    }
-    let (c, u) = match format {
-        ImportFormat::Csv => {
-            let (c, u) = line.split_once(',').ok_or("expected code,url")?;
-            let (c, u) = (c.trim().trim_matches('"'), u.trim().trim_matches('"'));
-            if c.eq_ignore_ascii_case("code") || c.eq_ignore_ascii_case("short_code") {
-                return Ok(None);
-            }
-            (c.to_string(), u.to_string())
-        }
-        ImportFormat::Jsonl => {
-            #[derive(serde::Deserialize)]
-            struct Row {
-                code: String,
-                url: String,
-            }
-            let r: Row = serde_json::from_str(line).map_err(|e| e.to_string())?;
-            (r.code, r.url)
-        }
-    };
-    if !code::is_code_shaped(&c) {
-        return Err(format!("invalid code {c:?}"));
-    }
-    let url = target::parse_target(&u, &target::OwnOrigin::new(&config.http.public_base_url, config.http.listen_addr))
-        .map_err(|e| e.message)?;
-    Ok(Some((c, url)))
+    let own = target::OwnOrigin::new(&config.http.public_base_url, config.http.listen_addr);
+    crate::links::import::parse_line(line, format == ImportFormat::Jsonl, &own)
 }
 
 async fn import(config: &Config, file: &str, format: Option<ImportFormat>, batch: usize) -> CliResult {

@@ -199,3 +199,32 @@ async fn expired_sessions_are_deleted_in_bounded_batches_at_sign_in() {
     let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM admin_sessions").fetch_one(&mut c).await.unwrap();
     assert_eq!(left, 2);
 }
+
+#[tokio::test]
+async fn an_import_larger_than_allowed_gets_a_413_page_and_one_without_its_token_a_403_page() {
+    let app = spawn_app(None, |c| c.admin.import_max_bytes = 2000).await;
+    let session = sign_in(&app, &app.key).await;
+    let (_, form) = page(&app, &session, "/admin/import").await;
+    let csrf = form.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let post = |csrf: String, rows: usize| {
+        let body = format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n--XyZ\r\n\
+             Content-Disposition: form-data; name=\"file\"; filename=\"l.csv\"\r\nContent-Type: text/csv\r\n\r\n{}\r\n--XyZ--\r\n",
+            (0..rows).map(|i| format!("big{i:05},https://example.com/{i}\n")).collect::<String>()
+        );
+        client()
+            .post(app.url("/admin/import"))
+            .header("cookie", format!("shortener_admin={session}"))
+            .header("content-type", "multipart/form-data; boundary=XyZ")
+            .body(body)
+            .send()
+    };
+    let r = post(csrf.clone(), 500).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.text().await.unwrap().contains("ADMIN_IMPORT_MAX_BYTES"));
+    let r = post("wrong".into(), 3).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = post(csrf, 3).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(r.headers()["location"].to_str().unwrap().starts_with("/admin/import/"));
+}

@@ -525,3 +525,43 @@ async fn the_list_link_and_sign_in_pages_are_screenshotted_and_readable_on_a_pho
     }
     s.b.clone().close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_import_runs_in_the_background_and_its_page_refreshes_itself_until_it_is_done() {
+    let s = Setup::new().await;
+    s.app.create_code("taken1", "https://example.com/already").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("links.csv");
+    let mut csv = String::from("code,url\n");
+    for i in 0..1500 {
+        csv.push_str(&format!("imp{i:04},https://example.com/imported/{i}\n"));
+    }
+    csv.push_str("taken1,https://example.com/other\nbad code,https://example.com/x\nimpurl,notaurl\n");
+    std::fs::write(&file, csv).unwrap();
+
+    s.sign_in(&s.app.key).await;
+    s.click("nav a[href='/admin/import']").await;
+    s.assert_accessible("import").await;
+    s.field("#file").await.send_keys(file.to_str().unwrap()).await.unwrap();
+    s.click("main form button[type=submit]").await;
+    assert!(s.path().await.starts_with("/admin/import/"), "{}", s.path().await);
+    // The page refreshes itself (no script) until the job is done.
+    assert!(s.wait_text("#import-state", "finished").await, "{}", s.text("main").await);
+    assert_eq!(s.text("#import-done").await, "1500");
+    assert_eq!(s.text("#import-rejected").await, "3");
+    let errors = s.text("ul.errors").await;
+    assert!(errors.contains("line 1502: this code is already taken"), "{errors}");
+    assert!(errors.contains("line 1503: invalid code"), "{errors}");
+    s.assert_accessible("import status").await;
+    // The links are the key's own, and redirect at once.
+    assert_eq!(s.app.location("imp0042").await.unwrap(), "https://example.com/imported/42");
+    let mut c = raw_conn(&s.app.db_url).await;
+    let owned: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM link_mappings WHERE created_by IS NOT NULL AND short_code LIKE 'imp%'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(owned, 1500);
+    s.b.clone().close().await.unwrap();
+}

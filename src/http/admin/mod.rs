@@ -6,6 +6,7 @@
 //! - [`links`]: the list (search, sort, keyset pages), create, a link's page (chart, QR), edit,
 //!   delete — through the same writer and ownership rules as the API.
 //! - [`chart`]: the clicks-per-day chart, an SVG drawn here.
+//! - [`import`]: CSV uploads imported as a bounded background job with a self-refreshing page.
 //!
 //! Every response (pages, errors, assets) carries `Cache-Control: no-store`, a strict
 //! `Content-Security-Policy` (no inline script or style at all: the stylesheet and the copy
@@ -13,6 +14,7 @@
 //! same-origin` ([`headers`]). Failures are HTML pages ([`Page`]), never JSON.
 
 pub mod chart;
+pub mod import;
 pub mod links;
 pub mod session;
 
@@ -50,9 +52,17 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/links/{code}/edit", get(links::edit_link_page).post(links::update_link))
         .route("/links/{code}/delete", get(links::delete_link_page).post(links::delete_link))
         .route("/links/{code}/{file}", get(links::get_link_qr))
+        .route(
+            "/import",
+            get(import::import_page)
+                .post(import::start_import)
+                .layer(DefaultBodyLimit::max(state.config.admin.import_max_bytes + import::FORM_OVERHEAD)),
+        )
+        .route("/import/{id}", get(import::show_import))
         .route("/admin.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
         .route("/copy.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], COPY_JS) }))
         .fallback(|| async { Page::NotFound })
+        .layer(axum::Extension(import::Imports::new(state.config.admin.import_jobs)))
         .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.http.request_timeout))
         .layer(middleware::from_fn(headers))
