@@ -1,4 +1,5 @@
-//! The command line: `serve` (the default), `migrate`, `keys …`, `links import`, `db copy`.
+//! The command line: `serve` (the default), `migrate`, `keys …`, `links import`, `links
+//! export`, `db copy`.
 //!
 //! Commands print their result on stdout (a new key alone on the last line, so scripts can take
 //! it with `tail -n1`); logs and progress go to stderr.
@@ -13,9 +14,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::{
     config::Config,
     db::{self, keys, links},
-    links::target,
+    links::{
+        code,
+        export::{export_stream, ExportFormat},
+        target,
+    },
     startup,
-    time_util::{now_ms, to_rfc3339},
+    time_util::{now_ms, parse_rfc3339, to_rfc3339},
 };
 
 /// A fast, self-hosted URL shortener.
@@ -96,8 +101,10 @@ pub enum KeysCommand {
 /// `shortener links …`
 #[derive(Debug, Subcommand)]
 pub enum LinksCommand {
-    /// Import links from CSV (`code,url` per line) or JSON lines (`{"code":…,"url":…}`).
-    /// Existing codes are kept; invalid lines are reported and skipped.
+    /// Import links from CSV (`code,url` per line) or JSON lines (`{"code":…,"url":…}`), or
+    /// from what `links export` wrote (CSV with its header row, or its JSON lines): then each
+    /// link keeps its redirect status, creation time and expiry. Existing codes are kept;
+    /// invalid lines are reported and skipped.
     Import {
         /// The file to read, or `-` for stdin.
         file: String,
@@ -108,15 +115,39 @@ pub enum LinksCommand {
         #[arg(long, default_value_t = 20_000)]
         batch: usize,
     },
+    /// Export every link (CSV with a header row, or JSON lines), read straight from the
+    /// database and ordered by code: everything `links import` needs to recreate them exactly.
+    /// Only the export goes to stdout; the summary goes to stderr.
+    Export {
+        /// The file to write (replaced once the export is complete), or `-` for stdout.
+        #[arg(default_value = "-")]
+        file: String,
+        /// Output format (default: from the file name, else CSV).
+        #[arg(long, value_enum)]
+        format: Option<ImportFormat>,
+    },
 }
 
-/// Import formats.
+/// Import and export formats.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum ImportFormat {
-    /// `code,url` per line; a header line `code,url` is skipped.
+    /// `code,url` per line (a header line `code,url` is skipped), or the export's CSV (header
+    /// `code,url,redirect_status,created_at,expires_at,…`, RFC 4180).
     Csv,
-    /// One JSON object per line with `code` and `url`.
+    /// One JSON object per line with `code` and `url`, and optionally the export's
+    /// `redirect_status`, `created_at` and `expires_at`.
     Jsonl,
+}
+
+impl ImportFormat {
+    /// The format `--format` names, else the one `file`'s name suggests, else CSV.
+    fn of(file: &str, given: Option<ImportFormat>) -> ImportFormat {
+        given.unwrap_or(if file.ends_with(".jsonl") || file.ends_with(".ndjson") {
+            ImportFormat::Jsonl
+        } else {
+            ImportFormat::Csv
+        })
+    }
 }
 
 type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -143,6 +174,9 @@ pub async fn run(cli: Cli, inherited: Vec<crate::net::listen::Inherited>) -> Cli
         Command::Keys(cmd) => run_keys(&config, cmd).await,
         Command::Links(LinksCommand::Import { file, format, batch }) => {
             import(&config, &file, format, batch.max(1)).await
+        }
+        Command::Links(LinksCommand::Export { file, format }) => {
+            export(&config, &file, ImportFormat::of(&file, format)).await
         }
         Command::Db(_) => unreachable!("handled before the configuration is read"),
     }
@@ -276,19 +310,153 @@ async fn announce_revocation(config: &Config, name: &str) {
     }
 }
 
-/// Parses one import line into (code, url); `Ok(None)` for blank lines and the CSV header.
-fn parse_import_line(line: &str, format: ImportFormat, config: &Config) -> Result<Option<(String, String)>, String> {
-    let own = target::OwnOrigin::new(&config.http.public_base_url, config.http.listen_addr);
-    crate::links::import::parse_line(line, format == ImportFormat::Jsonl, &own)
+/// One link to import: the code and URL, and what an export adds (otherwise 302, created at
+/// import, no expiry).
+#[derive(Debug, PartialEq, Eq)]
+struct ImportRow {
+    code: String,
+    url: String,
+    status: i64,
+    created_at: Option<i64>,
+    expires_at: Option<i64>,
+}
+
+/// Checks and completes one link read from an import: the code's shape, the URL (parsed and
+/// stored as the API would), the status, the times. Reserved words are accepted: an export may
+/// hold a link created before its code became one.
+fn import_row(
+    config: &Config,
+    code: &str,
+    url: &str,
+    status: Option<&str>,
+    created_at: Option<&str>,
+    expires_at: Option<&str>,
+) -> Result<ImportRow, String> {
+    if !code::is_code_shaped(code) {
+        return Err(format!("invalid code {code:?}"));
+    }
+    let url = target::parse_target(url, &target::OwnOrigin::new(&config.http.public_base_url, config.http.listen_addr))
+        .map_err(|e| e.message)?;
+    let status = match status.filter(|s| !s.is_empty()) {
+        None => 302,
+        Some(s) => match s.parse::<i64>() {
+            Ok(n @ (301 | 302 | 307 | 308)) => n,
+            _ => return Err(format!("redirect_status must be 301, 302, 307 or 308, not {s:?}")),
+        },
+    };
+    let time = |field: &str, raw: Option<&str>| match raw.filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(raw) => parse_rfc3339(raw).map(Some).ok_or_else(|| format!("{field} is not an RFC 3339 time: {raw:?}")),
+    };
+    Ok(ImportRow {
+        code: code.to_string(),
+        url,
+        status,
+        created_at: time("created_at", created_at)?,
+        expires_at: time("expires_at", expires_at)?,
+    })
+}
+
+/// Parses one line of a plain import (`code,url`, or a JSON object) into a link; `Ok(None)` for
+/// blank lines and the CSV header.
+fn parse_import_line(line: &str, format: ImportFormat, config: &Config) -> Result<Option<ImportRow>, String> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    match format {
+        ImportFormat::Csv => {
+            let (c, u) = line.split_once(',').ok_or("expected code,url")?;
+            let (c, u) = (c.trim().trim_matches('"'), u.trim().trim_matches('"'));
+            if c.eq_ignore_ascii_case("code") || c.eq_ignore_ascii_case("short_code") {
+                return Ok(None);
+            }
+            import_row(config, c, u, None, None, None).map(Some)
+        }
+        ImportFormat::Jsonl => {
+            #[derive(serde::Deserialize)]
+            struct Row {
+                code: String,
+                url: String,
+                #[serde(default)]
+                redirect_status: Option<u16>,
+                #[serde(default)]
+                created_at: Option<String>,
+                #[serde(default)]
+                expires_at: Option<String>,
+            }
+            let r: Row = serde_json::from_str(line).map_err(|e| e.to_string())?;
+            let status = r.redirect_status.map(|s| s.to_string());
+            import_row(config, &r.code, &r.url, status.as_deref(), r.created_at.as_deref(), r.expires_at.as_deref())
+                .map(Some)
+        }
+    }
+}
+
+/// Whether an import's first line is the header of the export's CSV.
+fn is_export_csv_header(first_line: &[u8]) -> bool {
+    first_line.starts_with(b"code,url,redirect_status,")
+}
+
+/// What an import has done so far, and the batch it is filling.
+struct Importer<'c> {
+    conn: db::Conn<'c>,
+    batch: usize,
+    rows: Vec<ImportRow>,
+    inserted: u64,
+    rejected: u64,
+    tty: bool,
+    total_bytes: Option<u64>,
+    started: Instant,
+    last_progress: Instant,
+}
+
+impl Importer<'_> {
+    /// Takes one line's outcome; writes a batch when it is full.
+    async fn take(&mut self, parsed: Result<Option<ImportRow>, String>, line: u64, read_bytes: u64) -> CliResult {
+        match parsed {
+            Ok(Some(row)) => self.rows.push(row),
+            Ok(None) => {}
+            Err(e) => {
+                self.rejected += 1;
+                if self.rejected <= 10 {
+                    eprintln!("line {line}: {e}; skipped");
+                }
+            }
+        }
+        if self.rows.len() >= self.batch {
+            self.write().await?;
+            if self.last_progress.elapsed() >= Duration::from_millis(250) {
+                progress(self.tty, line, read_bytes, self.total_bytes, self.started);
+                self.last_progress = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the batch (one transaction).
+    async fn write(&mut self) -> CliResult {
+        let links: Vec<links::NewLink<'_>> = self
+            .rows
+            .iter()
+            .map(|r| links::NewLink {
+                code: &r.code,
+                url: &r.url,
+                status: r.status,
+                expires_at: r.expires_at,
+                created_by: None,
+                created_at: r.created_at,
+            })
+            .collect();
+        self.inserted += links::insert_imported_links(&mut self.conn, &links, now_ms()).await?;
+        self.rows.clear();
+        Ok(())
+    }
 }
 
 async fn import(config: &Config, file: &str, format: Option<ImportFormat>, batch: usize) -> CliResult {
-    let format = format.unwrap_or(if file.ends_with(".jsonl") || file.ends_with(".ndjson") {
-        ImportFormat::Jsonl
-    } else {
-        ImportFormat::Csv
-    });
-    let (reader, total_bytes): (Box<dyn BufRead>, Option<u64>) = if file == "-" {
+    let format = ImportFormat::of(file, format);
+    let (mut reader, total_bytes): (Box<dyn BufRead>, Option<u64>) = if file == "-" {
         (Box::new(std::io::BufReader::new(std::io::stdin())), None)
     } else {
         let f = std::fs::File::open(file).map_err(|e| format!("{file}: {e}"))?;
@@ -296,45 +464,121 @@ async fn import(config: &Config, file: &str, format: Option<ImportFormat>, batch
         (Box::new(std::io::BufReader::with_capacity(1 << 20, f)), len)
     };
     let mut owned = connect(config).await?;
-    let mut conn = owned.conn();
-    let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
-    let (mut read_bytes, mut lines, mut inserted, mut rejected) = (0u64, 0u64, 0u64, 0u64);
-    let mut rows = Vec::with_capacity(batch);
-    let mut last_progress = Instant::now();
-    for line in reader.lines() {
-        let line = line?;
-        lines += 1;
-        read_bytes += line.len() as u64 + 1;
-        match parse_import_line(&line, format, config) {
-            Ok(Some(row)) => rows.push(row),
-            Ok(None) => {}
-            Err(e) => {
-                rejected += 1;
-                if rejected <= 10 {
-                    eprintln!("line {lines}: {e}; skipped");
+    let mut importer = Importer {
+        conn: owned.conn(),
+        batch,
+        rows: Vec::with_capacity(batch),
+        inserted: 0,
+        rejected: 0,
+        tty,
+        total_bytes,
+        started: Instant::now(),
+        last_progress: Instant::now(),
+    };
+    let export_csv = format == ImportFormat::Csv && is_export_csv_header(reader.fill_buf()?);
+    let (mut lines, mut read_bytes) = (0u64, 0u64);
+    if export_csv {
+        // The export's CSV: RFC 4180 (quoted fields may hold commas and quotes), columns found
+        // by the header's names.
+        let mut csv = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(reader);
+        let headers = csv.headers()?.clone();
+        let column = |name: &str| headers.iter().position(|h| h == name);
+        let (c_code, c_url) = (column("code").ok_or("no code column")?, column("url").ok_or("no url column")?);
+        let (c_status, c_created, c_expires) = (column("redirect_status"), column("created_at"), column("expires_at"));
+        let mut record = csv::StringRecord::new();
+        loop {
+            let parsed = match csv.read_record(&mut record) {
+                Ok(false) => break,
+                Ok(true) => {
+                    let get = |i: Option<usize>| i.and_then(|i| record.get(i));
+                    match (record.get(c_code), record.get(c_url)) {
+                        (Some(code), Some(url)) => {
+                            import_row(config, code, url, get(c_status), get(c_created), get(c_expires)).map(Some)
+                        }
+                        _ => Err("expected code and url".to_string()),
+                    }
                 }
-            }
+                Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => return Err(e.into()),
+                Err(e) => Err(e.to_string()),
+            };
+            // The record's own line (a quoted field could span lines), and the bytes read.
+            let line = record.position().map_or(lines + 1, |p| p.line());
+            (lines, read_bytes) = (csv.position().line().saturating_sub(1), csv.position().byte());
+            importer.take(parsed, line, read_bytes).await?;
         }
-        if rows.len() >= batch {
-            inserted += links::insert_links_bulk(&mut conn, &rows, now_ms()).await?;
-            rows.clear();
-            if last_progress.elapsed() >= Duration::from_millis(250) {
-                progress(tty, lines, read_bytes, total_bytes, started);
-                last_progress = Instant::now();
-            }
+    } else {
+        for line in reader.lines() {
+            let line = line?;
+            lines += 1;
+            read_bytes += line.len() as u64 + 1;
+            importer.take(parse_import_line(&line, format, config), lines, read_bytes).await?;
         }
     }
-    if !rows.is_empty() {
-        inserted += links::insert_links_bulk(&mut conn, &rows, now_ms()).await?;
+    if !importer.rows.is_empty() {
+        importer.write().await?;
     }
-    progress(tty, lines, read_bytes, total_bytes, started);
+    progress(tty, lines, read_bytes, total_bytes, importer.started);
     if tty {
         eprintln!();
     }
     println!(
-        "imported {inserted} links ({} lines, {rejected} rejected) in {:.1}s",
+        "imported {} links ({} lines, {} rejected) in {:.1}s",
+        importer.inserted,
         lines,
+        importer.rejected,
+        importer.started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `links export`: every link, from a read pool of the database, to `file` (written beside it
+/// and renamed once complete, so a failed export never leaves a truncated file under the name)
+/// or stdout.
+async fn export(config: &Config, file: &str, format: ImportFormat) -> CliResult {
+    use futures_util::StreamExt;
+    let format = match format {
+        ImportFormat::Csv => ExportFormat::Csv,
+        ImportFormat::Jsonl => ExportFormat::Jsonl,
+    };
+    let db = db::open_for_reading(&config.db.url).await?;
+    let started = Instant::now();
+    let partial = format!("{file}.partial");
+    let mut out: Box<dyn Write> = if file == "-" {
+        Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+    } else {
+        Box::new(std::io::BufWriter::new(std::fs::File::create(&partial).map_err(|e| format!("{partial}: {e}"))?))
+    };
+    let mut stream = std::pin::pin!(export_stream(db.clone(), links::Scope::Every, format));
+    let (mut bytes, mut newlines) = (0u64, 0u64);
+    let done: CliResult = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            bytes += chunk.len() as u64;
+            newlines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+            out.write_all(&chunk)?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+    .await;
+    drop(out);
+    db.close().await;
+    if let Err(e) = done {
+        if file != "-" {
+            let _ = std::fs::remove_file(&partial);
+        }
+        return Err(format!("export failed: {e}").into());
+    }
+    if file != "-" {
+        std::fs::rename(&partial, file).map_err(|e| format!("{partial} -> {file}: {e}"))?;
+    }
+    // A record is one line (no field can hold a line break: URLs and key names refuse control
+    // characters); CSV has a header line more.
+    let links = if format == ExportFormat::Csv { newlines.saturating_sub(1) } else { newlines };
+    eprintln!(
+        "exported {links} links ({bytes} bytes) to {} in {:.1}s",
+        if file == "-" { "stdout" } else { file },
         started.elapsed().as_secs_f64()
     );
     Ok(())

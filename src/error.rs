@@ -10,7 +10,23 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde_json::json;
+use serde::Serialize;
+
+/// The body of every API error: `{"error":{"code":"…","message":"…"}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable, machine-readable code (`not_found`, `invalid_url`, `rate_limited`, …).
+    pub code: String,
+    /// A sentence for people.
+    pub message: String,
+}
 
 /// Every error the API answers with.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +117,7 @@ impl IntoResponse for ApiError {
             tracing::error!(error.detail = %detail, "internal error answered as 500");
         }
         let status = self.status();
-        let body = Json(json!({"error": {"code": self.code(), "message": self.to_string()}}));
+        let body = Json(ErrorBody { error: ErrorDetail { code: self.code().to_string(), message: self.to_string() } });
         let mut resp = (status, body).into_response();
         if let ApiError::TooManyRequests(s) | ApiError::Unavailable(s) = self {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s.max(1)));

@@ -2,7 +2,8 @@
 # The whole test suite: installs what the tests need (redis-server, postgresql) when it is
 # missing, then runs every Rust test (unit and integration, each starting its own redis-server
 # on a free port) on SQLite, the integration suite again on PostgreSQL (a server the tests start
-# themselves in a temp dir), and the deployment checks (tests/deploy/run.sh).
+# themselves in a temp dir), schemathesis against the OpenAPI document (tests/openapi/run.sh), and
+# the deployment checks (tests/deploy/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +44,9 @@ fi
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-2}"
 # The same integration suite, every test of it, with PostgreSQL as the database.
 TEST_DATABASE=postgres cargo test --locked --test api -- --test-threads="${TEST_THREADS:-2}"
+
+# The OpenAPI document against the live service (schemathesis; once, on SQLite: about a minute).
+bash tests/openapi/run.sh
 
 if [ -x tests/deploy/run.sh ] && [ "${SKIP_DEPLOY_TESTS:-0}" != 1 ]; then
     bash tests/deploy/run.sh

@@ -382,6 +382,18 @@ pub async fn migrate(url: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// A read pool of one connection for one-shot commands that only read (`links export`), after
+/// running the migrations.
+pub async fn open_for_reading(url: &str) -> Result<Db, sqlx::Error> {
+    migrate(url).await?;
+    Ok(match Backend::of(url) {
+        Backend::Sqlite => Db::Sqlite(open_read_pool(url, 1, Duration::from_secs(10), Duration::from_secs(10)).await?),
+        Backend::Postgres => {
+            Db::Postgres(open_pg_pool(url, 1, Duration::from_secs(10), Duration::from_secs(60)).await?)
+        }
+    })
+}
+
 /// A connection for one-shot commands (the CLI), after running the migrations. Owned, of either
 /// backend; [`OwnedConn::conn`] borrows it as a [`Conn`].
 pub enum OwnedConn {

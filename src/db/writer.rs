@@ -98,9 +98,14 @@ impl Change {
     /// A create as the row to insert under `code`; `None` for other changes.
     fn new_link<'a>(&'a self, code: &'a str) -> Option<links::NewLink<'a>> {
         match self {
-            Change::Create { url, status, expires_at, created_by, .. } => {
-                Some(links::NewLink { code, url, status: *status, expires_at: *expires_at, created_by: *created_by })
-            }
+            Change::Create { url, status, expires_at, created_by, .. } => Some(links::NewLink {
+                code,
+                url,
+                status: *status,
+                expires_at: *expires_at,
+                created_by: *created_by,
+                created_at: None,
+            }),
             _ => None,
         }
     }

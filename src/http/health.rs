@@ -27,6 +27,8 @@ use crate::{
 };
 
 /// `GET /health`: 200 while the process serves.
+#[utoipa::path(get, path = "/health", tag = "health", operation_id = "liveness",
+    responses((status = 200, description = "The process serves.", body = crate::http::openapi::Liveness)))]
 pub async fn liveness() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -71,6 +73,11 @@ fn redis_status(state: &AppState) -> &'static str {
 
 /// `GET /health/ready`: 200 while the database answers (Redis down is `"redis":"degraded"`,
 /// still 200: the service serves without it); 503 when it does not.
+#[utoipa::path(get, path = "/health/ready", tag = "health", operation_id = "readiness",
+    responses(
+        (status = 200, description = "The database answers (Redis may be degraded: the service serves without it).", body = crate::http::openapi::Readiness),
+        (status = 503, description = "The database does not answer, or its file was replaced or made unreadable.", body = crate::http::openapi::Readiness),
+    ))]
 pub async fn readiness(State(state): State<AppState>) -> Response {
     let redis = redis_status(&state);
     match check_db(&state).await {
@@ -92,6 +99,13 @@ fn file_len(p: &Path) -> Option<u64> {
 
 /// `GET /health/db`: backend, status, pool sizes, query latency, and for SQLite the file and
 /// WAL sizes (no path, no URL: nothing that could carry a secret).
+#[utoipa::path(get, path = "/health/db", tag = "operator", operation_id = "health_db",
+    responses(
+        (status = 200, description = "The database answers.", body = crate::http::openapi::DbHealth),
+        (status = 503, description = "The database does not answer.", body = crate::http::openapi::DbHealth),
+        (status = 401, description = "`METRICS_TOKEN` is set and the request does not present it as a bearer token.", body = crate::error::ErrorBody),
+        (status = 403, description = "`METRICS_TOKEN` is not set and the client is not on loopback.", body = crate::error::ErrorBody),
+    ))]
 pub async fn db(State(state): State<AppState>) -> Response {
     let check = check_db(&state).await;
     let path = &state.db_file;
@@ -174,6 +188,12 @@ const INFO_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// `GET /health/redis`: reachability, ping, pool, breaker, and memory/eviction figures from
 /// `INFO`, with warnings when Redis is not set up as an LRU cache.
+#[utoipa::path(get, path = "/health/redis", tag = "operator", operation_id = "health_redis",
+    responses(
+        (status = 200, description = "Redis as this instance sees it (`status` is `disabled` when Redis is off, and then the only field).", body = crate::http::openapi::RedisHealth),
+        (status = 401, description = "`METRICS_TOKEN` is set and the request does not present it as a bearer token.", body = crate::error::ErrorBody),
+        (status = 403, description = "`METRICS_TOKEN` is not set and the client is not on loopback.", body = crate::error::ErrorBody),
+    ))]
 pub async fn redis(State(state): State<AppState>) -> Json<Value> {
     let Some(client) = state.resolver.redis.as_ref().map(|c| c.client().clone()) else {
         return Json(json!({"status": "disabled"}));
@@ -217,11 +237,23 @@ pub async fn redis(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `GET /health/cache`: hits per tier, misses, SQLite reads, ratios, guard activity.
+#[utoipa::path(get, path = "/health/cache", tag = "operator", operation_id = "health_cache",
+    responses(
+        (status = 200, description = "Hits per tier, misses, database reads, guard activity.", body = CacheReport),
+        (status = 401, description = "`METRICS_TOKEN` is set and the request does not present it as a bearer token.", body = crate::error::ErrorBody),
+        (status = 403, description = "`METRICS_TOKEN` is not set and the client is not on loopback.", body = crate::error::ErrorBody),
+    ))]
 pub async fn cache(State(state): State<AppState>) -> Json<CacheReport> {
     Json(state.resolver.report())
 }
 
 /// `GET /metrics`: Prometheus text format (who may ask: `limits::operator_gate`).
+#[utoipa::path(get, path = "/metrics", tag = "operator", operation_id = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text format.", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 401, description = "`METRICS_TOKEN` is set and the request does not present it as a bearer token.", body = crate::error::ErrorBody),
+        (status = 403, description = "`METRICS_TOKEN` is not set and the client is not on loopback.", body = crate::error::ErrorBody),
+    ))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     state.export_metrics();
     let mut resp = state.metrics.render().into_response();

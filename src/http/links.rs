@@ -1,4 +1,4 @@
-//! `/api/v1/links …`: create, read, list, update, delete; a link's QR code.
+//! `/api/v1/links …`: create, read, list, update, delete, export; a link's QR code.
 //!
 //! Every handler works within the caller's scope ([`crate::db::keys::ApiKeyRow::scope`]): an
 //! ordinary key manages the links it created, an admin key every link. A link outside the scope
@@ -16,6 +16,7 @@ use axum::{
     Json,
 };
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{ApiJson, Caller};
 use crate::{
@@ -26,6 +27,7 @@ use crate::{
         writer::{Change, Outcome},
     },
     error::ApiError,
+    links::export::{export_stream, ExportFormat},
     links::{
         code::{self, CodeError},
         target,
@@ -36,34 +38,41 @@ use crate::{
 };
 
 /// Body of `POST /api/v1/links`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLink {
-    /// Target URL.
+    /// Target URL: `http` or `https` with a host, at most 2,048 bytes, not this service.
+    #[schema(max_length = 2048)]
     pub url: String,
-    /// Custom code (optional).
+    /// Custom code (optional): `[A-Za-z0-9_-]{3,64}`, not a reserved word.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{3,64}$")]
     pub code: Option<String>,
-    /// RFC 3339 expiry (optional).
+    /// RFC 3339 expiry (optional), in the future.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     /// 301, 302 (default), 307 or 308.
     #[serde(default)]
+    #[schema(minimum = 301, maximum = 308)]
     pub redirect_status: Option<u16>,
 }
 
 /// Body of `PATCH /api/v1/links/{code}`. `"expires_at": null` removes the expiry.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchLink {
-    /// New target URL.
+    /// New target URL (the rules of `CreateLink.url`).
     #[serde(default)]
+    #[schema(max_length = 2048)]
     pub url: Option<String>,
-    /// New expiry; `null` = never.
+    /// New expiry (RFC 3339); `null` = never.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Option<String>>,
-    /// New redirect status.
+    /// New redirect status: 301, 302, 307 or 308.
     #[serde(default)]
+    #[schema(minimum = 301, maximum = 308)]
     pub redirect_status: Option<u16>,
 }
 
@@ -73,7 +82,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 }
 
 /// A link as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LinkView {
     /// The short code.
     pub code: String,
@@ -180,6 +189,13 @@ fn path_code(code: &str) -> Result<&str, ApiError> {
 }
 
 /// `POST /api/v1/links` → 201 with the link.
+#[utoipa::path(post, path = "/api/v1/links", tag = "links", operation_id = "create_link",
+    request_body = CreateLink,
+    responses(
+        (status = 201, description = "The link was created.", body = LinkView),
+        (status = 409, description = "The custom code is taken.", body = crate::error::ErrorBody),
+        (status = 422, description = "An invalid URL, code, expiry, status or field.", body = crate::error::ErrorBody),
+    ))]
 pub async fn create_link(
     State(state): State<AppState>,
     Caller(key): Caller,
@@ -223,6 +239,11 @@ pub async fn create_link(
 }
 
 /// `GET /api/v1/links/{code}`.
+#[utoipa::path(get, path = "/api/v1/links/{code}", tag = "links", operation_id = "get_link", params(("code" = String, Path, description = "The short code.")),
+    responses(
+        (status = 200, description = "The link.", body = LinkView),
+        (status = 404, description = "No such link in the caller's scope.", body = crate::error::ErrorBody),
+    ))]
 pub async fn get_link(
     State(state): State<AppState>,
     Caller(key): Caller,
@@ -235,16 +256,18 @@ pub async fn get_link(
 }
 
 /// Query of `GET /api/v1/links`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
 /// A page of links.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LinkPage {
     /// The caller's links (an admin key's: every link), ordered by code.
     pub links: Vec<LinkView>,
@@ -253,6 +276,10 @@ pub struct LinkPage {
 }
 
 /// `GET /api/v1/links?limit=&cursor=`: the caller's links (an admin key's: every link).
+#[utoipa::path(get, path = "/api/v1/links", tag = "links", operation_id = "list_links", params(ListQuery),
+    responses(
+        (status = 200, description = "A page of the caller's links (an admin key's: every link), ordered by code.", body = LinkPage),
+    ))]
 pub async fn list_links(
     State(state): State<AppState>,
     Caller(key): Caller,
@@ -274,6 +301,13 @@ pub async fn list_links(
 }
 
 /// `PATCH /api/v1/links/{code}` (url, expires_at, redirect_status) → the updated link.
+#[utoipa::path(patch, path = "/api/v1/links/{code}", tag = "links", operation_id = "update_link", params(("code" = String, Path, description = "The short code.")),
+    request_body = PatchLink,
+    responses(
+        (status = 200, description = "The updated link.", body = LinkView),
+        (status = 404, description = "No such link in the caller's scope.", body = crate::error::ErrorBody),
+        (status = 422, description = "An invalid URL, expiry, status or field.", body = crate::error::ErrorBody),
+    ))]
 pub async fn update_link(
     State(state): State<AppState>,
     Caller(key): Caller,
@@ -306,6 +340,11 @@ pub async fn update_link(
 }
 
 /// `DELETE /api/v1/links/{code}` → 204.
+#[utoipa::path(delete, path = "/api/v1/links/{code}", tag = "links", operation_id = "delete_link", params(("code" = String, Path, description = "The short code.")),
+    responses(
+        (status = 204, description = "The link is gone, from every cache too."),
+        (status = 404, description = "No such link in the caller's scope.", body = crate::error::ErrorBody),
+    ))]
 pub async fn delete_link(
     State(state): State<AppState>,
     Caller(key): Caller,
@@ -324,14 +363,16 @@ pub async fn delete_link(
 }
 
 /// Query of `GET /api/v1/links/{code}/clicks`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ClicksQuery {
     /// How many days back, including today (1..=366, default 30).
+    #[param(minimum = 1, maximum = 366)]
     pub days: Option<u32>,
 }
 
 /// One day of clicks.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DayClicks {
     /// `YYYY-MM-DD` (UTC).
     pub day: String,
@@ -340,7 +381,7 @@ pub struct DayClicks {
 }
 
 /// The daily series of a link.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ClickSeries {
     /// The link.
     pub code: String,
@@ -352,6 +393,12 @@ pub struct ClickSeries {
 
 /// `GET /api/v1/links/{code}/clicks?days=N`: clicks per UTC day, today included (today also
 /// counts clicks still buffered in this process).
+#[utoipa::path(get, path = "/api/v1/links/{code}/clicks", tag = "links", operation_id = "get_link_clicks",
+    params(("code" = String, Path, description = "The short code."), ClicksQuery),
+    responses(
+        (status = 200, description = "Clicks per UTC day, oldest first.", body = ClickSeries),
+        (status = 404, description = "No such link in the caller's scope.", body = crate::error::ErrorBody),
+    ))]
 pub async fn get_link_clicks(
     State(state): State<AppState>,
     Caller(key): Caller,
@@ -387,11 +434,15 @@ pub async fn get_link_clicks(
 
 /// Query of `GET /api/v1/links/{code}/qr`. Both are taken as text, so that a size that is not a
 /// number is a 422 like one out of range, not a query the API could not read.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct QrQuery {
-    /// `svg` (default) or `png`.
+    /// `svg` (default) or `png`; anything else is a 422.
+    #[param(example = "png")]
     pub format: Option<String>,
-    /// Image side in pixels, `qr::MIN_SIZE..=qr::MAX_SIZE` (default `qr::DEFAULT_SIZE`).
+    /// Image side in pixels, 64..=2048 (default 256); anything else, a non-number included, is
+    /// a 422.
+    #[param(example = "256")]
     pub size: Option<String>,
 }
 
@@ -401,6 +452,18 @@ const QR_CACHE_CONTROL: &str = "private, max-age=3600";
 
 /// `GET /api/v1/links/{code}/qr?format=svg|png&size=N`: an image of the QR code of the link's
 /// `short_url`, for the keys that may read the link (others get 404, as for the link itself).
+#[utoipa::path(get, path = "/api/v1/links/{code}/qr", tag = "links", operation_id = "get_link_qr",
+    params(("code" = String, Path, description = "The short code."), QrQuery),
+    responses(
+        (status = 200, description = "The QR code of the link's `short_url`, `size`×`size` pixels.",
+            content((String = "image/svg+xml"), (crate::http::openapi::Binary = "image/png")),
+            headers(
+                ("Cache-Control" = String, description = "`private, max-age=3600`"),
+                ("Content-Disposition" = String, description = "`inline; filename=\"CODE.svg\"` (or `.png`)"),
+            )),
+        (status = 404, description = "No such link in the caller's scope.", body = crate::error::ErrorBody),
+        (status = 422, description = "A format other than svg or png, or a size that is not a number in 64..=2048.", body = crate::error::ErrorBody),
+    ))]
 pub async fn get_link_qr(
     State(state): State<AppState>,
     Caller(key): Caller,
@@ -442,6 +505,60 @@ pub async fn get_link_qr(
             (header::CONTENT_DISPOSITION, HeaderValue::from_str(&disposition).expect("a code is a valid header value")),
         ],
         image,
+    )
+        .into_response())
+}
+
+/// Query of `GET /api/v1/links/export`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// `csv` (default) or `jsonl` (also `ndjson`); anything else is a 422.
+    #[param(example = "jsonl")]
+    pub format: Option<String>,
+}
+
+/// `GET /api/v1/links/export?format=csv|jsonl`: every link in the caller's scope (an admin
+/// key's: every link), streamed (`links::export`). The first page is read before the status is
+/// sent, so a database that fails at once is answered as any other call (503 when busy); one
+/// that fails later ends the body early, logged here.
+#[utoipa::path(get, path = "/api/v1/links/export", tag = "links", operation_id = "export_links", params(ExportQuery),
+    responses(
+        (status = 200, description = "Every link in the caller's scope, ordered by code, streamed: CSV with a header row \
+            (`code,url,redirect_status,created_at,expires_at,clicks,created_by`), or one JSON object a line with the same fields.",
+            content((String = "text/csv; charset=utf-8"), (String = "application/x-ndjson")),
+            headers(("Content-Disposition" = String, description = "`attachment; filename=\"links.csv\"` (or `links.jsonl`)"))),
+        (status = 422, description = "A format other than csv or jsonl.", body = crate::error::ErrorBody),
+    ))]
+pub async fn export_links(
+    State(state): State<AppState>,
+    Caller(key): Caller,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    use futures_util::StreamExt;
+    let Query(q) = query?;
+    let format = match q.format.as_deref() {
+        None => ExportFormat::Csv,
+        Some(f) => {
+            ExportFormat::parse(f).ok_or_else(|| ApiError::invalid("invalid_format", "format must be csv or jsonl"))?
+        }
+    };
+    let mut stream = Box::pin(export_stream(state.db.clone(), key.scope(), format));
+    let first = stream.next().await.transpose()?.unwrap_or_default();
+    let key_name = key.name.clone();
+    let rest = stream.map(move |chunk| {
+        chunk.inspect_err(|e| tracing::error!(error = %e, key.name = %key_name, "export ended early: database error"))
+    });
+    let body = axum::body::Body::from_stream(futures_util::stream::once(async { Ok(first) }).chain(rest));
+    tracing::info!(key.name = %key.name, export.format = format.extension(), "export started");
+    let disposition = format!("attachment; filename=\"links.{}\"", format.extension());
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(format.content_type())),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (header::CONTENT_DISPOSITION, HeaderValue::from_str(&disposition).expect("an ASCII file name")),
+        ],
+        body,
     )
         .into_response())
 }

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod health;
 pub mod limits;
 pub mod links;
+pub mod openapi;
 pub mod redirect;
 
 use std::{
@@ -38,16 +39,15 @@ use std::{
 use axum::{
     body::Body,
     extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State},
-    http::{HeaderName, HeaderValue, Method, StatusCode},
+    http::{HeaderName, HeaderValue, Method},
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
     routing::{get, post, MethodRouter},
     Router,
 };
 use hyper::body::Incoming;
 use tower_http::{
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
-    timeout::TimeoutLayer,
     trace::{DefaultOnResponse, TraceLayer},
 };
 
@@ -131,16 +131,43 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     resp
 }
 
-/// Routes being declared, and the first path segment of each: the table the router and the
-/// direct-dispatch decision are both made from.
+/// Answers an API request still unanswered after `REQUEST_TIMEOUT_MS` with a 503 in the API's
+/// envelope, with `Retry-After` (the handler's future is dropped).
+async fn api_timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.config.http.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::Unavailable(1).into_response(),
+    }
+}
+
+/// The methods a method router answers, from its `Allow` header value (axum keeps it for its
+/// 405 answers and shows it only through `Debug`: `allow_header: Bytes(b"GET,HEAD")`). A test
+/// checks the routes found this way against the OpenAPI document, so a change of that format
+/// fails it rather than going unseen.
+fn methods_of(method_router: &MethodRouter<AppState>) -> Vec<Method> {
+    let debug = format!("{method_router:?}");
+    if debug.contains("allow_header: Skip") {
+        // `any(…)`: every method. Recorded as `ANY`, which no document names, so the check
+        // fails for it instead of missing the route.
+        return vec![Method::from_bytes(b"ANY").expect("a valid method token")];
+    }
+    let allow = debug.split("allow_header: Bytes(b\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap_or("");
+    allow.split(',').filter(|m| !m.is_empty()).filter_map(|m| Method::from_bytes(m.as_bytes()).ok()).collect()
+}
+
+/// Routes being declared: the first path segment of each (the table the router and the
+/// direct-dispatch decision are both made from), and every (method, path) pair (what the
+/// OpenAPI document is checked against).
 pub struct Table {
     router: Router<AppState>,
     segments: Vec<&'static str>,
+    routes: Vec<(Method, String)>,
 }
 
 impl Table {
-    fn new() -> Self {
-        Table { router: Router::new(), segments: Vec::new() }
+    /// An empty table.
+    pub fn new() -> Self {
+        Table { router: Router::new(), segments: Vec::new(), routes: Vec::new() }
     }
 
     fn note(&mut self, path: &'static str) {
@@ -153,14 +180,24 @@ impl Table {
     /// Adds a route.
     pub fn route(mut self, path: &'static str, method_router: MethodRouter<AppState>) -> Self {
         self.note(path);
+        self.routes.extend(methods_of(&method_router).into_iter().map(|m| (m, path.to_string())));
         self.router = self.router.route(path, method_router);
         self
     }
 
-    /// Adds a router under a prefix.
+    /// Adds a router under a prefix. Its routes cannot be seen from here, so they are not in
+    /// [`Table::routes`]: use [`Table::nest_table`] for routes of ours.
     pub fn nest(mut self, path: &'static str, router: Router<AppState>) -> Self {
         self.note(path);
         self.router = self.router.nest(path, router);
+        self
+    }
+
+    /// Adds another table's routes under a prefix (recorded with it).
+    pub fn nest_table(mut self, path: &'static str, other: Table) -> Self {
+        self.note(path);
+        self.routes.extend(other.routes.into_iter().map(|(m, p)| (m, format!("{path}{p}"))));
+        self.router = self.router.nest(path, other.router);
         self
     }
 
@@ -169,6 +206,7 @@ impl Table {
         for s in other.segments {
             self.note(s);
         }
+        self.routes.extend(other.routes);
         self.router = self.router.merge(other.router);
         self
     }
@@ -183,19 +221,38 @@ impl Table {
     pub fn segments(&self) -> &[&'static str] {
         &self.segments
     }
+
+    /// Every (method, path) declared, nested routes with their prefix (`GET /api/v1/links`);
+    /// axum's `get` answers `HEAD` too, and is recorded with both.
+    pub fn routes(&self) -> &[(Method, String)] {
+        &self.routes
+    }
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table::new()
+    }
 }
 
 /// Every route but the redirect's, with their layers.
 fn routes(state: &AppState) -> Table {
-    let api = Router::new()
+    let api = Table::new()
         .route("/links", post(links::create_link).get(links::list_links))
+        // A static segment wins over a parameter (matchit), whatever the order of declaration:
+        // `/links/export` is the export, not the link `export` (see `links::code::RESERVED`).
+        .route("/links/export", get(links::export_links))
         .route("/links/{code}", get(links::get_link).patch(links::update_link).delete(links::delete_link))
         .route("/links/{code}/clicks", get(links::get_link_clicks))
         .route("/links/{code}/qr", get(links::get_link_qr))
-        .fallback(|| async { ApiError::NotFound })
-        .layer(middleware::from_fn_with_state(state.clone(), limits::api_gate))
-        .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.config.http.request_timeout));
+        // Public (no key needed), but behind the gate's per-address limit like every API call.
+        .route("/openapi.json", get(openapi::get_openapi))
+        .map_router(|r| {
+            r.fallback(|| async { ApiError::NotFound })
+                .layer(middleware::from_fn_with_state(state.clone(), limits::api_gate))
+                .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))
+                .layer(middleware::from_fn_with_state(state.clone(), api_timeout))
+        });
 
     // Detail for operators only (see `limits::operator_gate`); `/health` and `/health/ready`
     // stay open for load balancers.
@@ -211,7 +268,8 @@ fn routes(state: &AppState) -> Table {
         .route("/health", get(health::liveness))
         .route("/health/ready", get(health::readiness))
         .merge(operator)
-        .nest("/api/v1", api)
+        .nest_table("/api/v1", api)
+        // HTML pages, not API routes: outside Table::routes and the OpenAPI document.
         .nest("/admin", admin::router(state))
         .map_router(|r| {
             r.route_layer(middleware::from_fn_with_state(state.clone(), track))
@@ -235,6 +293,8 @@ pub struct Surface {
     state: AppState,
     /// First path segments of the routes: never sent direct.
     routed: Vec<&'static str>,
+    /// Every (method, path) the router answers.
+    routes: Vec<(Method, String)>,
     /// Attach the peer address to direct redirects too (a per-address redirect limit needs it).
     tag_redirects: bool,
 }
@@ -250,13 +310,15 @@ impl Surface {
     pub fn with_routes(state: AppState, extend: impl FnOnce(Table) -> Table) -> Arc<Self> {
         let table = extend(routes(&state));
         let routed = table.segments().to_vec();
+        let mut routes = table.routes().to_vec();
+        routes.extend([(Method::GET, "/{code}".to_string()), (Method::HEAD, "/{code}".to_string())]);
         let router = Router::new()
             .route("/{code}", get(redirect::follow_link))
             .merge(table.router)
             .fallback(redirect::not_found)
             .with_state(state.clone());
         let tag_redirects = state.config.limits.redirect_per_ip.enabled();
-        Arc::new(Surface { router, state, routed, tag_redirects })
+        Arc::new(Surface { router, state, routed, routes, tag_redirects })
     }
 
     /// The router (every request that is not a direct redirect).
@@ -269,6 +331,12 @@ impl Surface {
         &self.routed
     }
 
+    /// Every (method, path) the service answers, the redirect's `GET`/`HEAD /{code}` included
+    /// (what the OpenAPI document must cover).
+    pub fn routes(&self) -> &[(Method, String)] {
+        &self.routes
+    }
+
     /// Whether a request is one the router would send to the redirect handler — `GET` or
     /// `HEAD` of a code-shaped single segment that is neither reserved nor the start of a route
     /// — so it may go to [`redirect::follow`] directly.
@@ -277,7 +345,7 @@ impl Surface {
         (*method == Method::GET || *method == Method::HEAD)
             && path.strip_prefix('/').is_some_and(|seg| {
                 code::is_code_shaped(seg)
-                    && !code::is_reserved(seg)
+                    && !code::is_never_a_link(seg)
                     && !self.routed.iter().any(|r| r.eq_ignore_ascii_case(seg))
             })
     }
@@ -321,6 +389,14 @@ impl Surface {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_method_routers_methods_are_read_from_its_allow_header() {
+        let router: MethodRouter<AppState> = get(|| async {}).post(|| async {}).delete(|| async {});
+        assert_eq!(methods_of(&router), [Method::GET, Method::HEAD, Method::POST, Method::DELETE]);
+        let any: MethodRouter<AppState> = axum::routing::any(|| async {});
+        assert_eq!(methods_of(&any), [Method::from_bytes(b"ANY").unwrap()]);
+    }
 
     #[test]
     fn made_up_methods_share_one_label() {

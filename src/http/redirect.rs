@@ -32,6 +32,22 @@ fn page(status: StatusCode, body: &'static str) -> Response {
 }
 
 /// Follows a short link (the router's handler for `/{code}`).
+#[utoipa::path(method(get, head), path = "/{code}", tag = "redirect", operation_id = "follow_link",
+    params(("code" = String, Path, description = "The short code.")),
+    responses(
+        (status = 301, description = "Moved permanently (the link's status), with `Cache-Control: private, max-age=PERMANENT_REDIRECT_MAX_AGE_SECS`.",
+            headers(("Location" = String, description = "The target URL."), ("Cache-Control" = String))),
+        (status = 302, description = "Found: the default status of a link.", headers(("Location" = String, description = "The target URL."))),
+        (status = 307, description = "Temporary redirect (the link's status).", headers(("Location" = String, description = "The target URL."))),
+        (status = 308, description = "Permanent redirect (the link's status), with `Cache-Control` as for 301.",
+            headers(("Location" = String, description = "The target URL."), ("Cache-Control" = String))),
+        (status = 404, description = "No such link, or not a code: a plain page.", content_type = "text/html; charset=utf-8", body = String),
+        (status = 410, description = "The link has expired: a plain page.", content_type = "text/html; charset=utf-8", body = String),
+        (status = 429, description = "`RATE_LIMIT_REDIRECT_PER_IP_PER_MINUTE` is set and this address used it up: a plain page.",
+            content_type = "text/html; charset=utf-8", body = String, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "Neither the caches nor the database could answer in time: a plain page.",
+            content_type = "text/html; charset=utf-8", body = String, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 pub async fn follow_link(State(state): State<AppState>, req: Request) -> Response {
     let (req, _body) = req.into_parts();
     follow(&state, &req).await
@@ -57,7 +73,7 @@ async fn answer(state: &AppState, req: &Parts) -> Response {
         return resp;
     }
     let code = &req.uri.path()[1..];
-    if !code::is_code_shaped(code) || code::is_reserved(code) {
+    if !code::is_code_shaped(code) || code::is_never_a_link(code) {
         return page(StatusCode::NOT_FOUND, NOT_FOUND_PAGE);
     }
     match state.resolver.resolve(code).await {
@@ -96,6 +112,8 @@ pub async fn not_found() -> Response {
 }
 
 /// `/`: a one-line page saying what this is.
+#[utoipa::path(get, path = "/", tag = "redirect", operation_id = "home",
+    responses((status = 200, description = "A one-line page saying what this is.", content_type = "text/html; charset=utf-8", body = String)))]
 pub async fn home() -> impl IntoResponse {
     page(StatusCode::OK, HOME_PAGE)
 }

@@ -2,8 +2,8 @@
 //!
 //! Custom codes are `[A-Za-z0-9_-]{3,64}` and not a reserved word; random codes are base62 of
 //! `CODE_LENGTH` characters and not a reserved word either. The redirect path checks only the
-//! shape ([`is_code_shaped`]) and [`is_reserved`], so anything that cannot be a code is answered
-//! 404 before any I/O.
+//! shape ([`is_code_shaped`]) and [`is_never_a_link`], so anything that cannot be a code is
+//! answered 404 before any I/O.
 
 use rand::Rng;
 
@@ -42,7 +42,18 @@ pub const RESERVED: &[&str] = &[
     "privacy",
     "v1",
     "v2",
+    // `GET /api/v1/links/export` (the export) is matched before `/api/v1/links/{code}`. A link
+    // that was created as `export` before the word was reserved stays a link: its redirect
+    // (`/export`, see `UNDER_LINKS`), `/api/v1/links/export/clicks` and `/api/v1/links/export/qr`
+    // reach it as before; only `GET`, `PATCH` and `DELETE /api/v1/links/export` itself now mean
+    // the export route (`PATCH` and `DELETE` answer 405 there).
+    "export",
 ];
+
+/// Reserved words that are reserved only because a route under `/api/v1/links/` takes them,
+/// not a top-level path: the redirect path still looks them up, so a link that had such a code
+/// before it was reserved keeps working.
+const UNDER_LINKS: &[&str] = &["export"];
 
 /// Whether `s` has the shape of a code (length and alphabet); no allocation, no I/O.
 #[inline]
@@ -50,9 +61,16 @@ pub fn is_code_shaped(s: &str) -> bool {
     (MIN_LEN..=MAX_LEN).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Whether `s` is a reserved word (case-insensitive).
+/// Whether `s` is a reserved word (case-insensitive): no new link may have it as its code.
 pub fn is_reserved(s: &str) -> bool {
     RESERVED.iter().any(|r| r.eq_ignore_ascii_case(s))
+}
+
+/// Whether `/{s}` can never be a link's redirect: a reserved word other than those reserved only
+/// for routes under `/api/v1/links/` (case-insensitive). The redirect path answers these 404
+/// without any lookup.
+pub fn is_never_a_link(s: &str) -> bool {
+    is_reserved(s) && !UNDER_LINKS.iter().any(|r| r.eq_ignore_ascii_case(s))
 }
 
 /// Why a custom code was refused.
@@ -112,6 +130,14 @@ mod tests {
         assert_eq!(parse_custom("API"), Err(CodeError::Reserved));
         assert_eq!(parse_custom("health"), Err(CodeError::Reserved));
         assert_eq!(parse_custom("my-link"), Ok("my-link"));
+    }
+
+    #[test]
+    fn export_is_reserved_for_new_codes_but_an_old_link_named_export_is_still_looked_up() {
+        assert_eq!(parse_custom("Export"), Err(CodeError::Reserved));
+        assert!(!is_never_a_link("export"));
+        assert!(is_never_a_link("API") && is_never_a_link("health"));
+        assert!(!is_never_a_link("my-link"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! One line of a link import — CSV `code,url` (an optional `code,url` header) or a JSON line
 //! `{"code":…,"url":…}` — checked the way every link is: a code-shaped code and a target URL
-//! [`super::target::parse_target`] accepts. Used by `shortener links import` and the admin app's
-//! import page, so both accept exactly the same files.
+//! [`super::target::parse_target`] accepts. The admin app's import page reads its files with it;
+//! `shortener links import` reads the same lines, and also the export's full records (status and
+//! times), which this refuses rather than drop their fields.
 
 use super::{code, target};
 
@@ -12,7 +13,10 @@ pub fn parse_line(line: &str, jsonl: bool, own: &target::OwnOrigin) -> Result<Op
         return Ok(None);
     }
     let (c, u) = if jsonl {
+        // Unknown fields are refused, not dropped: a line of a full export (status, times) must
+        // not come back as a plain 302 link without a word.
         #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
         struct Row {
             code: String,
             url: String,

@@ -65,7 +65,7 @@ pub struct CacheStats {
 }
 
 /// `/health/cache`'s view of the counters.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CacheReport {
     /// Answered from L1.
     pub l1_hits: u64,

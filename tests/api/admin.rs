@@ -228,3 +228,30 @@ async fn an_import_larger_than_allowed_gets_a_413_page_and_one_without_its_token
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert!(r.headers()["location"].to_str().unwrap().starts_with("/admin/import/"));
 }
+
+#[tokio::test]
+async fn the_export_downloads_every_link_of_the_session_keys_scope_as_csv_and_json_lines() {
+    let app = spawn_app(None, |_| {}).await;
+    app.create_code("exp001", "https://example.com/one").await;
+    let alice = crate::helpers::create_key(&app.db_url, "alice-exp", false).await;
+    let r = client()
+        .post(app.url("/api/v1/links"))
+        .bearer_auth(&alice)
+        .json(&serde_json::json!({"code": "exp002", "url": "https://example.com/two"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let admin = sign_in(&app, &app.key).await;
+    let (status, csv) = page(&app, &admin, "/admin/export.csv").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(csv.starts_with("code,url,redirect_status,"), "{csv}");
+    assert!(csv.contains("exp001,https://example.com/one,302") && csv.contains("exp002,https://example.com/two"));
+    let own = sign_in(&app, &alice).await;
+    let (status, jsonl) = page(&app, &own, "/admin/export.jsonl").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(jsonl.lines().count(), 1, "{jsonl}");
+    assert!(jsonl.contains("\"code\":\"exp002\""));
+    let (status, _) = page(&app, &own, "/admin/export.xml").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -184,8 +184,25 @@ impl Setup {
         f.send_keys(text).await.unwrap();
     }
 
+    /// Clicks `css` (a link or a submit button) and waits until the next page has loaded.
     async fn click(&self, css: &str) {
+        self.b.execute("window.__before_click = true; return true;", vec![]).await.unwrap();
         self.field(css).await.click().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let loaded = self
+                .b
+                .execute("return window.__before_click === undefined && document.readyState === 'complete';", vec![])
+                .await
+                .ok()
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            if loaded {
+                return;
+            }
+            assert!(Instant::now() < deadline, "clicking {css} loaded no new page");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn sign_in(&self, key: &str) {

@@ -175,6 +175,10 @@ pub async fn start_import(
             Some("The file is not UTF-8 text.".into()),
         ));
     };
+    if text.trim_start().starts_with("code,url,redirect_status,") {
+        let why = "This is an export file with every field; import it with `shortener links import`, which restores them all.";
+        return Ok(form_page(&state, &signed, StatusCode::UNPROCESSABLE_ENTITY, Some(why.into())));
+    }
     let Ok(permit) = imports.running.clone().try_acquire_owned() else {
         return Err(Page::TooMany(5));
     };

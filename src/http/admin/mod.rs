@@ -59,6 +59,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
                 .layer(DefaultBodyLimit::max(state.config.admin.import_max_bytes + import::FORM_OVERHEAD)),
         )
         .route("/import/{id}", get(import::show_import))
+        .route("/{file}", get(links::export_links))
         .route("/admin.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
         .route("/copy.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], COPY_JS) }))
         .fallback(|| async { Page::NotFound })
