@@ -11,9 +11,10 @@
 //! sorts after every character a code may have), so it is always listed in code order.
 //!
 //! A URL-substring search cannot use a B-tree index. It is bounded instead: each page examines
-//! at most `scan_budget` links of the chosen order (a materialized window), keeps the matches,
-//! and when the window ends before the page is full, the next cursor points at the window's last
-//! link, so "next page" goes on scanning where this one stopped. A page therefore never costs
+//! at most `scan_budget` links of the chosen order (a window, read as a stream, so a page of a
+//! common match stops once it is full), keeps the matches, and when the window ends before the
+//! page is full, the next cursor points at the window's last link (found by a second walk of the
+//! index alone), so "next page" goes on where this one stopped. A page therefore never reads
 //! more than `scan_budget` rows, whatever the table's size.
 
 use sqlx::FromRow;
@@ -71,14 +72,6 @@ enum Bind {
     S(String),
 }
 
-#[derive(FromRow)]
-struct Windowed {
-    #[sqlx(flatten)]
-    row: LinkRow,
-    hit: i64,
-    examined: i64,
-}
-
 const COLUMNS: &str =
     "short_code, original_url, redirect_status, created_at, updated_at, expires_at, clicks, last_clicked_at, created_by";
 
@@ -107,75 +100,83 @@ pub async fn find_links_listing(
 ) -> Result<ListPage, DbError> {
     let sort = if matches!(filter, Filter::CodePrefix(_)) { Sort::Code } else { sort };
     let mut binds = Vec::new();
-    let mut arg = |b: Bind| {
-        binds.push(b);
-        format!("${}", binds.len())
-    };
     let mut conds = Vec::new();
     if let Scope::CreatedBy(id) = scope {
-        conds.push(format!("created_by = {}", arg(Bind::I(id))));
+        conds.push(format!("created_by = {}", push(&mut binds, Bind::I(id))));
     }
     if let Some(c) = after {
         conds.push(match sort {
-            Sort::Code => format!("short_code > {}", arg(Bind::S(c.code.clone()))),
+            Sort::Code => format!("short_code > {}", push(&mut binds, Bind::S(c.code.clone()))),
             Sort::Newest => {
-                format!("(created_at, short_code) < ({}, {})", arg(Bind::I(c.created_at)), arg(Bind::S(c.code.clone())))
+                format!(
+                    "(created_at, short_code) < ({}, {})",
+                    push(&mut binds, Bind::I(c.created_at)),
+                    push(&mut binds, Bind::S(c.code.clone()))
+                )
             }
             Sort::Oldest => {
-                format!("(created_at, short_code) > ({}, {})", arg(Bind::I(c.created_at)), arg(Bind::S(c.code.clone())))
+                format!(
+                    "(created_at, short_code) > ({}, {})",
+                    push(&mut binds, Bind::I(c.created_at)),
+                    push(&mut binds, Bind::S(c.code.clone()))
+                )
             }
         });
     }
     if let Filter::CodePrefix(p) = filter {
-        conds.push(format!("short_code >= {}", arg(Bind::S(p.clone()))));
-        conds.push(format!("short_code < {}", arg(Bind::S(format!("{p}{{")))));
+        conds.push(format!("short_code >= {}", push(&mut binds, Bind::S(p.clone()))));
+        conds.push(format!("short_code < {}", push(&mut binds, Bind::S(format!("{p}{{")))));
     }
     let where_ = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
-    let (order, reverse) = match sort {
-        Sort::Code => ("short_code", "short_code DESC"),
-        Sort::Newest => ("created_at DESC, short_code DESC", "created_at, short_code"),
-        Sort::Oldest => ("created_at, short_code", "created_at DESC, short_code DESC"),
+    let order = match sort {
+        Sort::Code => "short_code",
+        Sort::Newest => "created_at DESC, short_code DESC",
+        Sort::Oldest => "created_at, short_code",
     };
     let page = i64::from(limit) + 1;
     let cursor_of = |r: &LinkRow| Cursor { created_at: r.created_at, code: r.short_code.clone() };
 
     if let Filter::UrlContains(needle) = filter {
-        let budget = arg(Bind::I(i64::from(scan_budget)));
-        let pattern = arg(Bind::S(format!("%{}%", like_escape(&needle.to_ascii_lowercase()))));
-        let page_arg = arg(Bind::I(page));
+        // The matches within the window, read as a stream: a page of a common match stops as
+        // soon as it is full, a rare one reads the whole window.
+        let window_binds = binds.len();
+        let budget = push(&mut binds, Bind::I(i64::from(scan_budget)));
+        let pattern = push(&mut binds, Bind::S(format!("%{}%", like_escape(&needle.to_ascii_lowercase()))));
+        let page_arg = push(&mut binds, Bind::I(page));
         let sql = format!(
-            "WITH w AS MATERIALIZED (SELECT {COLUMNS} FROM link_mappings {where_} ORDER BY {order} LIMIT {budget})
-             SELECT * FROM (SELECT {COLUMNS}, CAST(1 AS BIGINT) AS hit, CAST(0 AS BIGINT) AS examined FROM w
-                            WHERE LOWER(original_url) LIKE {pattern} ESCAPE '\\' ORDER BY {order} LIMIT {page_arg}) AS hits
-             UNION ALL
-             SELECT * FROM (SELECT {COLUMNS}, CAST(0 AS BIGINT) AS hit, (SELECT COUNT(*) FROM w) AS examined FROM w
-                            ORDER BY {reverse} LIMIT 1) AS window_end"
+            "SELECT {COLUMNS} FROM (SELECT {COLUMNS} FROM link_mappings {where_} ORDER BY {order} LIMIT {budget}) AS w
+             WHERE LOWER(original_url) LIKE {pattern} ESCAPE '\\' ORDER BY {order} LIMIT {page_arg}"
         );
-        let got: Vec<Windowed> = run(db, &sql, binds).await?;
-        let mut hits = Vec::new();
-        let mut end = None;
-        for w in got {
-            if w.hit == 1 {
-                hits.push(w.row);
-            } else {
-                end = Some((w.row, w.examined));
-            }
-        }
+        let window: Vec<Bind> = binds[..window_binds]
+            .iter()
+            .map(|b| match b {
+                Bind::I(v) => Bind::I(*v),
+                Bind::S(v) => Bind::S(v.clone()),
+            })
+            .collect();
+        let mut hits: Vec<LinkRow> = run(db, &sql, binds).await?;
         sort_rows(&mut hits, sort);
         if hits.len() as i64 == page {
             hits.pop();
             let next = hits.last().map(cursor_of);
             return Ok(ListPage { rows: hits, next, scan_stopped_after: None });
         }
-        return Ok(match end {
-            Some((last, examined)) if examined >= i64::from(scan_budget) => {
-                ListPage { rows: hits, next: Some(cursor_of(&last)), scan_stopped_after: Some(examined as u64) }
+        // The page is not full: either the window reached the end of the order, or the next page
+        // goes on after the window's last link (found on the index alone).
+        let mut binds = window;
+        let offset = format!("${}", binds.len() + 1);
+        binds.push(Bind::I(i64::from(scan_budget) - 1));
+        let sql = format!("SELECT {COLUMNS} FROM link_mappings {where_} ORDER BY {order} LIMIT 1 OFFSET {offset}");
+        let end: Vec<LinkRow> = run(db, &sql, binds).await?;
+        return Ok(match end.first() {
+            Some(last) => {
+                ListPage { rows: hits, next: Some(cursor_of(last)), scan_stopped_after: Some(u64::from(scan_budget)) }
             }
-            _ => ListPage { rows: hits, next: None, scan_stopped_after: None },
+            None => ListPage { rows: hits, next: None, scan_stopped_after: None },
         });
     }
 
-    let page_arg = arg(Bind::I(page));
+    let page_arg = push(&mut binds, Bind::I(page));
     let sql = format!("SELECT {COLUMNS} FROM link_mappings {where_} ORDER BY {order} LIMIT {page_arg}");
     let mut rows: Vec<LinkRow> = run(db, &sql, binds).await?;
     let next = if rows.len() as i64 == page {
@@ -185,6 +186,12 @@ pub async fn find_links_listing(
         None
     };
     Ok(ListPage { rows, next, scan_stopped_after: None })
+}
+
+/// Adds a bind; its placeholder.
+fn push(binds: &mut Vec<Bind>, b: Bind) -> String {
+    binds.push(b);
+    format!("${}", binds.len())
 }
 
 fn sort_rows(rows: &mut [LinkRow], sort: Sort) {
@@ -214,6 +221,46 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_url_search_walks_every_match_once_across_scan_windows_in_each_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let mut w = crate::db::open_writer(&url, std::time::Duration::from_secs(5)).await.unwrap();
+        for i in 0..40 {
+            sqlx::query("INSERT INTO link_mappings (short_code, original_url, created_at) VALUES ($1, $2, $3)")
+                .bind(format!("c{i:02}"))
+                .bind(format!("https://example.com/{}/{i}", if i % 3 == 0 { "Hit" } else { "miss" }))
+                .bind(1000 + i / 4)
+                .execute(&mut w)
+                .await
+                .unwrap();
+        }
+        let pool =
+            crate::db::open_read_pool(&url, 1, std::time::Duration::from_secs(1), std::time::Duration::from_secs(1))
+                .await
+                .unwrap();
+        let db = Db::Sqlite(pool);
+        let filter = Filter::UrlContains("hit".into());
+        for (sort, reversed) in [(Sort::Code, false), (Sort::Oldest, false), (Sort::Newest, true)] {
+            let (mut seen, mut after, mut stopped) = (Vec::new(), None, 0);
+            for _ in 0..50 {
+                let p = find_links_listing(&db, Scope::Every, sort, &filter, after.as_ref(), 4, 7).await.unwrap();
+                stopped += usize::from(p.scan_stopped_after.is_some());
+                seen.extend(p.rows.into_iter().map(|r| r.short_code));
+                match p.next {
+                    Some(c) => after = Some(c),
+                    None => break,
+                }
+            }
+            let mut want: Vec<String> = (0..40).filter(|i| i % 3 == 0).map(|i| format!("c{i:02}")).collect();
+            if reversed {
+                want.reverse();
+            }
+            assert_eq!(seen, want, "{sort:?}");
+            assert!(stopped > 0, "{sort:?}: some window ended before its page was full");
+        }
+    }
 
     #[test]
     fn like_patterns_match_the_wildcards_literally() {
