@@ -138,14 +138,17 @@ pub async fn find_links_listing(
 
     if let Filter::UrlContains(needle) = filter {
         // The matches within the window, read as a stream: a page of a common match stops as
-        // soon as it is full, a rare one reads the whole window.
+        // soon as it is full, a rare one reads the whole window. No outer ORDER BY: it would
+        // make both engines read the whole window to sort it; a subquery scanned without a join
+        // keeps its order on both (SQLite's co-routine, PostgreSQL's subquery scan), and the
+        // rows are put in order again here.
         let window_binds = binds.len();
         let budget = push(&mut binds, Bind::I(i64::from(scan_budget)));
         let pattern = push(&mut binds, Bind::S(format!("%{}%", like_escape(&needle.to_ascii_lowercase()))));
         let page_arg = push(&mut binds, Bind::I(page));
         let sql = format!(
             "SELECT {COLUMNS} FROM (SELECT {COLUMNS} FROM link_mappings {where_} ORDER BY {order} LIMIT {budget}) AS w
-             WHERE LOWER(original_url) LIKE {pattern} ESCAPE '\\' ORDER BY {order} LIMIT {page_arg}"
+             WHERE LOWER(original_url) LIKE {pattern} ESCAPE '\\' LIMIT {page_arg}"
         );
         let window: Vec<Bind> = binds[..window_binds]
             .iter()
