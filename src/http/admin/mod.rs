@@ -20,7 +20,7 @@ pub mod session;
 
 use askama::Template;
 use axum::{
-    extract::{DefaultBodyLimit, Request, State},
+    extract::{DefaultBodyLimit, Request},
     http::{header, HeaderValue, StatusCode},
     middleware::{self, Next},
     response::{Html, IntoResponse, Redirect, Response},
@@ -207,6 +207,3 @@ impl From<ApiError> for Page {
         }
     }
 }
-
-/// The state the admin handlers take.
-pub type St = State<AppState>;
