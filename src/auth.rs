@@ -8,6 +8,8 @@
 //! costs one database read, not one per request; and a client address that ran out of failed
 //! attempts (`RATE_LIMIT_AUTH_FAILURES_PER_IP_PER_MINUTE`, counted by the HTTP gate) is refused
 //! from memory until its `Retry-After` has passed. Every map here is bounded.
+//!
+//! [`sessions`]: the admin web app's sign-in sessions.
 
 use std::{
     collections::HashMap,
@@ -15,6 +17,8 @@ use std::{
     sync::{atomic::AtomicU64, Mutex},
     time::{Duration, Instant},
 };
+
+pub mod sessions;
 
 use crate::db::Db;
 

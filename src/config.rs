@@ -1,6 +1,6 @@
 //! Configuration: every setting the service reads, typed, from the environment only, in one
 //! struct per concern ([`Http`], [`Db`], [`Redis`], [`Cache`], [`Links`], [`Clicks`],
-//! [`Limits`], [`Auth`]). A leaf: it imports nothing of the crate, so every module may depend on
+//! [`Limits`], [`Auth`], [`Admin`]). A leaf: it imports nothing of the crate, so every module may depend on
 //! it, and each takes only its own part.
 //!
 //! `.env` is loaded by `main` before this runs (when present). Every default is written once,
@@ -45,6 +45,8 @@ pub struct Config {
     pub limits: Limits,
     /// API keys and operator access.
     pub auth: Auth,
+    /// The admin web app (`/admin`).
+    pub admin: Admin,
 }
 
 /// The HTTP server.
@@ -370,6 +372,21 @@ impl fmt::Debug for Auth {
     }
 }
 
+/// The admin web app (`/admin`).
+#[derive(Clone, Debug)]
+pub struct Admin {
+    /// `ADMIN_SESSION_IDLE_SECS`: a session unused for this long ends. Default 1800.
+    pub session_idle: Duration,
+    /// `ADMIN_SESSION_MAX_SECS`: a session ends this long after sign-in, used or not. Default
+    /// 43200.
+    pub session_max: Duration,
+    /// `ADMIN_IMPORT_MAX_BYTES`: largest CSV file the import form accepts. Default 16777216.
+    pub import_max_bytes: usize,
+    /// `ADMIN_IMPORT_JOBS`: imports that may run at once (across the sessions of this
+    /// instance); one more is refused with 429 until one ends. Default 2.
+    pub import_jobs: usize,
+}
+
 /// Hides the password of a `redis://user:pass@host` or `postgres://user:pass@host/db` URL. A
 /// plain file path (`DATABASE_URL=data/links.db`) has none to hide and is shown as it is;
 /// anything else that does not parse is not shown at all.
@@ -577,6 +594,12 @@ impl Config {
                 cache_ttl: src.millis("AUTH_CACHE_TTL_MS", 2000)?,
                 metrics_token: src.lookup("METRICS_TOKEN"),
             },
+            admin: Admin {
+                session_idle: src.secs("ADMIN_SESSION_IDLE_SECS", 1800)?,
+                session_max: src.secs("ADMIN_SESSION_MAX_SECS", 43_200)?,
+                import_max_bytes: src.parse("ADMIN_IMPORT_MAX_BYTES", 16 * 1024 * 1024)?,
+                import_jobs: src.parse("ADMIN_IMPORT_JOBS", 2)?,
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -605,6 +628,11 @@ impl Config {
             crate::config::redact_url(&self.db.url),
             "has a scheme this build does not serve: use sqlite://PATH (or a plain file path) or postgres://USER:PASSWORD@HOST/DB",
         )?;
+        let idle = self.admin.session_idle.as_secs();
+        check(idle >= 1, "ADMIN_SESSION_IDLE_SECS", idle, "must be at least 1")?;
+        let max = self.admin.session_max.as_secs();
+        check(max >= idle, "ADMIN_SESSION_MAX_SECS", max, "must be at least ADMIN_SESSION_IDLE_SECS")?;
+        check(self.admin.import_jobs >= 1, "ADMIN_IMPORT_JOBS", 0, "must be at least 1")?;
         check(
             self.http.header_read_timeout >= Duration::from_millis(100),
             "HEADER_READ_TIMEOUT_MS",

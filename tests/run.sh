@@ -22,6 +22,13 @@ fi
 if ! command -v openssl >/dev/null 2>&1; then
     missing+=(openssl)
 fi
+# The admin app's browser tests (tests/browser/): a real headless Chromium over WebDriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    missing+=(chromium chromium-driver)
+fi
+if ! command -v npm >/dev/null 2>&1; then
+    missing+=(nodejs npm)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} (the tests start their own servers)" >&2
     as_root apt-get update -qq >&2
@@ -32,6 +39,12 @@ fi
 # servers of their own with them (tests/api/pg.rs), and `db copy` is tested against one whatever
 # TEST_DATABASE says.
 
+# axe-core for the browser tests' accessibility checks, at the version package-lock.json pins.
+if [ ! -f tests/browser/node_modules/axe-core/axe.min.js ]; then
+    npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error >&2
+fi
+
+# Unit and integration tests, the browser tests (tests/browser/) among them, once.
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-2}"
 # The same integration suite with PostgreSQL as the database: every test but the Redis topology
 # ones (topology::, Sentinel and Cluster failovers), which test Redis, not the database, and take

@@ -22,6 +22,8 @@
 pub mod copy;
 pub mod keys;
 pub mod links;
+pub mod listing;
+pub mod sessions;
 pub mod writer;
 
 use std::{path::Path, str::FromStr, time::Duration};

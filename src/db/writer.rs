@@ -83,6 +83,8 @@ pub enum Change {
         /// Whose links the caller may delete; a link outside it is [`Outcome::NotFound`].
         scope: Scope,
     },
+    /// A change to the admin app's sessions (`super::sessions`).
+    Session(super::sessions::SessionChange),
     /// Buffered clicks to add (see `crate::clicks`).
     Clicks {
         /// (code, clicks, last click epoch ms).
@@ -127,6 +129,8 @@ pub enum Outcome {
     Taken,
     /// Clicks were added (links deleted meanwhile are skipped).
     ClicksAdded,
+    /// A session change touched this many rows.
+    Session(u64),
 }
 
 struct Job {
@@ -455,6 +459,7 @@ async fn apply_in_tx(
                 links::add_clicks(conn, batch, day).await?;
                 Outcome::ClicksAdded
             }
+            Change::Session(change) => Outcome::Session(super::sessions::apply_session_change(conn, change).await?),
         };
         outcomes[i] = Some(outcome);
     }

@@ -37,13 +37,13 @@ async fn check(state: &AppState, kind: Kind, subject: &str, limit: Limit, acc: &
 }
 
 /// The client address as the limits see it (`X-Forwarded-For` only from trusted proxies).
-fn client_ip(state: &AppState, extensions: &axum::http::Extensions, headers: &HeaderMap) -> Option<IpAddr> {
+pub(crate) fn client_ip(state: &AppState, extensions: &axum::http::Extensions, headers: &HeaderMap) -> Option<IpAddr> {
     let peer = extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     state.limiter.client_ip(peer, headers)
 }
 
 /// Verifies a presented key that is not verified in memory, counting a failure against `ip`.
-async fn authenticate_presented(
+pub(crate) async fn authenticate_presented(
     state: &AppState,
     ip: Option<IpAddr>,
     hash: &[u8],

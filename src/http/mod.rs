@@ -18,6 +18,7 @@
 //! id, request tracing (one info line per request, with the id in every line of its span),
 //! metrics by route and status, and — for the API — a body limit and a timeout answered as 503.
 
+pub mod admin;
 pub mod auth;
 pub mod health;
 pub mod limits;
@@ -268,6 +269,8 @@ fn routes(state: &AppState) -> Table {
         .route("/health/ready", get(health::readiness))
         .merge(operator)
         .nest_table("/api/v1", api)
+        // HTML pages, not API routes: outside Table::routes and the OpenAPI document.
+        .nest("/admin", admin::router(state))
         .map_router(|r| {
             r.route_layer(middleware::from_fn_with_state(state.clone(), track))
                 .layer(

@@ -45,7 +45,10 @@ fn migrate_creates_the_database_and_its_folder() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let name = db.rsplit('/').next().unwrap();
         let tables = crate::pg::shared().psql(name, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'");
-        assert_eq!(tables, "5", "link_mappings, api_keys, cache_invalidations, link_clicks_daily, _sqlx_migrations");
+        assert_eq!(
+            tables, "6",
+            "link_mappings, api_keys, cache_invalidations, link_clicks_daily, admin_sessions, _sqlx_migrations"
+        );
         let again = shortener(&db, &["migrate"]);
         assert!(again.status.success(), "migrating twice is a no-op: {}", String::from_utf8_lossy(&again.stderr));
         return;

@@ -2,6 +2,7 @@
 //! dirs or (with `TEST_DATABASE=postgres`) a real PostgreSQL server, real HTTP against the
 //! service bound on port 0. One binary, one module per concern.
 
+mod admin;
 mod cli;
 mod clicks;
 mod connections;
