@@ -96,7 +96,7 @@ impl Imports {
 }
 
 #[derive(Template)]
-#[template(path = "admin/import.html")]
+#[template(path = "admin/import.html", config = "src/http/admin/askama.toml")]
 struct ImportTemplate {
     layout: Layout,
     max_mib: String,
@@ -246,7 +246,7 @@ async fn submit(state: &AppState, job: &Job, rows: Vec<(u64, String, String)>) {
 }
 
 #[derive(Template)]
-#[template(path = "admin/import_status.html")]
+#[template(path = "admin/import_status.html", config = "src/http/admin/askama.toml")]
 struct StatusTemplate {
     layout: Layout,
     file_name: String,

@@ -160,7 +160,7 @@ pub struct ListQuery {
 }
 
 #[derive(Template)]
-#[template(path = "admin/list.html")]
+#[template(path = "admin/list.html", config = "src/http/admin/askama.toml")]
 struct ListTemplate {
     layout: Layout,
     links: Vec<LinkItem>,
@@ -289,7 +289,7 @@ impl FieldErrors {
 }
 
 #[derive(Template)]
-#[template(path = "admin/link_form.html")]
+#[template(path = "admin/link_form.html", config = "src/http/admin/askama.toml")]
 struct FormTemplate {
     layout: Layout,
     /// `None` for create; the code for edit.
@@ -444,7 +444,7 @@ pub struct DayRow {
 }
 
 #[derive(Template)]
-#[template(path = "admin/link.html")]
+#[template(path = "admin/link.html", config = "src/http/admin/askama.toml")]
 struct LinkTemplate {
     layout: Layout,
     link: LinkItem,
@@ -644,7 +644,7 @@ pub async fn update_link(
 }
 
 #[derive(Template)]
-#[template(path = "admin/delete.html")]
+#[template(path = "admin/delete.html", config = "src/http/admin/askama.toml")]
 struct DeleteTemplate {
     layout: Layout,
     link: LinkItem,

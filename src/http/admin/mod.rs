@@ -1,4 +1,5 @@
-//! The admin web app at `/admin`: server-rendered HTML (askama templates in `templates/admin/`),
+//! The admin web app at `/admin`: server-rendered HTML (askama templates in `templates/admin/`
+//! beside this file, found through `askama.toml` here),
 //! CSS and the one small script embedded in the binary, every page usable without JavaScript.
 //!
 //! - [`session`]: sign-in with an API key, the session cookie, sign-out, and the extractor every
@@ -124,7 +125,7 @@ pub fn render(status: StatusCode, t: &impl Template) -> Response {
 }
 
 #[derive(Template)]
-#[template(path = "admin/error.html")]
+#[template(path = "admin/error.html", config = "src/http/admin/askama.toml")]
 struct ErrorTemplate<'a> {
     layout: Layout,
     message: &'a str,

@@ -88,7 +88,7 @@ impl Signed {
 }
 
 #[derive(askama::Template)]
-#[template(path = "admin/sign_in.html")]
+#[template(path = "admin/sign_in.html", config = "src/http/admin/askama.toml")]
 struct SignInTemplate {
     layout: Layout,
     pre: String,
