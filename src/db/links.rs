@@ -344,6 +344,20 @@ impl NewLink<'_> {
     }
 }
 
+/// Binds one [`NewLink`]'s columns in `insert_sql`'s order (code, url, status, created, updated,
+/// expiry, creator) to a query or scalar query: the two have `bind` but no trait in common.
+macro_rules! bind_new_link {
+    ($q:expr, $r:expr, $now:expr) => {
+        $q.bind($r.code)
+            .bind($r.url)
+            .bind($r.status)
+            .bind($r.created_at.unwrap_or($now))
+            .bind($now)
+            .bind($r.expires_at)
+            .bind($r.created_by)
+    };
+}
+
 /// Inserts many links; codes that are taken (or repeated within `rows`: the first wins) are
 /// skipped. Returns the rows that were inserted. Runs inside the writer's transaction.
 ///
@@ -366,14 +380,7 @@ pub async fn insert_links(conn: &mut Conn<'_>, rows: &[NewLink<'_>], now: i64) -
             let (sql, _) = insert_sql(Backend::Postgres, chunk.len(), " RETURNING short_code");
             let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(false);
             for r in chunk {
-                q = q
-                    .bind(r.code)
-                    .bind(r.url)
-                    .bind(r.status)
-                    .bind(r.created_at.unwrap_or(now))
-                    .bind(now)
-                    .bind(r.expires_at)
-                    .bind(r.created_by);
+                q = bind_new_link!(q, r, now);
             }
             let codes: std::collections::HashSet<String> = q.fetch_all(&mut **c).await?.into_iter().collect();
             inserted.extend(chunk.iter().filter(|r| codes.contains(r.code)).map(|r| r.row(now)));
@@ -435,14 +442,7 @@ pub async fn insert_links_skipping_taken(
         // Not cached: the text varies with the batch size.
         let mut q = sqlx::query(&sql).persistent(false);
         for r in rows {
-            q = q
-                    .bind(r.code)
-                    .bind(r.url)
-                    .bind(r.status)
-                    .bind(r.created_at.unwrap_or(now))
-                    .bind(now)
-                    .bind(r.expires_at)
-                    .bind(r.created_by);
+            q = bind_new_link!(q, r, now);
         }
         Ok(q.execute(c).await?.rows_affected())
     })

@@ -601,6 +601,15 @@ async fn reads_return_to_redis(app: &TestApp) -> (bool, f64) {
     (false, best)
 }
 
+/// What every failover under load must show: no failed redirect or change, no redirect older
+/// than an acknowledged change, changes made throughout, and reads back on Redis afterwards.
+fn assert_failover_served(seen: &Seen, back: bool, ratio: f64) {
+    assert_eq!(seen.failed, 0, "no failed redirect or change: {seen:?}");
+    assert_eq!(seen.stale, 0, "no redirect to a target older than an acknowledged change: {seen:?}");
+    assert!(seen.changes > 50, "links changed through the failover: {seen:?}");
+    assert!(back, "reads returned to Redis after the failover (hit ratio {ratio:.3})");
+}
+
 /// The load's concurrency: a thousand requests in flight.
 const WORKERS: usize = 1000;
 
@@ -627,10 +636,7 @@ async fn killing_the_sentinel_master_under_load_fails_no_redirect_and_reads_retu
     stop.store(true, Ordering::Relaxed);
     let seen = collect(running).await;
 
-    assert_eq!(seen.failed, 0, "no failed redirect or change: {seen:?}");
-    assert_eq!(seen.stale, 0, "no redirect to a target older than an acknowledged change: {seen:?}");
-    assert!(seen.changes > 50, "links changed through the failover: {seen:?}");
-    assert!(back, "reads returned to Redis after the failover (hit ratio {ratio:.3})");
+    assert_failover_served(&seen, back, ratio);
     assert_eq!(set.master_port(), Some(replica));
     let h = health(&app).await;
     assert_eq!(h["topology"]["kind"], "sentinel");
@@ -669,10 +675,7 @@ async fn killing_a_cluster_master_under_load_fails_no_redirect_and_reads_return_
     stop.store(true, Ordering::Relaxed);
     let seen = collect(running).await;
 
-    assert_eq!(seen.failed, 0, "no failed redirect or change: {seen:?}");
-    assert_eq!(seen.stale, 0, "no redirect to a target older than an acknowledged change: {seen:?}");
-    assert!(seen.changes > 50, "links changed through the failover: {seen:?}");
-    assert!(back, "reads returned to Redis after the failover (hit ratio {ratio:.3})");
+    assert_failover_served(&seen, back, ratio);
     assert!(!set.masters().iter().any(|(_, p)| *p == victim), "a replica took the killed master's place");
     assert!(app.metric("shortener_redis_failovers_total").await >= 1.0, "the failover is counted");
 }
