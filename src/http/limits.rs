@@ -72,6 +72,29 @@ pub(crate) async fn authenticate_presented(
 }
 
 /// Middleware on `/api/v1`.
+/// The create limits (`RATE_LIMIT_CREATE_PER_KEY_PER_MINUTE`, then per address) for one create
+/// by `key` from `ip`; unlimited keys pass. Shared by the API gate and the admin app's create
+/// form, so a signed-in browser creates no faster than the same key through the API.
+pub(crate) async fn create_allowed(
+    state: &AppState,
+    key: &ApiKeyRow,
+    ip: Option<&str>,
+    decision: &mut Option<Decision>,
+) -> bool {
+    let cfg = &state.config;
+    if key.unlimited {
+        return true;
+    }
+    let mut allowed = true;
+    if cfg.limits.create_per_key.enabled() {
+        allowed &= check(state, Kind::CreatePerKey, &key.id.to_string(), cfg.limits.create_per_key, decision).await;
+    }
+    if let (true, true, Some(ip)) = (allowed, cfg.limits.create_per_ip.enabled(), ip) {
+        allowed &= check(state, Kind::CreatePerIp, ip, cfg.limits.create_per_ip, decision).await;
+    }
+    allowed
+}
+
 pub async fn api_gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let cfg = &state.config;
     let ip = client_ip(&state, req.extensions(), req.headers());
@@ -96,23 +119,12 @@ pub async fn api_gate(State(state): State<AppState>, mut req: Request, next: Nex
     let mut resp = match caller {
         Err(e) => e.into_response(),
         Ok(caller) => {
-            let unlimited = caller.as_ref().is_some_and(|k| k.unlimited);
             // Inside the nested API router the path is seen without its `/api/v1` prefix.
             let is_create = req.method() == Method::POST
                 && matches!(req.uri().path().trim_end_matches('/'), "/links" | "/api/v1/links");
-            if !unlimited && is_create {
-                if let (true, Some(key)) = (cfg.limits.create_per_key.enabled(), caller.as_ref()) {
-                    allowed &= check(
-                        &state,
-                        Kind::CreatePerKey,
-                        &key.id.to_string(),
-                        cfg.limits.create_per_key,
-                        &mut decision,
-                    )
-                    .await;
-                }
-                if let (true, true, Some(ip)) = (allowed, cfg.limits.create_per_ip.enabled(), ip_text.as_deref()) {
-                    allowed &= check(&state, Kind::CreatePerIp, ip, cfg.limits.create_per_ip, &mut decision).await;
+            if is_create {
+                if let Some(key) = caller.as_ref() {
+                    allowed &= create_allowed(&state, key, ip_text.as_deref(), &mut decision).await;
                 }
             }
             if let Some(key) = caller {

@@ -255,3 +255,42 @@ async fn the_export_downloads_every_link_of_the_session_keys_scope_as_csv_and_js
     let (status, _) = page(&app, &own, "/admin/export.xml").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn creates_from_the_admin_app_count_against_the_keys_create_limit_and_then_get_a_429_page() {
+    let limit = shortener::config::Limit { limit: 2, period: Duration::from_secs(3600) };
+    let app = spawn_app(None, move |c| c.limits.create_per_key = limit).await;
+    let session = sign_in(&app, &app.key).await;
+    let (_, form) = page(&app, &session, "/admin/links/new").await;
+    let csrf = form.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let create = |n: usize| {
+        let url = format!("https://example.com/admin-limit/{n}");
+        client()
+            .post(app.url("/admin/links"))
+            .header("cookie", format!("shortener_admin={session}"))
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("url", url.as_str()),
+                ("code", ""),
+                ("expires_at", ""),
+                ("redirect_status", "302"),
+            ])
+            .send()
+    };
+    for n in 0..2 {
+        let r = create(n).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "create {n} within the limit");
+    }
+    let r = create(2).await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    // The same key through the API shares the budget: it is spent.
+    let api = app
+        .api(reqwest::Method::POST, "/links")
+        .json(&serde_json::json!({"url": "https://example.com/admin-limit/api"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), StatusCode::TOO_MANY_REQUESTS);
+}

@@ -28,6 +28,7 @@ use crate::{
         listing::{self, Cursor, Filter, Sort},
         writer::{Change, Outcome},
     },
+    http::limits,
     links::export::{export_stream, ExportFormat},
     links::{
         code::{self, CodeError},
@@ -384,6 +385,7 @@ pub async fn new_link_page(signed: Signed) -> Response {
 pub async fn create_link(
     State(state): State<AppState>,
     signed: Signed,
+    parts: axum::http::request::Parts,
     form: Result<Form<LinkForm>, FormRejection>,
 ) -> Result<Response, Page> {
     let Form(form) = form.map_err(|e| Page::BadRequest(e.body_text()))?;
@@ -403,6 +405,12 @@ pub async fn create_link(
         Err(errors) => return Ok(again(errors, form)),
     };
     let key = &signed.0.key;
+    // The API's create limits, for the same key and address.
+    let ip = limits::client_ip(&state, &parts.extensions, &parts.headers).map(|ip| ip.to_string());
+    let mut decision = None;
+    if !limits::create_allowed(&state, key, ip.as_deref(), &mut decision).await {
+        return Err(Page::TooMany(decision.map_or(1, |d| d.retry_after_secs)));
+    }
     let change = Change::Create {
         code: p.code,
         url: p.url,
