@@ -63,9 +63,14 @@ pub struct Http {
     pub max_body_bytes: usize,
     /// `REQUEST_TIMEOUT_MS`: a request still unanswered after this gets 503. Default 10000.
     pub request_timeout: Duration,
-    /// `HEADER_READ_TIMEOUT_MS`: a client must send its request head within this, counted from the
-    /// accept or the previous answer (so it is also the keep-alive idle limit). Default 10000.
+    /// `HEADER_READ_TIMEOUT_MS`: a client must send a request head whole within this, counted
+    /// from the accept for the first request and from its first bytes for a later one.
+    /// Default 10000.
     pub header_read_timeout: Duration,
+    /// `KEEPALIVE_TIMEOUT_MS`: how long an idle keep-alive connection waits for the next request
+    /// to begin, counted from the previous answer. Default 75000 (longer than the 60 s idle
+    /// timeout of the usual load balancers, and than a person's pause between two links).
+    pub keepalive_timeout: Duration,
     /// `SHUTDOWN_TIMEOUT_SECS`: how long in-flight requests may take after SIGTERM. Default 20.
     pub shutdown_timeout: Duration,
 }
@@ -77,6 +82,7 @@ impl fmt::Debug for Http {
             .field("listen_backlog", &self.listen_backlog)
             .field("public_base_url", &self.public_base_url.as_str())
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("keepalive_timeout", &self.keepalive_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -534,6 +540,7 @@ impl Config {
                 max_body_bytes: src.parse("MAX_BODY_BYTES", 16 * 1024)?,
                 request_timeout: src.millis("REQUEST_TIMEOUT_MS", 10_000)?,
                 header_read_timeout: src.millis("HEADER_READ_TIMEOUT_MS", 10_000)?,
+                keepalive_timeout: src.millis("KEEPALIVE_TIMEOUT_MS", 75_000)?,
                 shutdown_timeout: src.secs("SHUTDOWN_TIMEOUT_SECS", 20)?,
             },
             db: Db {
@@ -639,6 +646,12 @@ impl Config {
             self.http.header_read_timeout.as_millis(),
             "must be at least 100",
         )?;
+        check(
+            self.http.keepalive_timeout >= Duration::from_millis(100),
+            "KEEPALIVE_TIMEOUT_MS",
+            self.http.keepalive_timeout.as_millis(),
+            "must be at least 100",
+        )?;
         Ok(())
     }
 
@@ -650,6 +663,7 @@ impl Config {
         c.http.listen_backlog = 1024;
         c.http.public_base_url = Url::parse("http://sho.rt/").expect("static url");
         c.http.header_read_timeout = Duration::from_secs(2);
+        c.http.keepalive_timeout = Duration::from_secs(2);
         c.http.shutdown_timeout = Duration::from_secs(10);
         c.db.url = database_url.to_string();
         c.db.read_pool_size = 4;

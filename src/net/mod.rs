@@ -39,17 +39,36 @@
 //! whole life.
 //!
 //! # Timeouts
-//! `HEADER_READ_TIMEOUT_MS` bounds the wait for a request head, counted from the end of the
-//! previous request (or from the accept): it closes idle keep-alive connections and slowloris
-//! clients alike, as hyper's own header-read timer did. It is one timer per connection, re-armed
-//! only when it fires, rather than a timer registered and cancelled on every request. A response
+//! Two limits, one timer per connection ([`Timeouts`]):
+//! - `head` (`HEADER_READ_TIMEOUT_MS`) bounds the wait for a request head: from the accept for
+//!   the first request, and from the moment the first bytes of a later one are read. It closes
+//!   slowloris clients, and connections that never send anything.
+//! - `idle` (`KEEPALIVE_TIMEOUT_MS`) bounds a keep-alive connection between requests, with
+//!   nothing of the next one read: counted from the end of the previous request. It is longer,
+//!   because a person who clicks a link every ten seconds or so should keep their connection.
+//!
+//! The timer is re-armed only when it fires, rather than registered and cancelled on every
+//! request; the one exception is a later head that does not come whole at once, whose (earlier)
+//! head deadline the timer is moved to. A response
 //! still being written keeps the connection as long as the client keeps reading it; one that
 //! reads nothing for a whole timeout is closed. Every accepted connection is under this timer,
 //! whatever it sent: nothing at all (the first bytes are peeked at with the timer armed), part of
 //! an HTTP/1 head or of the HTTP/2 preface, or an HTTP/2 connection with no stream open, which is
-//! closed between one and two timeouts after its last stream ended (a stream is counted from its
+//! closed between one and two idle timeouts after its last stream ended (a stream is counted from its
 //! head until hyper is done with its response, or until its request future is dropped when the
 //! client resets it).
+//!
+//! # Turns
+//! Under a saturating load every open connection has a request waiting, and each one the I/O
+//! driver reports readable is a task in the runtime's queue. With 16,000 connections a process,
+//! the service's own round trips (a Redis reply, a database read, a returning ping) waited
+//! behind all of them, seconds at a time: their timeouts fired, the Redis breaker opened and
+//! lookups that should have been cheap went to the database, which answered 503 when its pool
+//! was held by tasks waiting their turn. So at most [`TURNS`] HTTP/1 connections read and handle
+//! a request at once; the others wait for a turn on a fair semaphore, outside the queue, after
+//! one cheap poll. A turn is held from the wake-up until nothing is being handled (the request
+//! answered, or its head found incomplete): a slow reader or a slowloris client holds none, and
+//! an idle service never waits for one. HTTP/2 connections are not counted.
 //!
 //! # HTTP/2 resets
 //! A stream the client resets while its handler is pending costs that handler's work up to the
@@ -113,7 +132,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
-    sync::watch,
+    sync::{watch, OwnedSemaphorePermit, Semaphore},
     time::{Instant, Sleep},
 };
 
@@ -167,6 +186,21 @@ pub const CLOSE_GRACE: Duration = Duration::from_millis(250);
 /// clicks every few seconds is unlikely to click inside the moment the connection closes.
 pub const IDLE_DRAIN: Duration = Duration::from_millis(500);
 
+/// The connection deadlines (see the module's "Timeouts").
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// A request head must come whole within this: from the accept for the first, from its
+    /// first bytes for a later one.
+    pub head: Duration,
+    /// A keep-alive connection may wait this long for the first bytes of its next request.
+    pub idle: Duration,
+}
+
+/// HTTP/1 connections taking their turn at once: reading a request and handling it. One whose
+/// request has come while all turns are taken waits for one, off the runtime's queue (see the
+/// module's "Turns").
+pub const TURNS: usize = 512;
+
 /// Connection counters, shared with whoever exports them.
 #[derive(Default)]
 pub struct ConnStats {
@@ -174,6 +208,8 @@ pub struct ConnStats {
     pub open: AtomicU64,
     /// Connections accepted, ever.
     pub accepted: AtomicU64,
+    /// Requests that waited for a turn, ever.
+    pub waited_for_turn: AtomicU64,
 }
 
 /// Counts a connection as open for the life of its task.
@@ -193,7 +229,10 @@ pub struct Server<M> {
     h1_closing: http1::Builder,
     stats: Arc<ConnStats>,
     h2: http2::Builder<TokioExecutor>,
-    head_timeout: Duration,
+    timeouts: Timeouts,
+    /// [`TURNS`] permits: an HTTP/1 connection holds one from the moment its request is readable
+    /// until that request is answered (or shown to be incomplete).
+    turns: Arc<Semaphore>,
     /// Set before `shutdown` is sent: tasks read this on every wake instead of polling their
     /// `changed()` future, which takes the channel's waiter lock each time it is polled.
     stopping: AtomicBool,
@@ -202,9 +241,8 @@ pub struct Server<M> {
 }
 
 impl<M: MakeService> Server<M> {
-    /// Serves the services `make` makes. `head_timeout`: how long a connection may wait for a
-    /// request head (idle keep-alive included); `stats` are kept up to date.
-    pub fn new(make: M, head_timeout: Duration, stats: Arc<ConnStats>) -> Arc<Self> {
+    /// Serves the services `make` makes, under `timeouts`; `stats` are kept up to date.
+    pub fn new(make: M, timeouts: Timeouts, stats: Arc<ConnStats>) -> Arc<Self> {
         let mut h1 = http1::Builder::new();
         h1.keep_alive(true);
         let mut h1_closing = h1.clone();
@@ -220,7 +258,8 @@ impl<M: MakeService> Server<M> {
             .max_local_error_reset_streams(1024);
         let (shutdown, _) = watch::channel(false);
         let stopping = AtomicBool::new(false);
-        Arc::new(Server { make, h1, h1_closing, stats, h2, head_timeout, stopping, shutdown })
+        let turns = Arc::new(Semaphore::new(TURNS));
+        Arc::new(Server { make, h1, h1_closing, stats, h2, timeouts, turns, stopping, shutdown })
     }
 
     /// Serves an accepted connection on a task of its own.
@@ -295,7 +334,7 @@ async fn serve<M: MakeService>(
     // Shutting down, waiting for the request a quiet HTTP/1 client may be sending: armed once,
     // when the task first sees the shutdown.
     let mut drain: Option<Pin<Box<Sleep>>> = None;
-    let mut clock = HeadClock::new(server.head_timeout);
+    let mut clock = HeadClock::new(server.timeouts);
     let timer = tokio::time::sleep_until(clock.deadline());
     tokio::pin!(timer);
 
@@ -344,6 +383,18 @@ async fn serve<M: MakeService>(
             return Box::pin(serve_h2(&server, stream, peer, &mut stop, &mut clock, timer.as_mut())).await;
         }
 
+        // A turn: the request is there to be read and handled.
+        let mut turn = match server.turns.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                server.stats.waited_for_turn.fetch_add(1, Relaxed);
+                match wait_for_turn(&server.turns, &mut clock, timer.as_mut(), &flags).await {
+                    Some(permit) => Some(permit),
+                    None => return,
+                }
+            }
+        };
+
         // Active. With a partial head left over, this hyper connection keeps the socket at least
         // until that request starts: parking in the middle of a head would copy it out and back
         // once per packet. Shutting down, it serves one request without keep-alive (hyper says
@@ -353,13 +404,28 @@ async fn serve<M: MakeService>(
             drain = Some(Box::pin(tokio::time::sleep(IDLE_DRAIN)));
         }
         let hold = (!leftover.is_empty()).then(|| flags.started.load(Relaxed));
+        // Requests seen before this hyper connection: while it is still the same after hyper has
+        // read, the head it read from is not whole, and the head timeout applies to it.
+        let started = flags.started.load(Relaxed);
+        let mut head_begun = false;
         let io = TokioIo::new(Tracked { stream, leftover, flags: flags.clone() });
         let Some(service) = svc.take() else { return };
         let builder = if closing { &server.h1_closing } else { &server.h1 };
-        let mut conn = builder.serve_connection(io, service);
+        // Boxed: the parked state (the task's future, kept for every open connection) does not
+        // carry hyper's connection state, only the active one does.
+        let mut conn = Box::new(builder.serve_connection(io, service));
         let outcome = poll_fn(|cx| {
-            if Pin::new(&mut conn).poll(cx).is_ready() {
+            if Pin::new(&mut *conn).poll(cx).is_ready() {
                 return Poll::Ready(Outcome::Closed);
+            }
+            if !head_begun && flags.started.load(Relaxed) == started {
+                head_begun = true;
+                clock.head_begun(timer.as_mut(), Instant::now());
+            }
+            // Nothing is being handled: the request was answered (its response may still be on
+            // its way to a slow reader), or its head has not come whole. Neither needs a turn.
+            if turn.is_some() && flags.in_flight.load(Relaxed) == 0 {
+                turn = None;
             }
             // Only after hyper has read what is there (the leftover included): a graceful
             // shutdown of a connection that has not read yet would close it unanswered.
@@ -371,8 +437,8 @@ async fn serve<M: MakeService>(
                     return Poll::Ready(Outcome::Idle);
                 }
                 stopped = true;
-                Pin::new(&mut conn).graceful_shutdown();
-                if Pin::new(&mut conn).poll(cx).is_ready() {
+                Pin::new(&mut *conn).graceful_shutdown();
+                if Pin::new(&mut *conn).poll(cx).is_ready() {
                     return Poll::Ready(Outcome::Closed);
                 }
             }
@@ -399,16 +465,41 @@ async fn serve<M: MakeService>(
             Outcome::Closed => return,
             Outcome::Idle => {
                 clock.observe(&flags, Instant::now());
-                let parts = conn.into_parts();
+                let parts = (*conn).into_parts();
                 svc = Some(parts.service);
                 let tracked = parts.io.into_inner();
                 stream = tracked.stream;
                 // Bytes hyper read past the last request (a pipelined or partial head), copied
                 // out: an empty view would still hold hyper's whole read buffer.
                 leftover = unread(&parts.read_buf, &tracked.leftover);
+                if leftover.is_empty() {
+                    clock.nothing_read();
+                }
             }
         }
     }
+}
+
+/// Waits for a turn, under the connection's deadline; `None`: the deadline passed first.
+async fn wait_for_turn(
+    turns: &Arc<Semaphore>,
+    clock: &mut HeadClock,
+    mut timer: Pin<&mut Sleep>,
+    flags: &Flags,
+) -> Option<OwnedSemaphorePermit> {
+    let permit = turns.clone().acquire_owned();
+    tokio::pin!(permit);
+    poll_fn(|cx| {
+        if let Poll::Ready(p) = permit.as_mut().poll(cx) {
+            // The semaphore is never closed.
+            return Poll::Ready(p.ok());
+        }
+        if clock.expired(timer.as_mut(), flags, cx) {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 enum Wake {
@@ -560,11 +651,16 @@ impl Drop for InFlight {
     }
 }
 
-/// The head deadline: `head_timeout` after the connection was accepted or its last request was
-/// answered. While a request is being served there is none.
+/// The connection's deadline: `head` after the accept, or after the first bytes of a later
+/// request were read; `idle` after its last request was answered, while nothing of the next one
+/// has been read. While a request is being served there is none.
 struct HeadClock {
     since: Instant,
-    timeout: Duration,
+    timeouts: Timeouts,
+    /// Between requests with nothing of the next one read: `since + idle` is the deadline.
+    between: bool,
+    /// `since` before [`HeadClock::head_begun`], for a wake-up that read nothing after all.
+    idle_since: Option<Instant>,
     /// `Flags::started` when `since` was last set (`u64::MAX`: set it at the next look).
     seen: u64,
     /// `Flags::written` when the timer last fired.
@@ -575,21 +671,55 @@ struct HeadClock {
 }
 
 impl HeadClock {
-    fn new(timeout: Duration) -> Self {
-        HeadClock { since: Instant::now(), timeout, seen: 0, written: 0, closing: false }
+    fn new(timeouts: Timeouts) -> Self {
+        HeadClock {
+            since: Instant::now(),
+            timeouts,
+            between: false,
+            idle_since: None,
+            seen: 0,
+            written: 0,
+            closing: false,
+        }
     }
 
-    /// If a request came since the clock last looked, the wait for the next head starts now.
+    /// If a request came since the clock last looked, the wait for the next one starts now.
     fn observe(&mut self, flags: &Flags, now: Instant) {
         let started = flags.started.load(Relaxed);
         if started != self.seen {
             self.seen = started;
             self.since = now;
+            self.between = true;
+            self.idle_since = None;
         }
     }
 
     fn deadline(&self) -> Instant {
-        self.since + self.timeout
+        self.since + if self.between { self.timeouts.idle } else { self.timeouts.head }
+    }
+
+    /// Bytes of the next request were read at `at`, not its whole head: from then on the head
+    /// timeout applies, and the timer is moved to it if that is sooner.
+    fn head_begun(&mut self, mut timer: Pin<&mut Sleep>, at: Instant) {
+        if !self.between || self.closing {
+            return;
+        }
+        self.between = false;
+        self.idle_since = Some(self.since);
+        self.since = at;
+        let deadline = self.deadline();
+        if deadline < timer.deadline() {
+            timer.as_mut().reset(deadline);
+        }
+    }
+
+    /// The connection is parking with nothing of a request read (a wake-up for no bytes, or
+    /// only the blank lines a client may send between requests): still between requests.
+    fn nothing_read(&mut self) {
+        if let Some(since) = self.idle_since.take() {
+            self.since = since;
+            self.between = true;
+        }
     }
 
     /// From now on the connection is closed once nothing is in flight and nothing has been
@@ -630,7 +760,7 @@ impl HeadClock {
                 // No head is awaited while a request is served; the wait for the next one
                 // starts when the task next looks (at its park, or at the next firing).
                 self.seen = u64::MAX;
-                timer.as_mut().reset(now + self.timeout);
+                timer.as_mut().reset(now + self.timeouts.head.min(self.timeouts.idle));
             } else if self.deadline() <= now {
                 return true;
             } else {
@@ -738,5 +868,33 @@ impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for TrackedBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a parked connection's task holds is the `serve` future itself: it must not carry an
+    /// active hyper connection's state (that is boxed while active), only the socket, the timer
+    /// and the bookkeeping.
+    #[tokio::test]
+    async fn a_parked_connection_holds_a_small_future() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let make = |_peer: SocketAddr| {
+            hyper::service::service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, Infallible>(Response::new(String::new()))
+            })
+        };
+        let timeouts = Timeouts { head: Duration::from_secs(1), idle: Duration::from_secs(1) };
+        let server = Server::new(make, timeouts, Arc::default());
+        let rx = server.shutdown.subscribe();
+        let future = serve(server.clone(), stream, peer, rx);
+        let size = std::mem::size_of_val(&future);
+        eprintln!("serve future: {size} bytes");
+        assert!(size <= 1024, "a parked connection's future is {size} bytes");
+        drop((future, client));
     }
 }

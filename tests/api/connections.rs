@@ -188,7 +188,7 @@ async fn app_with_pause(timeout: Duration) -> (TestApp, Arc<FillPause>) {
     let app = spawn_app_with(
         None,
         |c| {
-            c.http.header_read_timeout = timeout;
+            both_timeouts(c, timeout);
             c.cache.l1_capacity = 0;
         },
         Hooks { fill_pause: Some(pause.clone()), ..Hooks::default() },
@@ -196,6 +196,12 @@ async fn app_with_pause(timeout: Duration) -> (TestApp, Arc<FillPause>) {
     .await;
     app.create_code("held", "https://example.com/held").await;
     (app, pause)
+}
+
+/// The head and the keep-alive timeouts both set to `t`.
+fn both_timeouts(c: &mut shortener::config::Config, t: Duration) {
+    c.http.header_read_timeout = t;
+    c.http.keepalive_timeout = t;
 }
 
 async fn until_reached(pause: &FillPause) {
@@ -371,7 +377,7 @@ async fn a_post_body_in_two_packets_then_a_redirect_on_the_same_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_connection_lives_while_used_and_closes_after_the_idle_timeout() {
     let timeout = Duration::from_millis(600);
-    let app = spawn_app(None, |c| c.http.header_read_timeout = timeout).await;
+    let app = spawn_app(None, |c| both_timeouts(c, timeout)).await;
     app.create_code("keep", "https://example.com/ka").await;
     let mut conn = TcpStream::connect(app.addr).await.unwrap();
     let started = Instant::now();
@@ -388,9 +394,49 @@ async fn a_keep_alive_connection_lives_while_used_and_closes_after_the_idle_time
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_waits_outlive_the_head_timeout_and_heads_do_not() {
+    let (head, idle) = (Duration::from_millis(300), Duration::from_secs(3));
+    let app = spawn_app(None, |c| {
+        c.http.header_read_timeout = head;
+        c.http.keepalive_timeout = idle;
+    })
+    .await;
+    app.create_code("ka2", "https://example.com/ka2").await;
+    let answered = |conn: TcpStream| async move {
+        let mut conn = conn;
+        conn.write_all(get("/ka2").as_bytes()).await.unwrap();
+        assert_eq!(read_responses(&mut conn, 1).await[0].status, 302);
+        conn
+    };
+    // Idle after an answer: kept well past the head timeout, closed at the keep-alive one.
+    let mut conn = answered(TcpStream::connect(app.addr).await.unwrap()).await;
+    let closed = closed_within(&mut conn, idle * 3).await.expect("an idle connection is closed");
+    assert!(
+        closed >= idle - Duration::from_millis(200),
+        "closed {closed:?} after its answer: before the keep-alive timeout"
+    );
+    // Idle for longer than the head timeout, then part of a head: the head timeout counts from
+    // its first bytes.
+    let mut conn = answered(TcpStream::connect(app.addr).await.unwrap()).await;
+    tokio::time::sleep(head * 2).await;
+    conn.write_all(b"GET /ka2 HTTP/1.1\r\nHo").await.unwrap();
+    let closed = closed_within(&mut conn, idle * 3).await.expect("a stalled head is closed");
+    assert!(closed >= head - Duration::from_millis(100), "closed {closed:?} after the partial head");
+    assert!(closed < idle / 2, "a partial head was kept {closed:?}, as if the connection were idle");
+    // A connection that never sends a byte is not a keep-alive one: the head timeout.
+    let mut conn = TcpStream::connect(app.addr).await.unwrap();
+    let closed = closed_within(&mut conn, idle * 3).await.expect("a silent connection is closed");
+    assert!(closed < idle / 2, "a connection that sent nothing was kept {closed:?}");
+    // And the service still answers on the keep-alive connection in between.
+    let conn = answered(TcpStream::connect(app.addr).await.unwrap()).await;
+    tokio::time::sleep(head * 3).await;
+    drop(answered(conn).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_after_a_post_is_closed_too() {
     let timeout = Duration::from_millis(500);
-    let app = spawn_app(None, |c| c.http.header_read_timeout = timeout).await;
+    let app = spawn_app(None, |c| both_timeouts(c, timeout)).await;
     let mut conn = TcpStream::connect(app.addr).await.unwrap();
     let body = br#"{"url":"https://example.com/p2"}"#;
     conn.write_all(post_links_head(&app.key, body.len()).as_bytes()).await.unwrap();
@@ -448,7 +494,7 @@ async fn http2_with_prior_knowledge_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_gets_a_large_response_whole_even_past_the_timeout() {
     let timeout = Duration::from_millis(300);
-    let app = spawn_app(None, |c| c.http.header_read_timeout = timeout).await;
+    let app = spawn_app(None, |c| both_timeouts(c, timeout)).await;
     // About 8 MB of JSON: more than the server's socket can buffer, so hyper's writes block
     // while the client reads.
     let long = format!("https://example.com/{}?n=", "x".repeat(8000));
@@ -469,7 +515,7 @@ async fn a_slow_reader_gets_a_large_response_whole_even_past_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_without_requests_is_closed_after_the_timeout() {
-    let app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_millis(400)).await;
+    let app = spawn_app(None, |c| both_timeouts(c, Duration::from_millis(400))).await;
     for preface in [H2_PREFACE, b"PRI * HT"] {
         let mut conn = TcpStream::connect(app.addr).await.unwrap();
         conn.write_all(preface).await.unwrap();
@@ -513,7 +559,7 @@ async fn begin_stop(mut app: TestApp) -> JoinHandle<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_idle_connections_after_the_short_drain() {
-    let mut app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_secs(30)).await;
+    let mut app = spawn_app(None, |c| both_timeouts(c, Duration::from_secs(30))).await;
     app.create_code("shut", "https://example.com/sd").await;
     let mut idle = idle_after_one_answer(app.addr, "/shut", 20).await;
     let started = Instant::now();
@@ -529,7 +575,7 @@ async fn shutdown_closes_idle_connections_after_the_short_drain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_sent_on_an_idle_connection_as_shutdown_begins_is_answered_with_connection_close() {
-    let app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_secs(30)).await;
+    let app = spawn_app(None, |c| both_timeouts(c, Duration::from_secs(30))).await;
     app.create_code("last", "https://example.com/last").await;
     // Keep-alive connections, idle after one answer, and one never used: the state of a busy
     // client's connections at the moment a restart begins.
@@ -552,7 +598,7 @@ async fn a_request_sent_on_an_idle_connection_as_shutdown_begins_is_answered_wit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_that_straddles_the_start_of_shutdown_is_answered_with_connection_close() {
-    let app = spawn_app(None, |c| c.http.header_read_timeout = Duration::from_secs(30)).await;
+    let app = spawn_app(None, |c| both_timeouts(c, Duration::from_secs(30))).await;
     app.create_code("split", "https://example.com/split").await;
     let head = get("/split");
     let (first, rest) = head.as_bytes().split_at(22);
@@ -777,4 +823,57 @@ async fn streams_past_the_concurrency_limit_are_refused_and_a_flood_of_them_ends
     // hyper's limit on streams the server resets itself.
     assert_eq!(refused, 1024, "streams refused before the GOAWAY");
     pause.release();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_turns_wait_for_one_and_stalled_heads_hold_none() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (app, pause) = app_with_pause(Duration::from_secs(30)).await;
+    app.create_code("free", "https://example.com/free").await;
+    let waited = || app.state.connections.waited_for_turn.load(Relaxed);
+    let turns = shortener::net::TURNS;
+    // More stalled heads than there are turns: none of them keeps one.
+    let mut stalled = Vec::new();
+    for _ in 0..turns + 100 {
+        let mut conn = TcpStream::connect(app.addr).await.unwrap();
+        conn.write_all(b"GET /free HTTP/1.1\r\nHo").await.unwrap();
+        stalled.push(conn);
+    }
+    let opened = eventually(Duration::from_secs(20), || async {
+        app.state.connections.open.load(Relaxed) as usize >= stalled.len()
+    })
+    .await;
+    assert!(opened, "the stalled connections were accepted");
+    let mut conn = TcpStream::connect(app.addr).await.unwrap();
+    conn.write_all(get("/free").as_bytes()).await.unwrap();
+    assert_eq!(read_responses(&mut conn, 1).await[0].status, 302);
+    assert_eq!(waited(), 0, "a request waited for a turn behind stalled heads");
+
+    // Every turn taken by a request being handled (one fill held, the others waiting on it).
+    let misses = || app.state.resolver.stats.misses.get() as usize;
+    let before = misses();
+    pause.arm();
+    let mut held = Vec::new();
+    for _ in 0..turns {
+        let mut conn = TcpStream::connect(app.addr).await.unwrap();
+        conn.write_all(get("/held").as_bytes()).await.unwrap();
+        held.push(conn);
+    }
+    // Each counts as a miss as it starts waiting on the fill.
+    let all_in_flight = eventually(Duration::from_secs(20), || async { misses() >= before + turns }).await;
+    assert!(all_in_flight, "{} of {turns} requests waiting on the held fill", misses() - before);
+    assert_eq!(waited(), 0);
+    // One more waits for a turn, and is answered once the others are.
+    let mut late = TcpStream::connect(app.addr).await.unwrap();
+    late.write_all(get("/free").as_bytes()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async { waited() == 1 }).await,
+        "the request past the turns did not wait"
+    );
+    pause.release();
+    for conn in &mut held {
+        assert_eq!(read_responses(conn, 1).await[0].status, 302);
+    }
+    let r = read_responses(&mut late, 1).await;
+    assert_eq!((r[0].status, r[0].header("location")), (302, Some("https://example.com/free")));
 }

@@ -175,7 +175,7 @@ async fn a_route_added_at_a_code_shaped_path_is_served_by_its_handler() {
     let addr = listener.local_addr().unwrap();
     let server = shortener::net::Server::new(
         move |peer| surface.connection_service(peer),
-        Duration::from_secs(2),
+        shortener::net::Timeouts { head: Duration::from_secs(2), idle: Duration::from_secs(2) },
         Default::default(),
     );
     tokio::spawn(async move {
