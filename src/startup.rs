@@ -44,6 +44,36 @@ pub struct Application {
     state: AppState,
     shutdown_tx: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
+    /// The invalidation listener's thread, with Redis; it stops when this is dropped.
+    _control: Option<ControlThread>,
+}
+
+/// A runtime on a thread of its own for the invalidation listener (its subscription, pings and
+/// confirmations) and the outbox reader. Both keep L1 trusted (`invalidation`), and on the
+/// request path's runtime, overloaded, they waited behind thousands of ready connections: pings
+/// came back too late and outbox reads came seconds apart, so L1 stopped being trusted and
+/// started over, every lookup fell through to Redis and SQLite, and a saturating load of 50,000
+/// connections got slower answers and 503s. Here they are as prompt as Redis and the database,
+/// whatever the request path is doing. Their callbacks touch only thread-safe state (L1, the
+/// key cache, the bus's maps).
+struct ControlThread {
+    handle: tokio::runtime::Handle,
+    /// Dropped: the thread's runtime stops, cancelling whatever still runs on it.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ControlThread {
+    fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new().name("shortener-bus".into()).spawn(move || {
+            runtime.block_on(async {
+                let _ = stopped.await;
+            });
+        })?;
+        Ok(ControlThread { handle, _stop: stop })
+    }
 }
 
 /// The invalidation bus's view of the database's outbox.
@@ -124,12 +154,14 @@ pub async fn build_on(
         .with_hooks(hooks),
     );
     let key_cache = Arc::new(crate::auth::KeyCache::new(config.auth.cache_ttl));
+    let mut control = None;
     if let (Some(cache), Some(bus)) = (resolver.redis.clone(), resolver.bus.clone()) {
         let (r, k, rx) = (resolver.clone(), key_cache.clone(), shutdown_rx.clone());
         let outbox_bus = bus.clone();
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
         let connect_timeout = cache.client().connect_timeout();
-        background.push(tokio::spawn(async move {
+        let thread = ControlThread::start().map_err(|e| format!("starting the invalidation listener's thread: {e}"))?;
+        background.push(thread.handle.spawn(async move {
             let listeners = Listeners {
                 forget: |code: &str| r.forget_locally(code),
                 forget_keys: || k.clear(),
@@ -145,9 +177,16 @@ pub async fn build_on(
             bus.listen(listeners, subscribed_tx, rx).await
         }));
         {
+            // On the listener's thread too: a read that waits behind an overloaded request path
+            // for longer than the outbox keeps its rows makes L1 start over.
+            let outbox = db::open_outbox_reader(&config.db.url, config.db.acquire_timeout, config.db.busy_timeout)
+                .await
+                .map(DbOutbox)
+                .map_err(|e| format!("opening database {shown_url} for the outbox reader: {e}"))?;
             let (r, b, rx) = (resolver.clone(), outbox_bus, shutdown_rx.clone());
-            background.push(tokio::spawn(async move {
+            background.push(thread.handle.spawn(async move {
                 b.watch_outbox(
+                    &outbox,
                     |code: &str| r.forget_locally(code),
                     || r.l1.clear(),
                     |until| {
@@ -158,6 +197,7 @@ pub async fn build_on(
                 .await
             }));
         }
+        control = Some(thread);
         // Subscribe before serving: the first subscription clears L1 (bumping every epoch), and
         // doing that under traffic would split in-progress single-flights in two; and L1 is
         // trusted once the first ping has come back. Bounded: an unreachable Redis does not hold
@@ -250,7 +290,16 @@ pub async fn build_on(
         let s = state.clone();
         tokio::spawn(async move { warm_caches(&s, warm_top_n).await });
     }
-    Ok(Application { addrs, inherited: inherited_count, listeners, surface, state, shutdown_tx, background })
+    Ok(Application {
+        addrs,
+        inherited: inherited_count,
+        listeners,
+        surface,
+        state,
+        shutdown_tx,
+        background,
+        _control: control,
+    })
 }
 
 /// Loads the most-clicked links through the normal read-through path (so every guard applies),
@@ -323,11 +372,12 @@ impl Application {
     /// finish within `SHUTDOWN_TIMEOUT_SECS`, commits queued writes, stops background tasks and
     /// closes the pools.
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> std::io::Result<()> {
-        let Application { listeners, surface, state, shutdown_tx, background, .. } = self;
+        // `_control` too: the listener runs on it until the background tasks below have ended.
+        let Application { listeners, surface, state, shutdown_tx, background, _control, .. } = self;
         let cfg = &state.config;
         let server = crate::net::Server::new(
             move |peer| surface.connection_service(peer),
-            cfg.http.header_read_timeout,
+            crate::net::Timeouts { head: cfg.http.header_read_timeout, idle: cfg.http.keepalive_timeout },
             state.connections.clone(),
         );
         let mut fd_warnings = FdWarnings::default();

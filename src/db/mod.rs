@@ -260,6 +260,21 @@ pub async fn open(
     }
 }
 
+/// A pool of one connection of its own for the invalidation outbox's reader: its reads must not
+/// wait behind the request path's, which on an overloaded service hold the read pool for
+/// seconds (and a reader that misses the outbox for longer than it keeps its rows makes L1
+/// start over). One more connection per instance on PostgreSQL.
+pub async fn open_outbox_reader(
+    url: &str,
+    acquire_timeout: Duration,
+    busy_timeout: Duration,
+) -> Result<Db, sqlx::Error> {
+    Ok(match Backend::of(url) {
+        Backend::Sqlite => Db::Sqlite(open_read_pool(url, 1, acquire_timeout, busy_timeout).await?),
+        Backend::Postgres => Db::Postgres(open_pg_pool(url, 1, acquire_timeout, busy_timeout).await?),
+    })
+}
+
 /// Options of every PostgreSQL connection: lock and statement timeouts of `busy_timeout` (a
 /// statement never waits without bound, the way SQLite's busy timeout bounds its waits), and
 /// `synchronous_commit=on` whatever the server's default: a change is acknowledged only once

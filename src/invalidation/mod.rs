@@ -236,11 +236,13 @@ impl Bus {
         landed
     }
 
-    /// Reads the outbox every [`OUTBOX_POLL`] until shutdown: `forget` gets every code queued
-    /// since the last read (at startup, every code queued), and each complete read trusts L1 for
-    /// [`OUTBOX_TRUST`] from when it started.
+    /// Reads the outbox every [`OUTBOX_POLL`] until shutdown, through `outbox` (a connection of
+    /// its own: the bus's is shared with the replay and the request path): `forget` gets every
+    /// code queued since the last read (at startup, every code queued), and each complete read
+    /// trusts L1 for [`OUTBOX_TRUST`] from when it started.
     pub async fn watch_outbox<F: Fn(&str), A: Fn(), T: Fn(Instant)>(
         &self,
+        outbox: &dyn Outbox,
         forget: F,
         forget_all: A,
         trust_until: T,
@@ -257,7 +259,7 @@ impl Bus {
             }
             let started = Instant::now();
             let mut complete = false;
-            while let Ok(rows) = self.outbox.queued_after(after, 1000).await {
+            while let Ok(rows) = outbox.queued_after(after, 1000).await {
                 for (id, code) in &rows {
                     if !self.was_applied(*id) {
                         forget(code);
@@ -274,8 +276,14 @@ impl Bus {
             }
             // Rows older than `OUTBOX_RETAIN` may have been deleted unread since the last read:
             // start over (a second of slack for the writer's housekeeping).
-            if last_read.is_some_and(|t| started.duration_since(t) + Duration::from_secs(1) >= OUTBOX_RETAIN) {
-                forget_all();
+            if let Some(gap) = last_read.map(|t| started.duration_since(t)) {
+                if gap + Duration::from_secs(1) >= OUTBOX_RETAIN {
+                    tracing::warn!(
+                        outbox.gap_ms = gap.as_millis() as u64,
+                        "the outbox was not read for too long: L1 starts over"
+                    );
+                    forget_all();
+                }
             }
             last_read = Some(started);
             trust_until(started + OUTBOX_TRUST);
