@@ -126,7 +126,8 @@ pub async fn find_targets_by_codes(db: &Db, codes: &[String]) -> Result<Vec<(Str
                 q = q.bind(code);
             }
             q.fetch_all(p).await
-        })?;
+        })
+        .inspect_err(|e| tracing::debug!(error = %e, codes = chunk.len(), "link lookup failed"))?;
         for (code, original_url, redirect_status, expires_at) in rows {
             found.push((code, Target { original_url, redirect_status, expires_at }));
         }

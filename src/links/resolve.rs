@@ -196,6 +196,9 @@ const FLIGHT_SWEEP_MIN: usize = 4096;
 /// to `L1_TTL_MS`, which bounds staleness across instances.
 const FLIGHT_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a redirect read that found the database busy waits before its one retry.
+const BUSY_RETRY_AFTER: Duration = Duration::from_millis(20);
+
 /// Resolves codes. One per process.
 pub struct Resolver {
     /// The in-process tier.
@@ -402,7 +405,15 @@ impl Resolver {
             Batcher::spawn(READ_BATCH_MAX, move |codes: Vec<String>| {
                 let pool = pool.clone();
                 async move {
-                    match db::links::find_targets_by_codes(&pool, &codes).await {
+                    let mut read = db::links::find_targets_by_codes(&pool, &codes).await;
+                    // Busy is most often a moment's contention (a pool held by tasks a saturated
+                    // runtime has not polled yet, another process's write): one more try before
+                    // every request of the batch is shed with a 503.
+                    if matches!(read, Err(DbError::Busy)) {
+                        tokio::time::sleep(BUSY_RETRY_AFTER).await;
+                        read = db::links::find_targets_by_codes(&pool, &codes).await;
+                    }
+                    match read {
                         Ok(found) => {
                             // A code can be in a batch twice (flights of two epochs).
                             let found: HashMap<String, db::links::Target> = found.into_iter().collect();
