@@ -651,16 +651,23 @@ def cmd_report(args):
     md.append(
         f"Command: `{meta['command']}`. Steps: {meta['steps']} connections; {meta['servers']} service processes on one "
         f"inherited listening socket (`loadtest/share_socket.py`, backlog {meta['backlog']}) against nginx "
-        f"{meta['nginx_version']} with {meta['servers']} workers on one listening socket of its own (no `reuseport`, "
-        f"the same backlog) answering `return 302`; the same {meta['oha_procs']} oha processes "
+        f"{meta['nginx_version']} with {meta['servers']} workers "
+        + ("each on a listening socket of its own (`reuseport`, the kernel spreading connections over them evenly; on "
+           "one shared socket nginx's accept mutex overfills one worker at 50,000)"
+           if meta.get('nginx_reuseport') else "on one listening socket they share (no `reuseport`)")
+        + f", the same backlog, answering `return 302`; the same {meta['oha_procs']} oha processes "
         f"({meta['oha']}) for both, started {meta['ramp_gap']} s apart. Everything ran in a private network "
         f"namespace (loopback only; `ip_local_port_range` {meta['port_range']}, somaxconn and tcp_max_syn_backlog "
         f"{meta['somaxconn']}); per-process descriptor limit {meta['nofile']}. Redis {meta['redis']} with the "
         f"production settings (200 MB, allkeys-lru), {meta['links']:,} links imported with `shortener links import`, "
-        f"each requested once before the runs. Service ({meta.get('shortener', '')}): "
-        f"`HEADER_READ_TIMEOUT_MS={meta['head_timeout_ms']}`, tokio worker threads per process: "
-        f"{meta.get('svc_threads') or 'the default (one per core)'}, the other settings at their defaults; nginx: "
-        f"`keepalive_timeout {meta['head_timeout_ms'] // 1000}s`, `keepalive_requests` unbounded. Machine: {meta['nproc']} "
+        f"each requested once before the runs"
+        + (" through the shared socket, then once through each service process (every process's L1 holds every link)"
+           if meta.get('warm_each') else "")
+        + f". Service ({meta.get('shortener', '')}): tokio worker threads per process: "
+        f"{meta.get('svc_threads') or 'the default (one per core)'}"
+        + (f", `L1_TTL_MS={meta['l1_ttl_ms']}`" if meta.get('l1_ttl_ms') else "")
+        + f", the other settings at their defaults (`KEEPALIVE_TIMEOUT_MS={meta['keepalive_timeout_ms']}`); nginx: "
+        f"`keepalive_timeout {meta['keepalive_timeout_ms'] // 1000}s`, `keepalive_requests` unbounded. Machine: {meta['nproc']} "
         f"cores, kernel {meta['kernel']}, shared with other work (column \"others\").\n")
     md.append(
         "Workloads: **saturating**: every connection sends its next request as soon as the answer arrives. "
