@@ -27,7 +27,7 @@ use crate::{
         writer::{Change, Outcome},
     },
     error::ApiError,
-    links::export::{export_stream, ExportFormat},
+    links::export::ExportFormat,
     links::{
         code::{self, CodeError},
         target,
@@ -539,7 +539,6 @@ pub async fn export_links(
     Caller(key): Caller,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    use futures_util::StreamExt;
     let Query(q) = query?;
     let format = match q.format.as_deref() {
         None => ExportFormat::Csv,
@@ -547,15 +546,8 @@ pub async fn export_links(
             ExportFormat::parse(f).ok_or_else(|| ApiError::invalid("invalid_format", "format must be csv or jsonl"))?
         }
     };
-    let mut stream = Box::pin(export_stream(state.db.clone(), key.scope(), format));
-    let first = stream.next().await.transpose()?.unwrap_or_default();
-    let key_name = key.name.clone();
-    let rest = stream.map(move |chunk| {
-        chunk.inspect_err(|e| tracing::error!(error = %e, key.name = %key_name, "export ended early: database error"))
-    });
-    let body = axum::body::Body::from_stream(futures_util::stream::once(async { Ok(first) }).chain(rest));
-    tracing::info!(key.name = %key.name, export.format = format.extension(), "export started");
-    let disposition = format!("attachment; filename=\"links.{}\"", format.extension());
+    let log = super::ExportLog { started: "export started", ended_early: "export ended early: database error" };
+    let (body, disposition) = super::export_download(&state, &key, format, log).await?;
     Ok((
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(format.content_type())),

@@ -386,6 +386,35 @@ impl Surface {
     }
 }
 
+/// Log lines of one surface's export: when it starts, and when the database fails after the
+/// first chunk.
+pub(crate) struct ExportLog {
+    pub started: &'static str,
+    pub ended_early: &'static str,
+}
+
+/// Every link `key` manages as a download in `format`: the streamed body and its
+/// `Content-Disposition`, for the API's and the admin app's export alike. The first chunk is read
+/// before anything is sent, so a database that cannot answer fails the request (503) rather than
+/// sending an empty file; a later failure ends the download, and is logged.
+pub(crate) async fn export_download(
+    state: &AppState,
+    key: &crate::db::keys::ApiKeyRow,
+    format: crate::links::export::ExportFormat,
+    log: ExportLog,
+) -> Result<(Body, String), crate::db::DbError> {
+    use futures_util::StreamExt;
+    let mut stream = Box::pin(crate::links::export::export_stream(state.db.clone(), key.scope(), format));
+    let first = stream.next().await.transpose()?.unwrap_or_default();
+    let key_name = key.name.clone();
+    let ended_early = log.ended_early;
+    let rest = stream
+        .map(move |chunk| chunk.inspect_err(|e| tracing::error!(error = %e, key.name = %key_name, "{ended_early}")));
+    let body = Body::from_stream(futures_util::stream::once(async { Ok(first) }).chain(rest));
+    tracing::info!(key.name = %key.name, export.format = format.extension(), "{}", log.started);
+    Ok((body, format!("attachment; filename=\"links.{}\"", format.extension())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

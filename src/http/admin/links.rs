@@ -29,7 +29,7 @@ use crate::{
         writer::{Change, Outcome},
     },
     http::limits,
-    links::export::{export_stream, ExportFormat},
+    links::export::ExportFormat,
     links::{
         code::{self, CodeError},
         target,
@@ -564,20 +564,12 @@ pub async fn export_links(
     signed: Signed,
     Path(file): Path<String>,
 ) -> Result<Response, Page> {
-    use futures_util::StreamExt;
     let format = file.strip_prefix("export.").and_then(ExportFormat::parse).ok_or(Page::NotFound)?;
     let key = &signed.0.key;
-    let mut stream = Box::pin(export_stream(state.db.clone(), key.scope(), format));
-    // The first page is read before the status is sent, so a database that cannot answer is a
-    // 503 page rather than an empty file.
-    let first = stream.next().await.transpose()?.unwrap_or_default();
-    let key_name = key.name.clone();
-    let rest = stream.map(move |chunk| {
-        chunk.inspect_err(|e| tracing::error!(error = %e, key.name = %key_name, "admin export ended early"))
-    });
-    let body = axum::body::Body::from_stream(futures_util::stream::once(async { Ok(first) }).chain(rest));
-    tracing::info!(key.name = %key.name, export.format = format.extension(), "admin export started");
-    let disposition = format!("attachment; filename=\"links.{}\"", format.extension());
+    // The first page is read before the status is sent: a database that cannot answer is a 503
+    // page rather than an empty file.
+    let log = crate::http::ExportLog { started: "admin export started", ended_early: "admin export ended early" };
+    let (body, disposition) = crate::http::export_download(&state, key, format, log).await?;
     Ok((
         [
             (axum::http::header::CONTENT_TYPE, format.content_type().to_string()),
