@@ -332,11 +332,11 @@ impl RedisClient {
     /// The master serving the bus channels' slot, asked of the seed nodes in order.
     async fn bus_node(&self, nodes: &[String]) -> RedisResult<String> {
         let channel = self.names.invalidation_channel();
-        let mut last = io_error("no cluster node answered");
-        for node in nodes {
-            let ask = async {
-                let mut c = redis::Client::open(self.nodes.node_url(node))?.get_multiplexed_async_connection().await?;
-                let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(&channel).query_async(&mut c).await?;
+        let ask = |node: &String| {
+            let (url, channel) = (self.nodes.node_url(node), &channel);
+            async move {
+                let mut c = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+                let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(channel).query_async(&mut c).await?;
                 let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await?;
                 for r in ranges {
                     if let Some((start, end, master)) = slot_range(&r) {
@@ -346,14 +346,9 @@ impl RedisClient {
                     }
                 }
                 Err(io_error("the bus slot is not served"))
-            };
-            match tokio::time::timeout(self.connect_timeout, ask).await {
-                Ok(Ok(addr)) => return Ok(addr),
-                Ok(Err(e)) => last = e,
-                Err(_) => last = io_error("cluster node timed out"),
             }
-        }
-        Err(last)
+        };
+        self.first_answer(nodes, ask, "no cluster node answered", "cluster node timed out").await
     }
 
     /// Sentinel: the master's address, from the first Sentinel that knows it.
@@ -361,19 +356,32 @@ impl RedisClient {
         let Target::Sentinel { sentinels, master_name } = &self.target else {
             return Err(io_error("not a Sentinel topology"));
         };
-        let mut last = io_error("no sentinel answered");
-        for s in sentinels {
-            let ask = async {
-                let mut c = redis::Client::open(self.nodes.sentinel_url(s))?.get_multiplexed_async_connection().await?;
+        let ask = |s: &String| {
+            let url = self.nodes.sentinel_url(s);
+            async move {
+                let mut c = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
                 let addr: Option<(String, u16)> =
                     redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(master_name).query_async(&mut c).await?;
                 addr.map(|(h, p)| format!("{h}:{p}"))
                     .ok_or_else(|| RedisError::from((ErrorKind::MasterNameNotFoundBySentinel, "unknown master name")))
-            };
-            match tokio::time::timeout(self.connect_timeout, ask).await {
-                Ok(Ok(addr)) => return Ok(addr),
+            }
+        };
+        self.first_answer(sentinels, ask, "no sentinel answered", "sentinel timed out").await
+    }
+
+    /// The first answer `ask` gets from `addrs`, asked in order, each within the connect
+    /// timeout; with none, the last failure (`none` when there was no address).
+    async fn first_answer<T, F, Fut>(&self, addrs: &[String], ask: F, none: &str, timed_out: &str) -> RedisResult<T>
+    where
+        F: Fn(&String) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let mut last = io_error(none);
+        for addr in addrs {
+            match tokio::time::timeout(self.connect_timeout, ask(addr)).await {
+                Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) => last = e,
-                Err(_) => last = io_error("sentinel timed out"),
+                Err(_) => last = io_error(timed_out),
             }
         }
         Err(last)
