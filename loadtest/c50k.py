@@ -227,7 +227,11 @@ def snapshot(args, scraper, memory=False):
     s["oha_procs"] = procs(args.oha_pids)
     s["machine"] = lt.machine_ticks()
     s["ss"] = ss_established(args.port)
+    # The counters are read when the server answers, which on a saturated machine is seconds
+    # after `t`: the server's rates use the scrape's own midpoint.
+    t_ask = time.time()
     s["server"] = scraper.read()
+    s["t_server"] = (t_ask + time.time()) / 2
     s["tcp"] = snmp_tcp()
     s["tcpext"] = lt.tcp_counters()
     s["sockstat"] = sockstat()
@@ -358,7 +362,10 @@ def cmd_analyze(args):
            "established_after_s": w["established_after_s"],
            "closing_snapshot_s": round(b["t_done"] - b["t"], 2) if "t_done" in b else None}
     # oha, whole run (errors and statuses) and the window (latency, rps): each oha's rows are in
-    # seconds from its own start, which is its launch time within a few milliseconds.
+    # seconds from its own start, which is its launch time within a few milliseconds. The window
+    # holds the requests that ended in it: its throughput, and their latencies. (Counting only
+    # those that both started and ended in it would leave out about one latency's worth: a third
+    # of a 5 s window at 1.5 s latencies.)
     durations, in_window, non3xx_window = [], 0, 0
     status, errors, answered, whole_secs, bytes_ = {}, {}, 0, 0.0, []
     for spec in args.oha:
@@ -374,7 +381,7 @@ def cmd_analyze(args):
             bytes_.append(o["summary"]["sizePerRequest"])
         w0, w1 = a["t"] - float(launched), b["t"] - float(launched)
         con = sqlite3.connect(db)
-        rows = con.execute("SELECT duration, status FROM oha WHERE start >= ? AND end <= ?", (w0, w1)).fetchall()
+        rows = con.execute("SELECT duration, status FROM oha WHERE end > ? AND end <= ?", (w0, w1)).fetchall()
         con.close()
         durations += [r[0] for r in rows]
         in_window += len(rows)
@@ -393,6 +400,7 @@ def cmd_analyze(args):
     sa, sb = a["server"]["total"], b["server"]["total"]
     scrapes = sb["scrapes"] - sa["scrapes"]
     req = sb["requests"] - sa["requests"] - (scrapes if args.target == "nginx" else 0)
+    server_secs = b.get("t_server", b["t"]) - a.get("t_server", a["t"])
     ss_samples = [s["ss"] for s in w["samples"]] + [a["ss"]["count"], b["ss"]["count"]]
     run["server"] = {
         "open_start": sa["open"], "open_end": sb["open"],
@@ -401,7 +409,8 @@ def cmd_analyze(args):
         "accepted_in_window": sb["accepted"] - sa["accepted"] - scrapes,
         "passive_opens_in_window": b["tcp"]["PassiveOpens"] - a["tcp"]["PassiveOpens"] - scrapes,
         "estab_resets_in_window": b["tcp"]["EstabResets"] - a["tcp"]["EstabResets"],
-        "requests": req, "rps": round(req / secs, 1) if secs else None,
+        "requests": req, "rps": round(req / server_secs, 1) if server_secs > 0 else None,
+        "scrape_s": round(server_secs, 2),
     }
     if args.target == "service":
         run["server"]["redirects"] = sb["redirects"] - sa["redirects"]
@@ -430,7 +439,9 @@ def cmd_analyze(args):
     mach = b["machine"]["busy"] - a["machine"]["busy"]
     mach_total = b["machine"]["total"] - a["machine"]["total"]
     pct = lambda t: round(100 * t / wall_ticks, 2) if wall_ticks else None  # noqa: E731
-    answered_window = req if req > 0 else in_window
+    # Requests answered over the CPU counters' span (the window): the server's own count at its
+    # rate between the scrapes, or oha's.
+    answered_window = (req / server_secs * secs if server_secs > 0 else 0) if req > 0 else in_window
     run["cpu"] = {
         "server_pct": pct(srv_ticks), "redis_pct": pct(redis_ticks), "oha_pct": pct(oha_ticks),
         "machine_busy_pct": round(100 * mach / mach_total, 1) if mach_total else None,

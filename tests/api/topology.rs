@@ -444,6 +444,16 @@ struct Seen {
     failed: u64,
     stale: u64,
     changes: u64,
+    /// The first failures and stale reads, described: the assertion's message carries them.
+    what: Vec<String>,
+}
+
+impl Seen {
+    fn note(&mut self, what: String) {
+        if self.what.len() < 10 {
+            self.what.push(what);
+        }
+    }
 }
 
 const HOT: usize = 300;
@@ -472,7 +482,7 @@ async fn load(app: &Arc<TestApp>, workers: usize, stop: &Arc<AtomicBool>) -> Joi
                         acked[i].store(v, Ordering::SeqCst);
                         seen.changes += 1;
                     } else {
-                        eprintln!("change of mv{i} failed: {s}");
+                        seen.note(format!("change of mv{i} failed: {s}"));
                         seen.failed += 1;
                     }
                     // Pacing: a steady stream of changes through the failover, not a SQLite spin.
@@ -498,13 +508,13 @@ async fn load(app: &Arc<TestApp>, workers: usize, stop: &Arc<AtomicBool>) -> Joi
                             Ok(loc) => {
                                 let v: u64 = loc.rsplit('/').next().unwrap().parse().unwrap();
                                 if v < floor {
-                                    eprintln!("stale: mv{m} gave v{v} after v{floor} was acknowledged");
+                                    seen.note(format!("stale: mv{m} gave v{v} after v{floor} was acknowledged"));
                                     seen.stale += 1;
                                 }
                                 seen.ok += 1;
                             }
                             Err(s) => {
-                                eprintln!("mv{m}: {s}");
+                                seen.note(format!("mv{m}: {s}"));
                                 seen.failed += 1;
                             }
                         }
@@ -513,7 +523,7 @@ async fn load(app: &Arc<TestApp>, workers: usize, stop: &Arc<AtomicBool>) -> Joi
                         match target(&app, &format!("hot{h}")).await {
                             Ok(loc) if loc == format!("https://example.com/hot/{h}") => seen.ok += 1,
                             other => {
-                                eprintln!("hot{h}: {other:?}");
+                                seen.note(format!("hot{h}: {other:?}"));
                                 seen.failed += 1;
                             }
                         }
@@ -560,6 +570,9 @@ async fn collect(mut set: JoinSet<Seen>) -> Seen {
         total.failed += s.failed;
         total.stale += s.stale;
         total.changes += s.changes;
+        for w in s.what {
+            total.note(w);
+        }
     }
     total
 }
