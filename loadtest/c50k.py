@@ -160,7 +160,7 @@ class Scraper:
 
     def _get(self, i, path):
         self.scrapes[i] += 1
-        with urllib.request.urlopen(f"http://{self.admins[i]}{path}", timeout=10) as r:
+        with urllib.request.urlopen(f"http://{self.admins[i]}{path}", timeout=30) as r:
             return r.read().decode()
 
     def read(self):

@@ -68,8 +68,10 @@ PEAK_WINDOW=${PEAK_WINDOW:-20}
 SAT_RAMP=${SAT_RAMP:-$((RAMP_GAP * (OHA_PROCS - 1) + 10))}
 PEAK_RAMP=${PEAK_RAMP:-$((RAMP_GAP * (OHA_PROCS - 1) + PEAK_PERIOD + 2))}
 # The oha processes stop this long after the window's latest end: the closing snapshot takes a
-# few seconds on a saturated machine, and must see every connection still open.
-TAIL=8
+# few seconds on a saturated machine (its scrape of the service waits for a turn behind every
+# connection with a request to make: over 8 s at 50,000), and must see every connection still
+# open. Under a second at the peak.
+SAT_TAIL=20 PEAK_TAIL=8
 LINKS=${LINKS:-100000}
 # How long both servers keep an idle keep-alive connection: the service's default, well past the
 # design's PEAK_PERIOD between one person's clicks.
@@ -293,7 +295,7 @@ now() { date +%s.%N; }
 # (which perf slows down, so its figures go to a manifest of their own).
 measure() {
   local target=$1 workload=$2 c=$3 profile=${4:-}
-  local name="$workload.c$c.$target${profile:+.profile}" port admin urls ramp window rate="" t0 win_start win_end stop i n q quiet
+  local name="$workload.c$c.$target${profile:+.profile}" port admin urls ramp window tail rate="" t0 win_start win_end stop i n q quiet
   local manifest=$MANIFEST
   if [[ -n "$profile" ]]; then manifest="$RAW/profile-runs.jsonl"; fi
   if [[ $target == service ]]; then
@@ -301,7 +303,7 @@ measure() {
   else
     port=$NGINX_PORT admin="127.0.0.1:$NGINX_STATUS" urls="$WORK/nginx.urls"
   fi
-  if [[ $workload == saturating ]]; then ramp=$SAT_RAMP window=$SAT_WINDOW; else ramp=$PEAK_RAMP window=$PEAK_WINDOW; fi
+  if [[ $workload == saturating ]]; then ramp=$SAT_RAMP window=$SAT_WINDOW tail=$SAT_TAIL; else ramp=$PEAK_RAMP window=$PEAK_WINDOW tail=$PEAK_TAIL; fi
   python3 "$LT/c50k.py" wait-idle --target "$target" --port "$port" --admin "$admin" >"$RAW/$name.idle.json"
   if ((QUIET_WAIT > 0)); then
     quiet=$(python3 "$LT/lt.py" quiet --max-wait "$QUIET_WAIT" --threshold "$QUIET_BUSY")
@@ -314,7 +316,7 @@ measure() {
   t0=$(python3 -c "print($(now) + 1.5)")
   win_start=$(python3 -c "print($t0 + $ramp)")
   win_end=$(python3 -c "print($t0 + $ramp + $window)")
-  stop=$(python3 -c "print($t0 + $ramp + $window + $TAIL)")
+  stop=$(python3 -c "print($t0 + $ramp + $window + $tail)")
   local watch_args=(--target "$target" --port "$port" --admin "$admin" --redis-pid "$REDIS_PID" --redis-port "$REDIS_PORT"
     --oha-pidfile "$WORK/$name.oha.pids" --expect "$c" --launched "$t0" --window-start "$win_start" --window "$window"
     --deadline "$win_end" --out "$RAW/$name.watch.json")
