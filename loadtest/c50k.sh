@@ -68,9 +68,9 @@ PEAK_WINDOW=${PEAK_WINDOW:-20}
 SAT_RAMP=${SAT_RAMP:-$((RAMP_GAP * (OHA_PROCS - 1) + 10))}
 PEAK_RAMP=${PEAK_RAMP:-$((RAMP_GAP * (OHA_PROCS - 1) + PEAK_PERIOD + 2))}
 # The oha processes stop this long after the window's latest end: the closing snapshot takes a
-# few seconds on a saturated machine (its scrape of the service waits for a turn behind every
-# connection with a request to make: over 8 s at 50,000), and must see every connection still
-# open. Under a second at the peak.
+# few seconds on a saturated machine (at 50,000: 7 s for the service, 12 s for nginx — `ss` over
+# 100,000 sockets, and a scrape that waits in line like any request), and must see every
+# connection still open. Under two seconds at the peak.
 SAT_TAIL=20 PEAK_TAIL=8
 LINKS=${LINKS:-100000}
 # How long both servers keep an idle keep-alive connection: the service's default, well past the
