@@ -68,7 +68,9 @@
 //! a request at once; the others wait for a turn on a fair semaphore, outside the queue, after
 //! one cheap poll. A turn is held from the wake-up until nothing is being handled (the request
 //! answered, or its head found incomplete): a slow reader or a slowloris client holds none, and
-//! an idle service never waits for one. HTTP/2 connections are not counted.
+//! an idle service never waits for one. HTTP/2 connections are not counted. The wait for a turn
+//! is part of reading the request's head: it runs under the head timeout from the moment the
+//! request was seen, not under what was left of the keep-alive wait before it.
 //!
 //! # HTTP/2 resets
 //! A stream the client resets while its handler is pending costs that handler's work up to the
@@ -388,6 +390,10 @@ async fn serve<M: MakeService>(
             Ok(permit) => Some(permit),
             Err(_) => {
                 server.stats.waited_for_turn.fetch_add(1, Relaxed);
+                // Bytes of the next request are there (or the client has gone): the wait for a
+                // turn is part of reading its head, under the head timeout from now rather than
+                // what was left of the keep-alive wait it ended.
+                clock.head_begun(timer.as_mut(), Instant::now());
                 match wait_for_turn(&server.turns, &mut clock, timer.as_mut(), &flags).await {
                     Some(permit) => Some(permit),
                     None => return,

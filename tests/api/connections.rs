@@ -877,3 +877,75 @@ async fn requests_beyond_the_turns_wait_for_one_and_stalled_heads_hold_none() {
     let r = read_responses(&mut late, 1).await;
     assert_eq!((r[0].status, r[0].header("location")), (302, Some("https://example.com/free")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_a_turn_late_in_a_keep_alive_wait_has_the_head_timeout_from_its_arrival() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // Heads 3 s, keep-alive 2 s. The connection's timer fires first at the head deadline from
+    // its accept (3 s), after its first request (at 2.5 s), and is re-armed for the end of the
+    // keep-alive wait (4.5 s). Its next request comes at 3.5 s and waits for a turn until 5.5 s:
+    // past the keep-alive's end, within its own head timeout (6.5 s). It must be answered.
+    let (head, keep_alive) = (Duration::from_secs(3), Duration::from_secs(2));
+    let pause = Arc::new(FillPause::default());
+    let app = spawn_app_with(
+        None,
+        |c| {
+            c.http.header_read_timeout = head;
+            c.http.keepalive_timeout = keep_alive;
+            c.cache.l1_capacity = 0;
+        },
+        Hooks { fill_pause: Some(pause.clone()), ..Hooks::default() },
+    )
+    .await;
+    app.create_code("held", "https://example.com/held").await;
+    app.create_code("free", "https://example.com/free").await;
+    let waited = || app.state.connections.waited_for_turn.load(Relaxed);
+    let misses = || app.state.resolver.stats.misses.get() as usize;
+    let turns = shortener::net::TURNS;
+
+    // All turns but one held by requests waiting on a held fill.
+    let before = misses();
+    pause.arm();
+    let mut held = Vec::new();
+    for _ in 0..turns - 1 {
+        let mut conn = TcpStream::connect(app.addr).await.unwrap();
+        conn.write_all(get("/held").as_bytes()).await.unwrap();
+        held.push(conn);
+    }
+    let in_flight = eventually(Duration::from_secs(20), || async { misses() >= before + turns - 1 }).await;
+    assert!(in_flight, "{} of {} requests waiting on the held fill", misses() - before, turns - 1);
+    // The connection's first request, late in its head timeout, on the last turn.
+    let mut late = TcpStream::connect(app.addr).await.unwrap();
+    let accepted = Instant::now();
+    tokio::time::sleep_until((accepted + head - Duration::from_millis(500)).into()).await;
+    late.write_all(get("/free").as_bytes()).await.unwrap();
+    assert_eq!(read_responses(&mut late, 1).await[0].status, 302);
+    let answered = Instant::now();
+    assert!(answered < accepted + head, "the first request was answered after the head deadline");
+    // The last turn taken too; then, after the timer's first firing, the connection's next
+    // request: it waits for a turn.
+    let seen = misses();
+    let mut last = TcpStream::connect(app.addr).await.unwrap();
+    last.write_all(get("/held").as_bytes()).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), || async { misses() > seen }).await, "the last turn was not taken");
+    held.push(last);
+    let waited_before = waited();
+    tokio::time::sleep_until((accepted + head + Duration::from_millis(500)).into()).await;
+    assert!(answered.elapsed() < keep_alive, "too slow to send the request within the keep-alive wait");
+    late.write_all(get("/free").as_bytes()).await.unwrap();
+    let sent = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || async { waited() == waited_before + 1 }).await,
+        "the request did not wait for a turn"
+    );
+    // A second past the end of the keep-alive wait, before the end of the request's own head
+    // timeout.
+    tokio::time::sleep_until((answered + keep_alive + Duration::from_secs(1)).into()).await;
+    assert!(sent.elapsed() < head, "too slow: the request's own head timeout has passed");
+    pause.release();
+    for conn in &mut held {
+        assert_eq!(read_responses(conn, 1).await[0].status, 302);
+    }
+    let r = read_responses(&mut late, 1).await;
+    assert_eq!((r[0].status, r[0].header("location")), (302, Some("https://example.com/free")));
+}
