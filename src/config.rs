@@ -640,18 +640,12 @@ impl Config {
         let max = self.admin.session_max.as_secs();
         check(max >= idle, "ADMIN_SESSION_MAX_SECS", max, "must be at least ADMIN_SESSION_IDLE_SECS")?;
         check(self.admin.import_jobs >= 1, "ADMIN_IMPORT_JOBS", 0, "must be at least 1")?;
-        check(
-            self.http.header_read_timeout >= Duration::from_millis(100),
-            "HEADER_READ_TIMEOUT_MS",
-            self.http.header_read_timeout.as_millis(),
-            "must be at least 100",
-        )?;
-        check(
-            self.http.keepalive_timeout >= Duration::from_millis(100),
-            "KEEPALIVE_TIMEOUT_MS",
-            self.http.keepalive_timeout.as_millis(),
-            "must be at least 100",
-        )?;
+        for (timeout, name) in [
+            (self.http.header_read_timeout, "HEADER_READ_TIMEOUT_MS"),
+            (self.http.keepalive_timeout, "KEEPALIVE_TIMEOUT_MS"),
+        ] {
+            check(timeout >= Duration::from_millis(100), name, timeout.as_millis(), "must be at least 100")?;
+        }
         Ok(())
     }
 
