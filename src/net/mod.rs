@@ -134,7 +134,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
-    sync::{watch, OwnedSemaphorePermit, Semaphore},
+    sync::{watch, Semaphore, SemaphorePermit},
     time::{Instant, Sleep},
 };
 
@@ -234,7 +234,7 @@ pub struct Server<M> {
     timeouts: Timeouts,
     /// [`TURNS`] permits: an HTTP/1 connection holds one from the moment its request is readable
     /// until that request is answered (or shown to be incomplete).
-    turns: Arc<Semaphore>,
+    turns: Semaphore,
     /// Set before `shutdown` is sent: tasks read this on every wake instead of polling their
     /// `changed()` future, which takes the channel's waiter lock each time it is polled.
     stopping: AtomicBool,
@@ -260,7 +260,7 @@ impl<M: MakeService> Server<M> {
             .max_local_error_reset_streams(1024);
         let (shutdown, _) = watch::channel(false);
         let stopping = AtomicBool::new(false);
-        let turns = Arc::new(Semaphore::new(TURNS));
+        let turns = Semaphore::new(TURNS);
         Arc::new(Server { make, h1, h1_closing, stats, h2, timeouts, turns, stopping, shutdown })
     }
 
@@ -386,7 +386,7 @@ async fn serve<M: MakeService>(
         }
 
         // A turn: the request is there to be read and handled.
-        let mut turn = match server.turns.clone().try_acquire_owned() {
+        let mut turn = match server.turns.try_acquire() {
             Ok(permit) => Some(permit),
             Err(_) => {
                 server.stats.waited_for_turn.fetch_add(1, Relaxed);
@@ -487,13 +487,13 @@ async fn serve<M: MakeService>(
 }
 
 /// Waits for a turn, under the connection's deadline; `None`: the deadline passed first.
-async fn wait_for_turn(
-    turns: &Arc<Semaphore>,
+async fn wait_for_turn<'a>(
+    turns: &'a Semaphore,
     clock: &mut HeadClock,
     mut timer: Pin<&mut Sleep>,
     flags: &Flags,
-) -> Option<OwnedSemaphorePermit> {
-    let permit = turns.clone().acquire_owned();
+) -> Option<SemaphorePermit<'a>> {
+    let permit = turns.acquire();
     tokio::pin!(permit);
     poll_fn(|cx| {
         if let Poll::Ready(p) = permit.as_mut().poll(cx) {
