@@ -825,6 +825,24 @@ async fn streams_past_the_concurrency_limit_are_refused_and_a_flood_of_them_ends
     pause.release();
 }
 
+/// `n` requests for `/held`, each on a connection of its own, all waiting on one held fill (the
+/// pause is armed here), so each holds a turn; returned once every one of them is in flight.
+async fn hold_requests(app: &TestApp, pause: &FillPause, n: usize) -> Vec<TcpStream> {
+    let misses = || app.state.resolver.stats.misses.get() as usize;
+    let before = misses();
+    pause.arm();
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut conn = TcpStream::connect(app.addr).await.unwrap();
+        conn.write_all(get("/held").as_bytes()).await.unwrap();
+        held.push(conn);
+    }
+    // Each counts as a miss as it starts waiting on the fill.
+    let all_in_flight = eventually(Duration::from_secs(20), || async { misses() >= before + n }).await;
+    assert!(all_in_flight, "{} of {n} requests waiting on the held fill", misses() - before);
+    held
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_turns_wait_for_one_and_stalled_heads_hold_none() {
     use std::sync::atomic::Ordering::Relaxed;
@@ -849,19 +867,8 @@ async fn requests_beyond_the_turns_wait_for_one_and_stalled_heads_hold_none() {
     assert_eq!(read_responses(&mut conn, 1).await[0].status, 302);
     assert_eq!(waited(), 0, "a request waited for a turn behind stalled heads");
 
-    // Every turn taken by a request being handled (one fill held, the others waiting on it).
-    let misses = || app.state.resolver.stats.misses.get() as usize;
-    let before = misses();
-    pause.arm();
-    let mut held = Vec::new();
-    for _ in 0..turns {
-        let mut conn = TcpStream::connect(app.addr).await.unwrap();
-        conn.write_all(get("/held").as_bytes()).await.unwrap();
-        held.push(conn);
-    }
-    // Each counts as a miss as it starts waiting on the fill.
-    let all_in_flight = eventually(Duration::from_secs(20), || async { misses() >= before + turns }).await;
-    assert!(all_in_flight, "{} of {turns} requests waiting on the held fill", misses() - before);
+    // Every turn taken by a request being handled.
+    let mut held = hold_requests(&app, &pause, turns).await;
     assert_eq!(waited(), 0);
     // One more waits for a turn, and is answered once the others are.
     let mut late = TcpStream::connect(app.addr).await.unwrap();
@@ -903,17 +910,8 @@ async fn a_request_waiting_for_a_turn_late_in_a_keep_alive_wait_has_the_head_tim
     let misses = || app.state.resolver.stats.misses.get() as usize;
     let turns = shortener::net::TURNS;
 
-    // All turns but one held by requests waiting on a held fill.
-    let before = misses();
-    pause.arm();
-    let mut held = Vec::new();
-    for _ in 0..turns - 1 {
-        let mut conn = TcpStream::connect(app.addr).await.unwrap();
-        conn.write_all(get("/held").as_bytes()).await.unwrap();
-        held.push(conn);
-    }
-    let in_flight = eventually(Duration::from_secs(20), || async { misses() >= before + turns - 1 }).await;
-    assert!(in_flight, "{} of {} requests waiting on the held fill", misses() - before, turns - 1);
+    // All turns but one held by requests being handled.
+    let mut held = hold_requests(&app, &pause, turns - 1).await;
     // The connection's first request, late in its head timeout, on the last turn.
     let mut late = TcpStream::connect(app.addr).await.unwrap();
     let accepted = Instant::now();
