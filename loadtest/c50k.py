@@ -441,7 +441,7 @@ def cmd_analyze(args):
     pct = lambda t: round(100 * t / wall_ticks, 2) if wall_ticks else None  # noqa: E731
     # Requests answered over the CPU counters' span (the window): the server's own count at its
     # rate between the scrapes, or oha's.
-    answered_window = (req / server_secs * secs if server_secs > 0 else 0) if req > 0 else in_window
+    answered_window = req / server_secs * secs if req > 0 and server_secs > 0 else in_window
     run["cpu"] = {
         "server_pct": pct(srv_ticks), "redis_pct": pct(redis_ticks), "oha_pct": pct(oha_ticks),
         "machine_busy_pct": round(100 * mach / mach_total, 1) if mach_total else None,
