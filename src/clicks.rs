@@ -113,16 +113,29 @@ impl Clicks {
     /// Whether a request with this User-Agent is a person's click.
     #[inline]
     pub fn counts(&self, user_agent: Option<&[u8]>) -> bool {
+        self.enabled && self.counts_judged(self.is_bot(user_agent))
+    }
+
+    /// Whether this User-Agent is a bot's (`BOT_USER_AGENTS`), without counting anything: for a
+    /// request whose User-Agent will be gone by the time [`Clicks::counts_judged`] is asked.
+    #[inline]
+    pub fn is_bot(&self, user_agent: Option<&[u8]>) -> bool {
+        match (&self.bots, user_agent) {
+            (Some(ac), Some(ua)) => ac.is_match(ua),
+            _ => false,
+        }
+    }
+
+    /// [`Clicks::counts`] of a request whose User-Agent [`Clicks::is_bot`] has judged.
+    #[inline]
+    pub fn counts_judged(&self, bot: bool) -> bool {
         if !self.enabled {
             return false;
         }
-        match (&self.bots, user_agent) {
-            (Some(ac), Some(ua)) if ac.is_match(ua) => {
-                self.stats.bots_skipped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-            _ => true,
+        if bot {
+            self.stats.bots_skipped.fetch_add(1, Ordering::Relaxed);
         }
+        !bot
     }
 
     /// Counts one click on a link (hot path: one atomic add; a short lock on the first click of

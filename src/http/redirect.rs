@@ -56,9 +56,35 @@ pub async fn follow_link(State(state): State<AppState>, req: Request) -> Respons
 /// The redirect for a request's head: what [`follow_link`] answers.
 pub async fn follow(state: &AppState, req: &Parts) -> Response {
     let started = Instant::now();
-    let mut resp = answer(state, req).await;
-    let id = match req.headers.get(&X_REQUEST_ID) {
-        Some(v) if v.len() <= 128 => v.clone(),
+    let resp = match super::limits::check_redirect(state, req).await {
+        Some(refused) => {
+            let mut resp = page(StatusCode::TOO_MANY_REQUESTS, LIMITED_PAGE);
+            refused.write_headers(resp.headers_mut());
+            resp
+        }
+        None => {
+            let user_agent = req.headers.get(header::USER_AGENT).map(HeaderValue::as_bytes);
+            let click = || req.method == Method::GET && state.clicks.counts(user_agent);
+            answer(state, &req.uri.path()[1..], click).await
+        }
+    };
+    finish(state, resp, req.headers.get(&X_REQUEST_ID).cloned(), started)
+}
+
+/// The redirect for a request the connection layer parsed itself (`net::direct`): a `GET` (whose
+/// User-Agent `bot` judged) or a `HEAD` of `/{code}`, with the request id it came with. The same
+/// answer as [`follow`]'s, for a service without a redirect limit (which [`follow`] alone
+/// applies).
+pub async fn follow_direct(state: &AppState, code: &str, get: bool, bot: bool, id: Option<HeaderValue>) -> Response {
+    let started = Instant::now();
+    let resp = answer(state, code, || get && state.clicks.counts_judged(bot)).await;
+    finish(state, resp, id, started)
+}
+
+/// The request id (the client's, if it sent a short enough one) and the metrics.
+fn finish(state: &AppState, mut resp: Response, id: Option<HeaderValue>, started: Instant) -> Response {
+    let id = match id {
+        Some(v) if v.len() <= 128 => v,
         _ => next_request_id(),
     };
     resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
@@ -66,13 +92,8 @@ pub async fn follow(state: &AppState, req: &Parts) -> Response {
     resp
 }
 
-async fn answer(state: &AppState, req: &Parts) -> Response {
-    if let Some(refused) = super::limits::check_redirect(state, req).await {
-        let mut resp = page(StatusCode::TOO_MANY_REQUESTS, LIMITED_PAGE);
-        refused.write_headers(resp.headers_mut());
-        return resp;
-    }
-    let code = &req.uri.path()[1..];
+/// The answer for `code`; `click` is asked once the link is found: whether to count it.
+async fn answer(state: &AppState, code: &str, click: impl FnOnce() -> bool) -> Response {
     if !code::is_code_shaped(code) || code::is_never_a_link(code) {
         return page(StatusCode::NOT_FOUND, NOT_FOUND_PAGE);
     }
@@ -81,9 +102,7 @@ async fn answer(state: &AppState, req: &Parts) -> Response {
             if link.expires_at.is_some_and(|e| e <= now_ms()) {
                 return page(StatusCode::GONE, GONE_PAGE);
             }
-            if req.method == Method::GET
-                && state.clicks.counts(req.headers.get(header::USER_AGENT).map(HeaderValue::as_bytes))
-            {
+            if click() {
                 state.clicks.record(&link);
             }
             let mut resp = Response::new(Body::empty());
