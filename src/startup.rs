@@ -375,8 +375,10 @@ impl Application {
         // `_control` too: the listener runs on it until the background tasks below have ended.
         let Application { listeners, surface, state, shutdown_tx, background, _control, .. } = self;
         let cfg = &state.config;
-        let server = crate::net::Server::new(
+        let direct = surface.direct_redirects();
+        let server = crate::net::Server::with_direct(
             move |peer| surface.connection_service(peer),
+            direct,
             crate::net::Timeouts { head: cfg.http.header_read_timeout, idle: cfg.http.keepalive_timeout },
             state.connections.clone(),
         );

@@ -67,6 +67,7 @@ impl AppState {
         m.gauge("shortener_connections_open", vec![]).set(conns.open.load(std::sync::atomic::Ordering::Relaxed) as f64);
         m.copy_counter("shortener_connections_accepted_total", vec![], &conns.accepted);
         m.copy_counter("shortener_connections_waited_for_turn_total", vec![], &conns.waited_for_turn);
+        m.copy_counter("shortener_connections_direct_answers_total", vec![], &conns.direct);
     }
 }
 

@@ -10,7 +10,10 @@
 //! path (`GET /stats`) is served by its handler. Every such segment must also be a reserved word
 //! (`links::code::RESERVED`), so that no custom code can hide behind a route; a test checks the
 //! two lists against each other. A layer added to the router does not run for direct redirects:
-//! what a redirect needs is in `redirect::follow`.
+//! what a redirect needs is in `redirect::follow`. A plain head of such a request (no body, no
+//! `Connection: close`, no query: `net::direct`) does not even reach hyper: the connection layer
+//! parses it and asks [`DirectRedirects`], which answers through `redirect::follow_direct` — the
+//! same answer.
 //!
 //! The redirect route carries no tower middleware at all: it is the hot path, it bounds its own
 //! waits (the Redis budget, the SQLite acquire timeout), and it sets its own `x-request-id` and
@@ -350,6 +353,11 @@ impl Surface {
             })
     }
 
+    /// What the connection layer answers without hyper (see [`DirectRedirects`]).
+    pub fn direct_redirects(self: &Arc<Self>) -> DirectRedirects {
+        DirectRedirects(self.clone())
+    }
+
     /// The service for one connection from `peer` (what the connection layer serves).
     pub fn connection_service(
         self: &Arc<Self>,
@@ -383,6 +391,40 @@ impl Surface {
                 })
             }
         })
+    }
+}
+
+/// The direct redirects (`net::direct`): a plain `GET`/`HEAD` the connection layer parsed itself
+/// goes to [`redirect::follow_direct`] when [`Surface::is_direct`] says the router would send it
+/// to the redirect handler. Not with a per-address redirect limit: that one reads the peer
+/// address and the forwarding headers the way the router's requests carry them, so those
+/// requests go through hyper and [`redirect::follow`].
+pub struct DirectRedirects(Arc<Surface>);
+
+impl crate::net::Direct for DirectRedirects {
+    type Body = Body;
+
+    fn answer(
+        &self,
+        _peer: SocketAddr,
+        head: &crate::net::Head<'_>,
+    ) -> Option<impl std::future::Future<Output = Response> + Send + 'static + use<>> {
+        let surface = &self.0;
+        let method = match head.method {
+            "GET" => Method::GET,
+            "HEAD" => Method::HEAD,
+            _ => return None,
+        };
+        if surface.tag_redirects || !surface.is_direct(&method, head.path) {
+            return None;
+        }
+        let state = surface.state.clone();
+        let get = method == Method::GET;
+        // Judged now: the User-Agent is in the connection's read buffer, gone once this returns.
+        let bot = get && state.clicks.is_bot(head.header(&axum::http::header::USER_AGENT));
+        let id = head.header(&X_REQUEST_ID).and_then(|v| HeaderValue::from_bytes(v).ok());
+        let code: Box<str> = head.path[1..].into();
+        Some(async move { redirect::follow_direct(&state, &code, get, bot, id).await })
     }
 }
 

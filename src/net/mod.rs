@@ -38,6 +38,11 @@
 //! boundary; an HTTP/2 connection (prior knowledge, `PRI` preface) is served by hyper for its
 //! whole life.
 //!
+//! Most requests do not need hyper at all: a woken connection reads what is there itself, and a
+//! plain `GET`/`HEAD` head that came whole is answered by the server's [`Direct`] (the redirects)
+//! and written back without a hyper connection being built; anything else is handed to hyper
+//! with the bytes replayed ([`direct`]). The turn, the timeouts and the drain apply alike.
+//!
 //! # Timeouts
 //! Two limits, one timer per connection ([`Timeouts`]):
 //! - `head` (`HEADER_READ_TIMEOUT_MS`) bounds the wait for a request head: from the accept for
@@ -105,7 +110,10 @@
 //! that arrive meanwhile wait in the listening socket's backlog for whichever process serves it
 //! next. The server waits until every receiver is gone.
 
+pub mod direct;
 pub mod listen;
+
+pub use direct::{Direct, Head, NoDirect};
 
 use std::{
     convert::Infallible,
@@ -212,6 +220,8 @@ pub struct ConnStats {
     pub accepted: AtomicU64,
     /// Requests that waited for a turn, ever.
     pub waited_for_turn: AtomicU64,
+    /// Requests answered directly, without hyper (see [`direct`]), ever.
+    pub direct: AtomicU64,
 }
 
 /// Counts a connection as open for the life of its task.
@@ -224,8 +234,10 @@ impl Drop for Open {
 }
 
 /// What every connection task shares.
-pub struct Server<M> {
+pub struct Server<M, D = NoDirect> {
     make: M,
+    /// Answers plain requests without hyper (see [`direct`]).
+    direct: D,
     h1: http1::Builder,
     /// The same, without keep-alive: for requests that arrive during shutdown.
     h1_closing: http1::Builder,
@@ -245,6 +257,13 @@ pub struct Server<M> {
 impl<M: MakeService> Server<M> {
     /// Serves the services `make` makes, under `timeouts`; `stats` are kept up to date.
     pub fn new(make: M, timeouts: Timeouts, stats: Arc<ConnStats>) -> Arc<Self> {
+        Server::with_direct(make, NoDirect, timeouts, stats)
+    }
+}
+
+impl<M: MakeService, D: Direct> Server<M, D> {
+    /// As [`Server::new`], and `direct` answers the plain requests it takes (see [`direct`]).
+    pub fn with_direct(make: M, direct: D, timeouts: Timeouts, stats: Arc<ConnStats>) -> Arc<Self> {
         let mut h1 = http1::Builder::new();
         h1.keep_alive(true);
         let mut h1_closing = h1.clone();
@@ -261,7 +280,7 @@ impl<M: MakeService> Server<M> {
         let (shutdown, _) = watch::channel(false);
         let stopping = AtomicBool::new(false);
         let turns = Semaphore::new(TURNS);
-        Arc::new(Server { make, h1, h1_closing, stats, h2, timeouts, turns, stopping, shutdown })
+        Arc::new(Server { make, direct, h1, h1_closing, stats, h2, timeouts, turns, stopping, shutdown })
     }
 
     /// Serves an accepted connection on a task of its own.
@@ -322,8 +341,8 @@ impl<F: Future> StopSignal<'_, F> {
 }
 
 /// Serves one accepted connection until it closes, times out, or shutdown.
-async fn serve<M: MakeService>(
-    server: Arc<Server<M>>,
+async fn serve<M: MakeService, D: Direct>(
+    server: Arc<Server<M, D>>,
     stream: TcpStream,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
@@ -408,6 +427,49 @@ async fn serve<M: MakeService>(
         let closing = drain.is_some() || stop.requested_now();
         if closing && drain.is_none() {
             drain = Some(Box::pin(tokio::time::sleep(IDLE_DRAIN)));
+        }
+        // A plain head, whole in the first read, may be answered without hyper (see `direct`).
+        if leftover.is_empty() {
+            // Boxed, as hyper's connection is: the parked state does not carry the answer's. (Made
+            // in a statement of its own: what `read` returns is gone before the await.)
+            let direct = match direct::read(&stream, peer, &server.direct) {
+                direct::Read::Nothing => {
+                    drop(turn);
+                    clock.nothing_read();
+                    continue;
+                }
+                direct::Read::Gone => return,
+                direct::Read::Hyper(read) => {
+                    leftover = read;
+                    None
+                }
+                direct::Read::Direct { answer, rest, head } => {
+                    flags.started.fetch_add(1, Relaxed);
+                    server.stats.direct.fetch_add(1, Relaxed);
+                    let patience = server.timeouts.head;
+                    let written = Box::pin(direct::answer_and_write(
+                        &mut stream,
+                        answer,
+                        head,
+                        closing,
+                        &server.stopping,
+                        patience,
+                    ));
+                    Some((written, rest))
+                }
+            };
+            if let Some((written, rest)) = direct {
+                match written.await {
+                    direct::Written::Close => return,
+                    direct::Written::KeepAlive => {
+                        drop(turn);
+                        clock.observe(&flags, Instant::now());
+                        // A pipelined request goes to hyper, at once.
+                        leftover = rest;
+                        continue;
+                    }
+                }
+            }
         }
         let hold = (!leftover.is_empty()).then(|| flags.started.load(Relaxed));
         // Requests seen before this hyper connection: while it is still the same after hyper has
@@ -529,8 +591,8 @@ fn unread(read_but_unused: &[u8], not_read: &[u8]) -> Bytes {
     Bytes::from(all)
 }
 
-async fn serve_h2<M: MakeService, F: Future>(
-    server: &Arc<Server<M>>,
+async fn serve_h2<M: MakeService, D: Direct, F: Future>(
+    server: &Arc<Server<M, D>>,
     stream: TcpStream,
     peer: SocketAddr,
     stop: &mut StopSignal<'_, F>,
@@ -578,8 +640,8 @@ async fn serve_h2<M: MakeService, F: Future>(
 
 /// The service hyper calls for each request: the connection's own service, plus the
 /// bookkeeping `Flags` needs.
-fn service<M: MakeService>(
-    server: &Server<M>,
+fn service<M: MakeService, D>(
+    server: &Server<M, D>,
     peer: SocketAddr,
     flags: &Arc<Flags>,
 ) -> impl Service<Request<Incoming>, Response = Response<TrackedBody<M::Body>>, Error = Infallible, Future: Send + 'static>
@@ -895,12 +957,32 @@ mod tests {
             })
         };
         let timeouts = Timeouts { head: Duration::from_secs(1), idle: Duration::from_secs(1) };
-        let server = Server::new(make, timeouts, Arc::default());
+        // A direct answer whose future is large: boxed while it runs, like hyper's connection.
+        let server = Server::with_direct(make, LargeAnswers, timeouts, Arc::default());
         let rx = server.shutdown.subscribe();
         let future = serve(server.clone(), stream, peer, rx);
         let size = std::mem::size_of_val(&future);
         eprintln!("serve future: {size} bytes");
         assert!(size <= 1024, "a parked connection's future is {size} bytes");
         drop((future, client));
+    }
+
+    /// Answers every plain head directly, with a future of more than 8 KB.
+    struct LargeAnswers;
+
+    impl Direct for LargeAnswers {
+        type Body = String;
+
+        fn answer(
+            &self,
+            _: SocketAddr,
+            _: &Head<'_>,
+        ) -> Option<impl Future<Output = Response<String>> + Send + 'static + use<>> {
+            Some(async {
+                let scratch = std::hint::black_box([7u8; 8192]);
+                tokio::task::yield_now().await;
+                Response::new(scratch[8191].to_string())
+            })
+        }
     }
 }

@@ -947,3 +947,160 @@ async fn a_request_waiting_for_a_turn_late_in_a_keep_alive_wait_has_the_head_tim
     let r = read_responses(&mut late, 1).await;
     assert_eq!((r[0].status, r[0].header("location")), (302, Some("https://example.com/free")));
 }
+
+/// Requests the connection layer answered itself, without hyper (`src/net/direct.rs`).
+fn direct_answers(app: &TestApp) -> u64 {
+    app.state.connections.direct.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One request on a connection of its own, and its answer (to a `HEAD`: the head, then the
+/// connection is closed by the client, and anything after the head is a failure).
+async fn one_answer(addr: std::net::SocketAddr, req: &str) -> Resp {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(req.as_bytes()).await.unwrap();
+    if !req.starts_with("HEAD ") {
+        return read_responses(&mut conn, 1).await.pop().unwrap();
+    }
+    // Then a GET on the same connection: its answer must come next, with nothing in between.
+    conn.write_all(get("/health").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let got =
+            tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk)).await.expect("an answer within 10 s");
+        let got = got.unwrap();
+        assert!(got > 0, "closed before the head of the answer");
+        buf.extend_from_slice(&chunk[..got]);
+    };
+    let text = String::from_utf8(buf[..head_end - 4].to_vec()).unwrap();
+    let mut lines = text.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.trim().to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect();
+    let next = &buf[head_end..];
+    assert!(
+        b"HTTP/1.1 200 ".starts_with(&next[..next.len().min(13)]),
+        "after a HEAD's answer: {:?}",
+        String::from_utf8_lossy(next)
+    );
+    Resp { status, headers, body: Vec::new() }
+}
+
+/// `resp` with its `date` checked and left out, and its request id left out unless it echoes
+/// `sent`.
+fn comparable(resp: Resp, sent: Option<&str>) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let date = resp.header("date").expect("a date header");
+    assert!(std::time::SystemTime::UNIX_EPOCH < httpdate_parse(date), "{date}");
+    let headers = resp
+        .headers
+        .into_iter()
+        .filter(|(n, v)| n != "date" && (n != "x-request-id" || Some(v.as_str()) == sent))
+        .collect();
+    (resp.status, headers, resp.body)
+}
+
+/// An IMF-fixdate (`Wed, 02 Dec 2026 10:00:00 GMT`), parsed by hand so that the test does not
+/// share the service's formatter.
+fn httpdate_parse(s: &str) -> std::time::SystemTime {
+    let p: Vec<&str> = s.split([' ', ':']).collect();
+    assert_eq!((p.len(), p[7]), (8, "GMT"), "{s}");
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        .iter()
+        .position(|m| *m == p[2])
+        .unwrap_or_else(|| panic!("{s}")) as u8
+        + 1;
+    let date = time::Date::from_calendar_date(p[3].parse().unwrap(), month.try_into().unwrap(), p[1].parse().unwrap())
+        .unwrap();
+    let t = date.with_hms(p[4].parse().unwrap(), p[5].parse().unwrap(), p[6].parse().unwrap()).unwrap();
+    assert_eq!(date.weekday().to_string()[..3], *p[0].trim_end_matches(','), "{s}");
+    std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(t.assume_utc().unix_timestamp() as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_redirects_are_answered_directly_with_what_hyper_would_send() {
+    let app = spawn_app(None, |_| {}).await;
+    app.create_code("direct-f", "https://example.com/found").await;
+    app.create(serde_json::json!({"code": "direct-p", "url": "https://example.com/perm", "redirect_status": 301}))
+        .await;
+    let mut direct = 0;
+    for (method, path) in [
+        ("GET", "/direct-f"),
+        ("HEAD", "/direct-f"),
+        ("GET", "/direct-p"),
+        ("GET", "/no-such-code"),
+        ("HEAD", "/no-such-code"),
+        ("GET", "/health-x"),
+    ] {
+        for id in [None, Some("trace-me-1")] {
+            let extra = id.map_or(String::new(), |id| format!("X-Request-Id: {id}\r\n"));
+            let before = direct_answers(&app);
+            // Plain: answered directly. With a query: by hyper, whose redirect ignores it.
+            let mine = one_answer(app.addr, &format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n")).await;
+            assert_eq!(direct_answers(&app), before + 1, "{method} {path}: answered directly");
+            let hypers =
+                one_answer(app.addr, &format!("{method} {path}?via=hyper HTTP/1.1\r\nHost: t\r\n{extra}\r\n")).await;
+            assert_eq!(direct_answers(&app), before + 1, "{method} {path}?via=hyper: through hyper");
+            direct += 1;
+            let (mine, hypers) = (comparable(mine, id), comparable(hypers, id));
+            assert_eq!(mine, hypers, "{method} {path} {id:?}");
+            if let Some(id) = id {
+                assert!(mine.1.contains(&("x-request-id".into(), id.into())), "{mine:?}");
+            }
+        }
+    }
+    let found = one_answer(app.addr, &get("/direct-f")).await;
+    assert_eq!((found.status, found.header("location")), (302, Some("https://example.com/found")));
+    let perm = one_answer(app.addr, &get("/direct-p")).await;
+    assert_eq!(perm.status, 301);
+    assert!(perm.header("cache-control").is_some_and(|v| v.starts_with("private, max-age=")), "{perm:?}");
+    let head = one_answer(app.addr, "HEAD /no-such-code HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert_eq!(head.status, 404);
+    assert!(head.body.is_empty() && head.header("content-length").is_some_and(|l| l != "0"), "{head:?}");
+    assert_eq!(direct_answers(&app), direct + 3);
+    // Keep-alive holds across direct answers, and the client's ordinary requests are direct too.
+    let mut conn = TcpStream::connect(app.addr).await.unwrap();
+    for _ in 0..3 {
+        conn.write_all(get("/direct-f").as_bytes()).await.unwrap();
+        assert_eq!(read_responses(&mut conn, 1).await[0].status, 302);
+    }
+    // A client library's GET is a plain head (on a connection of its own: one that carried a
+    // request with a body stays with hyper until its next request).
+    let before = direct_answers(&app);
+    let r = client().get(app.url("/direct-f")).send().await.unwrap();
+    assert_eq!(r.headers()["location"], "https://example.com/found");
+    assert_eq!(direct_answers(&app), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_that_are_not_plain_are_answered_by_hyper_as_before() {
+    let app = spawn_app(None, |_| {}).await;
+    app.create_code("via-hyper", "https://example.com/vh").await;
+    let many: String = (0..40).map(|i| format!("X-Filler-{i}: {i}\r\n")).collect();
+    let cases = [
+        "GET /via-hyper HTTP/1.0\r\n\r\n".to_string(),
+        "GET /via-hyper HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".into(),
+        "GET /via-hyper HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n".into(),
+        "GET /via-hyper HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n\r\n".into(),
+        "GET http://t/via-hyper HTTP/1.1\r\nHost: t\r\n\r\n".into(),
+        format!("GET /via-hyper HTTP/1.1\r\nHost: t\r\n{many}\r\n"),
+    ];
+    for req in &cases {
+        let before = direct_answers(&app);
+        let r = one_answer(app.addr, req).await;
+        assert_eq!((r.status, r.header("location")), (302, Some("https://example.com/vh")), "{req:?}");
+        assert_eq!(direct_answers(&app), before, "{req:?}: not a plain head, yet answered directly");
+    }
+    // (A head in two packets goes to hyper too: `heads_split_across_packets_…` above.)
+    let before = direct_answers(&app);
+    // A plain head with `Connection: keep-alive` is plain.
+    let r = one_answer(app.addr, "GET /via-hyper HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n").await;
+    assert_eq!(r.status, 302);
+    assert_eq!(direct_answers(&app), before + 1);
+}

@@ -216,6 +216,10 @@ async fn the_redirect_limit_is_off_by_default_and_works_when_on() {
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(r.headers().contains_key("retry-after"));
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    // The limit reads the peer's address the router's way: no redirect skips hyper while it is on.
+    let direct = |app: &TestApp| app.state.connections.direct.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(direct(&open) > 0);
+    assert_eq!(direct(&guarded), 0);
 }
 
 /// `shortener_auth_key_lookups_total`: keys looked up in the database.
