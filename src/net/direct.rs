@@ -170,18 +170,20 @@ fn plain<'a>(req: &'a httparse::Request<'_, '_>) -> Option<Head<'a>> {
 }
 
 /// Waits for `answer` and writes it (see [`write`]); shutdown that has begun by then
-/// (`stopping`) makes it a closing answer too.
-pub async fn answer_and_write<B: HttpBody<Data = Bytes> + Unpin>(
+/// (`stopping`) makes it a closing answer too. `turn` is let go as soon as the answer is made:
+/// a client that is slow to read it holds none.
+pub async fn answer_and_write<B: HttpBody<Data = Bytes> + Unpin, T>(
     stream: &mut TcpStream,
     answer: impl Future<Output = Response<B>>,
     head: bool,
     closing: bool,
     stopping: &AtomicBool,
     patience: Duration,
+    turn: T,
 ) -> Written {
     let resp = answer.await;
     let closing = closing || stopping.load(Ordering::Acquire);
-    write(stream, resp, head, closing, patience).await
+    write(stream, resp, head, closing, patience, turn).await
 }
 
 /// How a direct answer ended.
@@ -194,13 +196,15 @@ pub enum Written {
 }
 
 /// Writes `resp` (to a `HEAD` without its body), the way hyper would; with `closing`, with
-/// `connection: close`. A client that does not take the answer within `patience` is given up on.
-pub async fn write<B>(
+/// `connection: close`. `turn` is dropped once the answer is encoded. A client that does not take
+/// the answer within `patience` is given up on.
+pub async fn write<B, T>(
     stream: &mut TcpStream,
     resp: Response<B>,
     head: bool,
     closing: bool,
     patience: Duration,
+    turn: T,
 ) -> Written
 where
     B: HttpBody<Data = Bytes> + Unpin,
@@ -223,6 +227,7 @@ where
     if !head {
         out.extend_from_slice(&data);
     }
+    drop(turn);
     let sent = match stream.try_write(&out) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,

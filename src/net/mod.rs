@@ -446,14 +446,15 @@ async fn serve<M: MakeService, D: Direct>(
                 direct::Read::Direct { answer, rest, head } => {
                     flags.started.fetch_add(1, Relaxed);
                     server.stats.direct.fetch_add(1, Relaxed);
-                    let patience = server.timeouts.head;
+                    let (patience, stopping, turn) = (server.timeouts.head, &server.stopping, turn.take());
                     let written = Box::pin(direct::answer_and_write(
                         &mut stream,
                         answer,
                         head,
                         closing,
-                        &server.stopping,
+                        stopping,
                         patience,
+                        turn,
                     ));
                     Some((written, rest))
                 }
@@ -462,7 +463,6 @@ async fn serve<M: MakeService, D: Direct>(
                 match written.await {
                     direct::Written::Close => return,
                     direct::Written::KeepAlive => {
-                        drop(turn);
                         clock.observe(&flags, Instant::now());
                         // A pipelined request goes to hyper, at once.
                         leftover = rest;
