@@ -410,16 +410,11 @@ impl crate::net::Direct for DirectRedirects {
         head: &crate::net::Head<'_>,
     ) -> Option<impl std::future::Future<Output = Response> + Send + 'static + use<>> {
         let surface = &self.0;
-        let method = match head.method {
-            "GET" => Method::GET,
-            "HEAD" => Method::HEAD,
-            _ => return None,
-        };
-        if surface.tag_redirects || !surface.is_direct(&method, head.path) {
+        if surface.tag_redirects || !surface.is_direct(&head.method, head.path) {
             return None;
         }
         let state = surface.state.clone();
-        let get = method == Method::GET;
+        let get = head.method == Method::GET;
         // Judged now: the User-Agent is in the connection's read buffer, gone once this returns.
         let bot = get && state.clicks.is_bot(head.header(&axum::http::header::USER_AGENT));
         let id = head.header(&X_REQUEST_ID).and_then(|v| HeaderValue::from_bytes(v).ok());

@@ -11,7 +11,7 @@
 //! to it: this path never answers a request hyper would answer differently, it only answers
 //! the plain ones cheaper.
 //!
-//! A head is plain ([`parse`]) when it is whole in the first read, `HTTP/1.1`, and carries
+//! A head is plain (`plain`) when it is whole in the first read, `HTTP/1.1`, and carries
 //! none of what needs hyper's rules: no `Content-Length` or `Transfer-Encoding` (no body),
 //! no `Expect`, no `Upgrade`, and no `Connection` header other than `keep-alive`. Its target is
 //! an origin-form path without a query. Bytes after the head (a pipelined request) are left for
@@ -35,7 +35,7 @@ use std::{
 use hyper::{
     body::{Body as HttpBody, Bytes},
     header::{self, HeaderName},
-    Response, StatusCode,
+    Method, Response, StatusCode,
 };
 use tokio::{
     io::{AsyncWriteExt, Interest},
@@ -53,7 +53,7 @@ const READ_SIZE: usize = 4096;
 /// A plain request head (see the module's doc), borrowed from the bytes read.
 pub struct Head<'a> {
     /// `GET` or `HEAD`.
-    pub method: &'a str,
+    pub method: Method,
     /// The request target: an origin-form path, no query.
     pub path: &'a str,
     headers: &'a [httparse::Header<'a>],
@@ -139,7 +139,7 @@ pub fn read<D: Direct>(
     if let Ok(httparse::Status::Complete(len)) = req.parse(bytes) {
         if let Some(head) = plain(&req) {
             if let Some(answer) = direct.answer(peer, &head) {
-                let head = head.method == "HEAD";
+                let head = head.method == Method::HEAD;
                 return Read::Direct { answer, rest: Bytes::copy_from_slice(&bytes[len..]), head };
             }
         }
@@ -152,7 +152,11 @@ fn plain<'a>(req: &'a httparse::Request<'_, '_>) -> Option<Head<'a>> {
     if req.version != Some(1) {
         return None;
     }
-    let method = req.method.filter(|m| *m == "GET" || *m == "HEAD")?;
+    let method = match req.method? {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        _ => return None,
+    };
     let path = req.path.filter(|p| p.starts_with('/') && !p.contains('?'))?;
     for h in req.headers.iter() {
         let name = h.name;
@@ -198,7 +202,7 @@ pub enum Written {
 /// Writes `resp` (to a `HEAD` without its body), the way hyper would; with `closing`, with
 /// `connection: close`. `turn` is dropped once the answer is encoded. A client that does not take
 /// the answer within `patience` is given up on.
-pub async fn write<B, T>(
+async fn write<B, T>(
     stream: &mut TcpStream,
     resp: Response<B>,
     head: bool,
