@@ -33,6 +33,20 @@ impl Resp {
     }
 }
 
+/// A response head (without its blank line): status and headers (lower-cased names).
+fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
+    let head = String::from_utf8(head.to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.trim().to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect();
+    (status, headers)
+}
+
 /// Reads `n` complete responses (each with a `content-length`) from `conn`.
 pub(crate) async fn read_responses(conn: &mut TcpStream, n: usize) -> Vec<Resp> {
     read_responses_paced(conn, n, Duration::ZERO).await
@@ -46,15 +60,7 @@ async fn read_responses_paced(conn: &mut TcpStream, n: usize, pause: Duration) -
     let deadline = Instant::now() + Duration::from_secs(10);
     while out.len() < n {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8(buf[..end].to_vec()).unwrap();
-            let mut lines = head.split("\r\n");
-            let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-            let headers: Vec<(String, String)> = lines
-                .map(|l| {
-                    let (k, v) = l.split_once(':').unwrap();
-                    (k.trim().to_ascii_lowercase(), v.trim().to_string())
-                })
-                .collect();
+            let (status, headers) = parse_head(&buf[..end]);
             let len: usize = headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
             if buf.len() >= end + 4 + len {
                 let body = buf[end + 4..end + 4 + len].to_vec();
@@ -953,8 +959,8 @@ fn direct_answers(app: &TestApp) -> u64 {
     app.state.connections.direct.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// One request on a connection of its own, and its answer (to a `HEAD`: the head, then the
-/// connection is closed by the client, and anything after the head is a failure).
+/// One request on a connection of its own, and its answer. After a `HEAD`, a `GET /health` on the
+/// same connection: its answer must come right after the head, with no body in between.
 async fn one_answer(addr: std::net::SocketAddr, req: &str) -> Resp {
     let mut conn = TcpStream::connect(addr).await.unwrap();
     conn.write_all(req.as_bytes()).await.unwrap();
@@ -975,15 +981,7 @@ async fn one_answer(addr: std::net::SocketAddr, req: &str) -> Resp {
         assert!(got > 0, "closed before the head of the answer");
         buf.extend_from_slice(&chunk[..got]);
     };
-    let text = String::from_utf8(buf[..head_end - 4].to_vec()).unwrap();
-    let mut lines = text.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers = lines
-        .map(|l| {
-            let (k, v) = l.split_once(':').unwrap();
-            (k.trim().to_ascii_lowercase(), v.trim().to_string())
-        })
-        .collect();
+    let (status, headers) = parse_head(&buf[..head_end - 4]);
     let next = &buf[head_end..];
     assert!(
         b"HTTP/1.1 200 ".starts_with(&next[..next.len().min(13)]),
